@@ -1,0 +1,78 @@
+"""The application factory: one aiohttp app serving the token API, the registries and ops routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+import tokenapi.http
+from tokenapi.config import TokenApiConfig
+
+from . import npm, simple
+from .auth import NPM_CHALLENGE, PYPI_CHALLENGE, registry_auth_middleware
+from .errors import error_middleware
+from .keys import settings_key, upstream_key
+from .ops import setup_ops
+from .settings import Settings
+from .upstream import Upstream
+
+CLIENT_MAX_SIZE = 1024 * 1024
+
+
+def token_api_config(settings: Settings) -> TokenApiConfig:
+    return TokenApiConfig(
+        db_path=settings.db_path,
+        public_url=settings.base_url,
+        outbox_dir=settings.outbox_dir,
+        token_cache_ttl=settings.token_cache_ttl,
+        last_used_flush=settings.last_used_flush,
+        smtp_url=settings.smtp_url,
+        mail_from=settings.mail_from,
+        npm_enabled=settings.npm_upstream is not None,
+        pypi_enabled=settings.pypi_upstream is not None,
+    )
+
+
+def upstream_origins(settings: Settings) -> list[str]:
+    origins = [u for u in (settings.npm_upstream, settings.pypi_upstream) if u]
+    origins.extend(settings.pypi_files_upstream)
+    return origins
+
+
+async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The shared upstream client session, closed last."""
+    settings = app[settings_key]
+    upstream = Upstream(
+        upstream_origins(settings),
+        timeout=settings.upstream_timeout,
+        connect_timeout=settings.upstream_connect_timeout,
+        connections=settings.upstream_connections,
+    )
+    await upstream.start()
+    app[upstream_key] = upstream
+    try:
+        yield
+    finally:
+        await upstream.close()
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the whole server for ``settings``; nothing is opened until the app starts."""
+    # This order matters: errors outermost so every failure below becomes JSON.
+    app = web.Application(middlewares=[error_middleware], client_max_size=CLIENT_MAX_SIZE)
+    app[settings_key] = settings
+    tokenapi.http.setup(app, token_api_config(settings))
+    app.cleanup_ctx.append(upstream_ctx)
+    setup_ops(app)
+
+    prefix = settings.base_url.path.rstrip("/")
+    if settings.npm_upstream:
+        npm_app = web.Application(middlewares=[registry_auth_middleware("npm", NPM_CHALLENGE)])
+        npm.setup_routes(npm_app, settings)
+        app.add_subapp(f"{prefix}/npm", npm_app)
+    if settings.pypi_upstream:
+        pypi_app = web.Application(middlewares=[registry_auth_middleware("pypi", PYPI_CHALLENGE)])
+        simple.setup_routes(pypi_app, settings)
+        app.add_subapp(f"{prefix}/pypi", pypi_app)
+    return app

@@ -1,0 +1,190 @@
+"""The ``pkgate`` command: serve, and manage tokens and users against the same database."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from tokenapi import inputs
+from tokenapi.errors import InvalidInput, NotFound, PkgateError
+from tokenapi.issue import ensure_user, issue_token
+from tokenapi.passwords import hash_password_async
+from tokenapi.store import Store, Token
+
+from . import settings as settings_mod
+from .settings import Settings, SettingsError
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _store_settings(ns: argparse.Namespace) -> Settings:
+    flags = {"config": ns.config, "data_dir": ns.data_dir}
+    return settings_mod.load(flags)
+
+
+async def _with_store(settings: Settings) -> Store:
+    return await Store.open(settings.db_path)
+
+
+async def _token_create(ns: argparse.Namespace) -> int:
+    email = inputs.normalize_email(ns.email)
+    name = inputs.token_name(ns.name)
+    store = await _with_store(_store_settings(ns))
+    try:
+        user = await ensure_user(store, email)
+        token, secret = await issue_token(store, user, name=name)
+    finally:
+        await store.close()
+    print(f"created token {token.id} ({token.prefix}…) for {user.email}", file=sys.stderr)
+    print(secret)
+    return 0
+
+
+def _token_row(t: Token) -> dict[str, object]:
+    return {
+        "id": t.id,
+        "email": t.email,
+        "name": t.name,
+        "kind": t.kind,
+        "prefix": t.prefix,
+        "created_at": _iso(t.created_at),
+        "last_used_at": _iso(t.last_used_at),
+    }
+
+
+async def _token_list(ns: argparse.Namespace) -> int:
+    email = inputs.normalize_email(ns.email) if ns.email else None
+    store = await _with_store(_store_settings(ns))
+    try:
+        rows = [_token_row(t) for t in await store.list_tokens(email=email)]
+    finally:
+        await store.close()
+    if ns.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    columns = ("id", "email", "name", "kind", "prefix", "created_at", "last_used_at")
+    widths = {c: max([len(c)] + [len(str(r[c] or "-")) for r in rows]) for c in columns}
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(str(r[c] or "-").ljust(widths[c]) for c in columns))
+    return 0
+
+
+async def _token_revoke(ns: argparse.Namespace) -> int:
+    store = await _with_store(_store_settings(ns))
+    try:
+        await store.revoke_token(ns.id)
+    finally:
+        await store.close()
+    print(f"revoked token {ns.id}", file=sys.stderr)
+    return 0
+
+
+def _read_password(ns: argparse.Namespace) -> str:
+    if ns.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat password: ") != password:
+            raise InvalidInput("passwords do not match")
+    if len(password) < 8:
+        raise InvalidInput("password must be at least 8 characters")
+    return password
+
+
+async def _user_create(ns: argparse.Namespace) -> int:
+    email = inputs.normalize_email(ns.email)
+    password = _read_password(ns)
+    password_hash = await hash_password_async(password)
+    store = await _with_store(_store_settings(ns))
+    try:
+        user = await store.get_user_by_email(email)
+        if user is None:
+            user = await store.create_user(email, is_admin=ns.admin, password_hash=password_hash)
+            print(f"created user {user.id} <{email}>{' (admin)' if ns.admin else ''}", file=sys.stderr)
+        else:
+            await store.update_user(user.id, is_admin=ns.admin or None, password_hash=password_hash)
+            print(f"updated user {user.id} <{email}>", file=sys.stderr)
+    finally:
+        await store.close()
+    print(user.id)
+    return 0
+
+
+def _serve(ns: argparse.Namespace) -> int:
+    from .serve import serve  # noqa: PLC0415 - keeps token commands light
+
+    settings = settings_mod.load(vars(ns))
+    settings.require_upstream()
+    return serve(settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pkgate", description="Authenticating proxy for npm and Python package registries"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve_p = sub.add_parser("serve", help="run the server")
+    settings_mod.add_arguments(serve_p)
+    serve_p.set_defaults(func=_serve)
+
+    def store_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", metavar="FILE", help="TOML settings file")
+        p.add_argument("--data-dir", dest="data_dir", help="data directory [env PKGATE_DATA_DIR]")
+
+    token_p = sub.add_parser("token", help="manage tokens").add_subparsers(dest="action", required=True)
+    create = token_p.add_parser("create", help="create a token; prints only the secret")
+    create.add_argument("--email", required=True)
+    create.add_argument("--name", default="cli")
+    store_args(create)
+    create.set_defaults(coro=_token_create)
+    listing = token_p.add_parser("list", help="list active tokens")
+    listing.add_argument("--email")
+    listing.add_argument("--json", action="store_true")
+    store_args(listing)
+    listing.set_defaults(coro=_token_list)
+    revoke = token_p.add_parser("revoke", help="revoke a token by id")
+    revoke.add_argument("id")
+    store_args(revoke)
+    revoke.set_defaults(coro=_token_revoke)
+
+    user_p = sub.add_parser("user", help="manage users").add_subparsers(dest="action", required=True)
+    ucreate = user_p.add_parser("create", help="create a user who can log in")
+    ucreate.add_argument("--email", required=True)
+    ucreate.add_argument("--admin", action="store_true")
+    ucreate.add_argument("--password-stdin", action="store_true")
+    store_args(ucreate)
+    ucreate.set_defaults(coro=_user_create)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        if hasattr(ns, "coro"):
+            return asyncio.run(ns.coro(ns))
+        return int(ns.func(ns))
+    except SettingsError as exc:
+        print(f"pkgate: {exc}", file=sys.stderr)
+        return 2
+    except NotFound as exc:
+        print(f"pkgate: {exc}", file=sys.stderr)
+        return 1
+    except PkgateError as exc:
+        print(f"pkgate: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

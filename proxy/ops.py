@@ -1,0 +1,27 @@
+"""Operational endpoints: liveness and readiness."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from tokenapi.errors import StoreUnavailable
+from tokenapi.keys import store_key
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is alive and serving."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """The store answers; 503 when it does not."""
+    try:
+        await request.app[store_key].ping()
+    except StoreUnavailable:
+        return web.json_response({"status": "unavailable", "error": "store unreachable"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+def setup_ops(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)

@@ -1,0 +1,107 @@
+"""Running the server: one process, or several sharing one listening socket."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+
+from aiohttp import web
+
+from tokenapi.store import Store
+
+from .app import create_app
+from .settings import Settings
+
+log = logging.getLogger("pkgate")
+
+SHUTDOWN_GRACE = 30.0
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _listen(settings: Settings) -> socket.socket:
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _install_loop_policy() -> None:
+    try:
+        import uvloop  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - optional speed-up
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _run_worker(settings: Settings, sock: socket.socket) -> None:
+    _install_loop_policy()
+    web.run_app(
+        create_app(settings),
+        sock=sock,
+        print=None,
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_GRACE,
+        handle_signals=True,
+    )
+
+
+def serve(settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit status."""
+    configure_logging(settings)
+    # Migrate once before any worker starts, and fail early on an unusable data directory.
+    store = asyncio.run(Store.open(settings.db_path))
+    asyncio.run(store.close())
+    sock = _listen(settings)
+    host, port = sock.getsockname()[:2]
+    log.info(
+        "pkgate listening on http://%s:%s (public URL %s, npm upstream %s, PyPI upstream %s, "
+        "%d worker(s))",
+        host,
+        port,
+        settings.base_url,
+        settings.npm_upstream or "-",
+        settings.pypi_upstream or "-",
+        settings.workers,
+    )
+    if settings.workers == 1:
+        _run_worker(settings, sock)
+        return 0
+    children: list[int] = []
+    for _ in range(settings.workers):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            try:
+                _run_worker(settings, sock)
+            finally:
+                os._exit(0)
+        children.append(pid)
+    sock.close()
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            try:
+                os.kill(child, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for child in children:
+        _, code = os.waitpid(child, 0)
+        status = status or os.waitstatus_to_exitcode(code)
+    return status

@@ -1,0 +1,306 @@
+"""Settings: one frozen dataclass, filled from flags > PKGATE_* environment > TOML file > defaults.
+
+Each field's metadata names its parser and help text; the CLI flags, the environment names and the
+TOML keys are all derived from the field name, so adding a setting is adding one field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from yarl import URL
+
+ENV_PREFIX = "PKGATE_"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or has a bad value; the message names it and is one line."""
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+def _opt_str(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return _str(value)
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected an integer")
+    return int(value)
+
+
+def _positive_int(value: Any) -> int:
+    n = _int(value)
+    if n < 1:
+        raise ValueError("must be at least 1")
+    return n
+
+
+def _non_negative_int(value: Any) -> int:
+    n = _int(value)
+    if n < 0:
+        raise ValueError("must not be negative")
+    return n
+
+
+def _port(value: Any) -> int:
+    n = _int(value)
+    if not 0 <= n <= 65535:
+        raise ValueError("must be between 0 and 65535")
+    return n
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number of seconds")
+    n = float(value)
+    if not n >= 0 or n == float("inf"):
+        raise ValueError("expected a non-negative number of seconds")
+    return n
+
+
+def _positive_seconds(value: Any) -> float:
+    n = _seconds(value)
+    if n == 0:
+        raise ValueError("must be greater than 0")
+    return n
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = _str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _http_url(value: Any, *, trailing_slash: bool = True) -> str:
+    text = _str(value).strip()
+    url = URL(text)
+    if url.scheme not in {"http", "https"} or not url.host:
+        raise ValueError("expected an http:// or https:// URL")
+    if url.user or url.password:
+        raise ValueError("must not carry credentials")
+    if url.query_string or url.fragment:
+        raise ValueError("must not have a query or fragment")
+    if trailing_slash and not url.path.endswith("/"):
+        url = url.with_path(url.path + "/")
+    return str(url)
+
+
+def _opt_upstream(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return _http_url(value)
+
+
+def _public_url(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    text = _http_url(value)
+    return text.rstrip("/")
+
+
+def _list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, list | tuple):
+        return [_str(v).strip() for v in value]
+    raise ValueError("expected a list or a comma-separated string")
+
+
+def _origins(value: Any) -> tuple[str, ...]:
+    return tuple(_http_url(v) for v in _list(value))
+
+
+def _networks(value: Any) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(v, strict=False) for v in _list(value))
+
+
+def _smtp_url(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    url = URL(_str(value))
+    if url.scheme not in {"smtp", "smtps"} or not url.host:
+        raise ValueError("expected smtp://[user:pass@]host[:port] or smtps://...")
+    return str(url)
+
+
+def _opt_host(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    text = _str(value).strip().lower()
+    if not text or "/" in text or " " in text:
+        raise ValueError("expected a host name")
+    return text
+
+
+def setting(
+    default: Any, parse: Callable[[Any], Any], help: str, *, secret: bool = False
+) -> Any:
+    return field(default=default, metadata={"parse": parse, "help": help, "secret": secret})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every knob of a pkgate server, validated."""
+
+    host: str = setting("127.0.0.1", _str, "listen address")
+    port: int = setting(8080, _port, "listen port")
+    public_url: str | None = setting(
+        None, _public_url, "origin (and optional path) clients use; default http://HOST:PORT"
+    )
+    data_dir: Path = setting(Path("pkgate-data"), lambda v: Path(_str(v)), "data directory")
+    npm_upstream: str | None = setting(None, _opt_upstream, "upstream npm registry base URL")
+    pypi_upstream: str | None = setting(
+        None, _opt_upstream, "upstream simple index URL (ends in /simple/)"
+    )
+    pypi_files_upstream: tuple[str, ...] = setting(
+        (), _origins, "extra origins the index's file links may point at (comma-separated)"
+    )
+    anonymous: str = setting("deny", _choice("deny", "allow"), "allow or deny requests without credentials")
+    token_cache_ttl: float = setting(60.0, _seconds, "seconds a token validation may be reused")
+    last_used_flush: float = setting(1.0, _positive_seconds, "seconds between last-used writes")
+    smtp_url: str | None = setting(
+        None, _smtp_url, "smtp://user:pass@host:port (smtps://, ?starttls=true)", secret=True
+    )
+    mail_from: str = setting("pkgate <pkgate@localhost>", _str, "From: address of mails")
+    trusted_proxies: tuple[Network, ...] = setting(
+        (), _networks, "CIDRs whose X-Forwarded-For is believed (comma-separated)"
+    )
+    workers: int = setting(1, _positive_int, "number of server processes sharing the port")
+    upstream_timeout: float = setting(30.0, _positive_seconds, "seconds to wait for upstream data")
+    upstream_connect_timeout: float = setting(
+        10.0, _positive_seconds, "seconds to wait for an upstream connection"
+    )
+    upstream_connections: int = setting(100, _positive_int, "upstream connection pool size")
+    log_level: str = setting(
+        "info", _choice("debug", "info", "warning", "error"), "log level"
+    )
+    access_log: bool = setting(True, _bool, "write one JSON access log line per request")
+
+    @property
+    def base_url(self) -> URL:
+        """The public URL as a yarl URL without a trailing slash."""
+        return URL(self.public_url or f"http://{self.host}:{self.port}")
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "pkgate.db"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.data_dir / "outbox"
+
+    def require_upstream(self) -> None:
+        """Serving needs at least one upstream; say how to set one."""
+        if self.npm_upstream is None and self.pypi_upstream is None:
+            raise SettingsError(
+                "no upstream configured: set npm_upstream and/or pypi_upstream, e.g. "
+                '--npm-upstream "$(npm config get registry)" or '
+                'PKGATE_PYPI_UPSTREAM="$(pip config get global.index-url)"'
+            )
+
+    def describe(self) -> dict[str, str]:
+        """Settings as text for logs, with secrets masked."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("secret") and value:
+                value = str(URL(str(value)).with_user(None).with_password(None)) + " (masked)"
+            out[f.name] = str(value)
+        return out
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one --flag per setting (values stay strings; load() parses them)."""
+    parser.add_argument("--config", metavar="FILE", help="TOML settings file")
+    for name, f in FIELDS.items():
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            metavar=name.upper(),
+            help=f"{f.metadata['help']} [env {ENV_PREFIX}{name.upper()}]",
+        )
+
+
+def load(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+) -> Settings:
+    """Merge flag > env > file > default and validate into one Settings."""
+    flags = flags or {}
+    env = os.environ if env is None else env
+    if config_file is None:
+        config_file = flags.get("config") or env.get(ENV_PREFIX + "CONFIG") or None
+    file_values: dict[str, Any] = {}
+    if config_file:
+        try:
+            with open(config_file, "rb") as fh:
+                file_values = tomllib.load(fh)
+        except OSError as exc:
+            raise SettingsError(f"config: cannot read {config_file}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config: {config_file} is not valid TOML: {exc}") from exc
+        unknown = sorted(set(file_values) - set(FIELDS))
+        if unknown:
+            raise SettingsError(f"config: unknown setting {unknown[0]!r} in {config_file}")
+    values: dict[str, Any] = {}
+    for name, f in FIELDS.items():
+        raw: Any = None
+        source = None
+        if flags.get(name) is not None:
+            raw, source = flags[name], "--" + name.replace("_", "-")
+        elif env.get(ENV_PREFIX + name.upper()) not in (None, ""):
+            raw, source = env[ENV_PREFIX + name.upper()], ENV_PREFIX + name.upper()
+        elif name in file_values:
+            raw, source = file_values[name], f"{name} in {config_file}"
+        if source is None:
+            continue
+        try:
+            values[name] = f.metadata["parse"](raw)
+        except (ValueError, TypeError) as exc:
+            raise SettingsError(f"{name} ({source}): {exc}") from None
+    return Settings(**values)
+
+
+def from_args(argv: Sequence[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    ns = parser.parse_args(argv)
+    return load(vars(ns))

@@ -1,0 +1,39 @@
+"""Issuing and revoking tokens: the operations shared by the CLI and the HTTP APIs."""
+
+from __future__ import annotations
+
+from . import tokens
+from .store import Store, Token, User
+
+
+async def ensure_user(store: Store, email: str, *, language: str = "en") -> User:
+    """The user with this address, created if it does not exist yet."""
+    user = await store.get_user_by_email(email)
+    if user is None:
+        user = await store.create_user(email, language=language)
+    return user
+
+
+async def issue_token(store: Store, user: User, *, name: str, kind: str = "api") -> tuple[Token, str]:
+    """Create a token for ``user``; returns it and its secret (shown once, never stored)."""
+    secret = tokens.generate()
+    token = await store.create_token(
+        user.id, name=name, kind=kind, digest=tokens.digest(secret), prefix=tokens.display_prefix(secret)
+    )
+    return token, secret
+
+
+async def replace_token(
+    store: Store, user: User, old: Token | None, *, name: str, kind: str
+) -> tuple[Token, str, str | None]:
+    """Revoke ``old`` and issue its successor atomically; returns (token, secret, old digest)."""
+    secret = tokens.generate()
+    token, old_digest = await store.replace_token(
+        old.id if old else None,
+        user.id,
+        name=name,
+        kind=kind,
+        digest=tokens.digest(secret),
+        prefix=tokens.display_prefix(secret),
+    )
+    return token, secret, old_digest

@@ -1,0 +1,24 @@
+"""Typed application keys for everything the token side keeps on the aiohttp app."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .config import TokenApiConfig
+from .lastused import UsageRecorder
+from .store import Store, Token
+from .validation import TokenValidator
+
+config_key = web.AppKey("tokenapi_config", TokenApiConfig)
+store_key = web.AppKey("store", Store)
+validator_key = web.AppKey("validator", TokenValidator)
+recorder_key = web.AppKey("usage_recorder", UsageRecorder)
+
+# Per-request: the token that authenticated the request (absent for anonymous requests).
+REQUEST_TOKEN = "pkgate_token"
+
+
+def request_token(request: web.Request) -> Token | None:
+    """The token that authenticated this request, if any."""
+    token = request.get(REQUEST_TOKEN)
+    return token if isinstance(token, Token) else None
