@@ -1,1 +1,1 @@
-"""The registry-facing side of pkgate: settings, app factory, auth, upstream client, npm and PyPI."""
+"""Registry-facing side of pkgate: settings, app, auth, upstream client, npm and PyPI."""

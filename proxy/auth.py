@@ -8,6 +8,7 @@ Failures are 401 with the ecosystem's challenge and a JSON error; the secret is 
 from __future__ import annotations
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Middleware
 
 from tokenapi.credentials import MalformedCredentials, secret_from_header
 from tokenapi.keys import REQUEST_TOKEN, recorder_key, validator_key
@@ -23,7 +24,7 @@ def unauthorized(message: str, challenge: str) -> web.Response:
     return json_error(401, message, headers={hdrs.WWW_AUTHENTICATE: challenge})
 
 
-def registry_auth_middleware(ecosystem: str, challenge: str) -> web.Middleware:
+def registry_auth_middleware(ecosystem: str, challenge: str) -> Middleware:
     """The middleware that guards one registry's routes."""
 
     @web.middleware

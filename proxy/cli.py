@@ -21,7 +21,9 @@ from .settings import Settings, SettingsError
 
 
 def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+    return (
+        None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+    )
 
 
 def _store_settings(ns: argparse.Namespace) -> Settings:
@@ -108,7 +110,9 @@ async def _user_create(ns: argparse.Namespace) -> int:
         user = await store.get_user_by_email(email)
         if user is None:
             user = await store.create_user(email, is_admin=ns.admin, password_hash=password_hash)
-            print(f"created user {user.id} <{email}>{' (admin)' if ns.admin else ''}", file=sys.stderr)
+            print(
+                f"created user {user.id} <{email}>{' (admin)' if ns.admin else ''}", file=sys.stderr
+            )
         else:
             await store.update_user(user.id, is_admin=ns.admin or None, password_hash=password_hash)
             print(f"updated user {user.id} <{email}>", file=sys.stderr)
@@ -119,7 +123,7 @@ async def _user_create(ns: argparse.Namespace) -> int:
 
 
 def _serve(ns: argparse.Namespace) -> int:
-    from .serve import serve  # noqa: PLC0415 - keeps token commands light
+    from .serve import serve
 
     settings = settings_mod.load(vars(ns))
     settings.require_upstream()
@@ -140,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", metavar="FILE", help="TOML settings file")
         p.add_argument("--data-dir", dest="data_dir", help="data directory [env PKGATE_DATA_DIR]")
 
-    token_p = sub.add_parser("token", help="manage tokens").add_subparsers(dest="action", required=True)
+    token_p = sub.add_parser("token", help="manage tokens").add_subparsers(
+        dest="action", required=True
+    )
     create = token_p.add_parser("create", help="create a token; prints only the secret")
     create.add_argument("--email", required=True)
     create.add_argument("--name", default="cli")
@@ -156,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     store_args(revoke)
     revoke.set_defaults(coro=_token_revoke)
 
-    user_p = sub.add_parser("user", help="manage users").add_subparsers(dest="action", required=True)
+    user_p = sub.add_parser("user", help="manage users").add_subparsers(
+        dest="action", required=True
+    )
     ucreate = user_p.add_parser("create", help="create a user who can log in")
     ucreate.add_argument("--email", required=True)
     ucreate.add_argument("--admin", action="store_true")
@@ -171,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     try:
         if hasattr(ns, "coro"):
-            return asyncio.run(ns.coro(ns))
+            return int(asyncio.run(ns.coro(ns)))
         return int(ns.func(ns))
     except SettingsError as exc:
         print(f"pkgate: {exc}", file=sys.stderr)

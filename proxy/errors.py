@@ -49,8 +49,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return json_error(400, str(exc))
     except StoreUnavailable as exc:
         log.error("store unavailable: %s", exc)
-        return json_error(503, "The token store is unavailable; try again shortly",
-                          headers={"Retry-After": "5"})
+        return json_error(
+            503, "The token store is unavailable; try again shortly", headers={"Retry-After": "5"}
+        )
     except (ConnectionResetError, web.RequestPayloadError) as exc:
         log.info("client went away: %s", exc.__class__.__name__)
         raise

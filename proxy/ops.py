@@ -18,7 +18,9 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         await request.app[store_key].ping()
     except StoreUnavailable:
-        return web.json_response({"status": "unavailable", "error": "store unreachable"}, status=503)
+        return web.json_response(
+            {"status": "unavailable", "error": "store unreachable"}, status=503
+        )
     return web.json_response({"status": "ready"})
 
 

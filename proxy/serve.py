@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -41,7 +42,7 @@ def _listen(settings: Settings) -> socket.socket:
 
 def _install_loop_policy() -> None:
     try:
-        import uvloop  # noqa: PLC0415
+        import uvloop
     except ImportError:  # pragma: no cover - optional speed-up
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
@@ -93,10 +94,8 @@ def serve(settings: Settings) -> int:
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signum)
-            except ProcessLookupError:
-                pass
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)

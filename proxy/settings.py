@@ -165,9 +165,7 @@ def _opt_host(value: Any) -> str | None:
     return text
 
 
-def setting(
-    default: Any, parse: Callable[[Any], Any], help: str, *, secret: bool = False
-) -> Any:
+def setting(default: Any, parse: Callable[[Any], Any], help: str, *, secret: bool = False) -> Any:
     return field(default=default, metadata={"parse": parse, "help": help, "secret": secret})
 
 
@@ -188,7 +186,9 @@ class Settings:
     pypi_files_upstream: tuple[str, ...] = setting(
         (), _origins, "extra origins the index's file links may point at (comma-separated)"
     )
-    anonymous: str = setting("deny", _choice("deny", "allow"), "allow or deny requests without credentials")
+    anonymous: str = setting(
+        "deny", _choice("deny", "allow"), "allow or deny requests without credentials"
+    )
     token_cache_ttl: float = setting(60.0, _seconds, "seconds a token validation may be reused")
     last_used_flush: float = setting(1.0, _positive_seconds, "seconds between last-used writes")
     smtp_url: str | None = setting(
@@ -204,9 +204,7 @@ class Settings:
         10.0, _positive_seconds, "seconds to wait for an upstream connection"
     )
     upstream_connections: int = setting(100, _positive_int, "upstream connection pool size")
-    log_level: str = setting(
-        "info", _choice("debug", "info", "warning", "error"), "log level"
-    )
+    log_level: str = setting("info", _choice("debug", "info", "warning", "error"), "log level")
     access_log: bool = setting(True, _bool, "write one JSON access log line per request")
 
     @property

@@ -8,7 +8,6 @@ is forwarded.  Failures surface as ``UpstreamError`` carrying the status pkgate 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
@@ -16,7 +15,6 @@ from typing import Any
 import aiohttp
 from aiohttp import hdrs
 from yarl import URL
-
 
 USER_AGENT = "pkgate/0.1 (+registry proxy)"
 
@@ -139,17 +137,21 @@ class Upstream:
                     data=data,
                     allow_redirects=False,
                 )
-            except (TimeoutError, asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            except (TimeoutError, aiohttp.ServerTimeoutError):
                 raise UpstreamError(504, f"{what} timed out") from None
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
                 if attempt + 1 < attempts:
                     continue
-                raise UpstreamError(502, f"{what} connection failed ({exc.__class__.__name__})") from None
+                raise UpstreamError(
+                    502, f"{what} connection failed ({exc.__class__.__name__})"
+                ) from None
             except aiohttp.ClientError as exc:
-                raise UpstreamError(502, f"{what} request failed ({exc.__class__.__name__})") from None
+                raise UpstreamError(
+                    502, f"{what} request failed ({exc.__class__.__name__})"
+                ) from None
             try:
                 yield resp
-            except (TimeoutError, asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            except (TimeoutError, aiohttp.ServerTimeoutError):
                 raise UpstreamError(504, f"{what} timed out while sending its body") from None
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
                 raise UpstreamError(

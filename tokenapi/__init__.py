@@ -1,1 +1,1 @@
-"""Identities and tokens: format, store, validation cache, last-used recording, mail and the token APIs."""
+"""Identities and tokens: format, store, validation cache, last-used, mail and the token APIs."""

@@ -14,11 +14,17 @@ async def ensure_user(store: Store, email: str, *, language: str = "en") -> User
     return user
 
 
-async def issue_token(store: Store, user: User, *, name: str, kind: str = "api") -> tuple[Token, str]:
+async def issue_token(
+    store: Store, user: User, *, name: str, kind: str = "api"
+) -> tuple[Token, str]:
     """Create a token for ``user``; returns it and its secret (shown once, never stored)."""
     secret = tokens.generate()
     token = await store.create_token(
-        user.id, name=name, kind=kind, digest=tokens.digest(secret), prefix=tokens.display_prefix(secret)
+        user.id,
+        name=name,
+        kind=kind,
+        digest=tokens.digest(secret),
+        prefix=tokens.display_prefix(secret),
     )
     return token, secret
 

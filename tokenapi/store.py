@@ -12,7 +12,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,10 +234,8 @@ class Store:
                 yield self._db
                 await self._db.execute("COMMIT")
             except BaseException as exc:
-                try:
+                with suppress(sqlite3.Error):
                     await self._db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
                 if isinstance(exc, sqlite3.IntegrityError):
                     raise Conflict(str(exc)) from exc
                 if isinstance(exc, sqlite3.DatabaseError):
@@ -257,7 +255,8 @@ class Store:
 
     async def get_user(self, user_id: str) -> User | None:
         row = await self._fetchone(
-            "SELECT id, email, language, is_admin, password_hash, created_at FROM users WHERE id = ?",
+            "SELECT id, email, language, is_admin, password_hash, created_at FROM users"
+            " WHERE id = ?",
             (user_id,),
         )
         return _user(row) if row else None
@@ -421,7 +420,13 @@ class Store:
         return digest
 
     async def replace_token(
-        self, old_token_id: str | None, user_id: str, *, name: str, kind: str, digest: str,
+        self,
+        old_token_id: str | None,
+        user_id: str,
+        *,
+        name: str,
+        kind: str,
+        digest: str,
         prefix: str,
     ) -> tuple[Token, str | None]:
         """Revoke ``old_token_id`` (if active) and create its successor in one transaction.
