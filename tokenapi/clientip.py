@@ -1,0 +1,72 @@
+"""The client's IP address: the TCP peer, or X-Forwarded-For when the peer is a trusted proxy.
+
+``X-Forwarded-For`` is read right to left: each hop appends the address it saw, so the right-most
+entries were written by our own proxies.  Walking from the right, trusted addresses are skipped and
+the first untrusted one is the client.  A header from an untrusted peer is ignored entirely, so a
+client cannot choose the address its rate limits are counted under.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from aiohttp import hdrs, web
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+UNKNOWN = "unknown"
+# A forged header may be long; only this many right-most hops are considered.
+MAX_HOPS = 20
+
+
+def _parse(text: str) -> Address | None:
+    text = text.strip()
+    if text.startswith("[") and "]" in text:  # "[v6]:port"
+        text = text[1 : text.index("]")]
+    elif text.count(":") == 1:  # "v4:port"
+        text = text.split(":", 1)[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _trusted(address: Address, networks: Iterable[Network]) -> bool:
+    return any(address.version == net.version and address in net for net in networks)
+
+
+def peer_ip(request: web.Request) -> str:
+    """The address of the TCP peer, or ``unknown`` (e.g. a closed transport)."""
+    remote = request.remote
+    if not remote:
+        return UNKNOWN
+    address = _parse(remote)
+    return str(address) if address is not None else remote
+
+
+def client_ip(request: web.Request, trusted_networks: Iterable[Network]) -> str:
+    """The client's address as text: the peer, or the right-most untrusted X-Forwarded-For hop."""
+    networks = tuple(trusted_networks)
+    peer = peer_ip(request)
+    if not networks:
+        return peer
+    peer_address = _parse(peer)
+    if peer_address is None or not _trusted(peer_address, networks):
+        return peer
+    headers = request.headers.getall(hdrs.X_FORWARDED_FOR, [])
+    hops = [part for header in headers for part in header.split(",")][-MAX_HOPS:]
+    client = peer_address
+    for raw in reversed(hops):
+        address = _parse(raw)
+        if address is None:
+            # Garbage written by someone before our proxies: stop at the last good hop.
+            break
+        client = address
+        if not _trusted(address, networks):
+            break
+    return str(client)
