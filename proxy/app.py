@@ -31,6 +31,12 @@ def token_api_config(settings: Settings) -> TokenApiConfig:
         mail_from=settings.mail_from,
         npm_enabled=settings.npm_upstream is not None,
         pypi_enabled=settings.pypi_upstream is not None,
+        trusted_proxies=settings.trusted_proxies,
+        register_per_email=settings.register_limit_email,
+        register_per_ip=settings.register_limit_ip,
+        token_create_per_user=settings.token_create_limit,
+        login_failures=settings.login_limit,
+        session_lifetime=settings.session_lifetime,
     )
 
 

@@ -113,9 +113,10 @@ def _http_url(value: Any, *, trailing_slash: bool = True) -> str:
         raise ValueError("must not carry credentials")
     if url.query_string or url.fragment:
         raise ValueError("must not have a query or fragment")
-    if trailing_slash and not url.path.endswith("/"):
-        url = url.with_path(url.path + "/")
-    return str(url)
+    text = str(url)
+    if trailing_slash and not text.endswith("/"):
+        text += "/"
+    return text
 
 
 def _opt_upstream(value: Any) -> str | None:
@@ -197,6 +198,19 @@ class Settings:
     mail_from: str = setting("pkgate <pkgate@localhost>", _str, "From: address of mails")
     trusted_proxies: tuple[Network, ...] = setting(
         (), _networks, "CIDRs whose X-Forwarded-For is believed (comma-separated)"
+    )
+    register_limit_email: int = setting(
+        5, _positive_int, "token registrations per email address per hour"
+    )
+    register_limit_ip: int = setting(
+        30, _positive_int, "token registrations per client IP per hour"
+    )
+    token_create_limit: int = setting(20, _positive_int, "named tokens a user may create per hour")
+    login_limit: int = setting(
+        10, _positive_int, "failed logins per address and per IP per 15 minutes"
+    )
+    session_lifetime: float = setting(
+        7 * 24 * 3600.0, _positive_seconds, "seconds a login session lasts"
     )
     workers: int = setting(1, _positive_int, "number of server processes sharing the port")
     upstream_timeout: float = setting(30.0, _positive_seconds, "seconds to wait for upstream data")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 from yarl import URL
@@ -19,3 +20,14 @@ class TokenApiConfig:
     mail_from: str = "pkgate <pkgate@localhost>"
     npm_enabled: bool = True
     pypi_enabled: bool = True
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    # Rate limits: how many per window (seconds) before 429.
+    register_per_email: int = 5
+    register_per_ip: int = 30
+    register_window: float = 3600.0
+    token_create_per_user: int = 20
+    token_create_window: float = 3600.0
+    login_failures: int = 10
+    login_window: float = 900.0
+    session_lifetime: float = 7 * 24 * 3600.0
+    smtp_timeout: float = 30.0
