@@ -1,0 +1,64 @@
+"""An in-memory rate limiter keyed by string: ``limit`` events per ``period`` seconds, with bursts.
+
+It is a GCRA (generic cell rate algorithm): each key holds one number, its theoretical arrival
+time, so memory per key is constant.  Keys live in a bounded TTL cache: a key idle for a whole
+period has no effect left and expires; when the cache is full the least recently used key goes.
+State is per process, which is what a throttle against guessing and mail flooding needs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+from cachetools import TTLCache
+
+DEFAULT_MAX_KEYS = 100_000
+
+
+class RateLimiter:
+    """``hit(key)`` counts an event and answers None, or the whole seconds to wait when over."""
+
+    def __init__(
+        self,
+        limit: int,
+        period: float,
+        *,
+        max_keys: int = DEFAULT_MAX_KEYS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if limit < 1 or period <= 0:
+            raise ValueError("limit must be >= 1 and period > 0")
+        self.limit = limit
+        self.period = period
+        self._interval = period / limit
+        self._clock = clock
+        self._tat: TTLCache[str, float] = TTLCache(max_keys, period, timer=clock)
+
+    def _retry_after(self, key: str, now: float) -> tuple[float, int | None]:
+        tat = max(self._tat.get(key, now), now)
+        new_tat = tat + self._interval
+        excess = new_tat - now - self.period
+        if excess > 0:
+            return tat, max(1, math.ceil(excess))
+        return new_tat, None
+
+    def check(self, key: str) -> int | None:
+        """Would an event for ``key`` be allowed now?  None if so, else seconds to wait."""
+        return self._retry_after(key, self._clock())[1]
+
+    def hit(self, key: str) -> int | None:
+        """Count one event for ``key`` unless over the limit; None if allowed, else seconds."""
+        now = self._clock()
+        new_tat, retry = self._retry_after(key, now)
+        if retry is None:
+            self._tat[key] = new_tat
+        return retry
+
+    def reset(self, key: str) -> None:
+        """Forget ``key`` (e.g. after a successful login)."""
+        self._tat.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._tat)
