@@ -15,10 +15,9 @@ validator_key = web.AppKey("validator", TokenValidator)
 recorder_key = web.AppKey("usage_recorder", UsageRecorder)
 
 # Per-request: the token that authenticated the request (absent for anonymous requests).
-REQUEST_TOKEN = "pkgate_token"
+REQUEST_TOKEN = web.RequestKey("pkgate_token", Token)
 
 
 def request_token(request: web.Request) -> Token | None:
     """The token that authenticated this request, if any."""
-    token = request.get(REQUEST_TOKEN)
-    return token if isinstance(token, Token) else None
+    return request.get(REQUEST_TOKEN)

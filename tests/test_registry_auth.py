@@ -1,0 +1,119 @@
+from base64 import b64encode
+
+import aiohttp
+import pytest
+
+from tests.conftest import RunningServer, StartServer
+from tokenapi import tokens
+
+UNREACHABLE = "http://127.0.0.1:9/"
+
+
+@pytest.fixture
+async def server(start_server: StartServer) -> RunningServer:
+    return await start_server(npm_upstream=UNREACHABLE, pypi_upstream=UNREACHABLE + "simple/")
+
+
+async def whoami(server: RunningServer, headers: dict[str, str]) -> aiohttp.ClientResponse:
+    async with aiohttp.ClientSession() as http:
+        resp = await http.get(server.url / "npm" / "-" / "whoami", headers=headers)
+        await resp.read()
+        return resp
+
+
+async def test_auth__bearer_token_passes(server: RunningServer) -> None:
+    secret = await server.token("dev@example.com")
+    resp = await whoami(server, {"Authorization": f"Bearer {secret}"})
+    assert resp.status == 200
+    assert await resp.json() == {"username": "dev@example.com"}
+
+
+async def test_auth__basic_with_token_as_password(server: RunningServer) -> None:
+    secret = await server.token()
+    cred = b64encode(f"token:{secret}".encode()).decode()
+    assert (await whoami(server, {"Authorization": f"Basic {cred}"})).status == 200
+
+
+async def test_auth__basic_with_token_as_username(server: RunningServer) -> None:
+    secret = await server.token()
+    cred = b64encode(f"{secret}:".encode()).decode()
+    assert (await whoami(server, {"Authorization": f"Basic {cred}"})).status == 200
+
+
+async def test_auth__missing_is_401_with_bearer_challenge(server: RunningServer) -> None:
+    resp = await whoami(server, {})
+    assert resp.status == 401
+    assert resp.headers["WWW-Authenticate"] == 'Bearer realm="pkgate"'
+    assert "error" in await resp.json()
+
+
+async def test_auth__pypi_routes_use_basic_challenge(server: RunningServer) -> None:
+    async with aiohttp.ClientSession() as http, http.get(server.url / "pypi/simple/") as resp:
+        assert resp.status == 401
+        assert resp.headers["WWW-Authenticate"] == 'Basic realm="pkgate"'
+        assert "otp" not in resp.headers["WWW-Authenticate"].lower()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Basic %%%",
+        "Basic " + b64encode(b"\xff\xfe\xfd:\xff").decode(),
+        "Bearer",
+        "Basic",
+        "Negotiate abc",
+        "Bearer " + "x" * 8000,
+        "Basic " + b64encode(b"token:" + b"y" * 3000).decode(),
+    ],
+)
+async def test_auth__malformed_header_is_401_json(server: RunningServer, header: str) -> None:
+    resp = await whoami(server, {"Authorization": header})
+    assert resp.status == 401
+    body = await resp.json()
+    assert set(body) == {"error"}
+    assert "Traceback" not in body["error"]
+
+
+async def test_auth__wrong_checksum_never_queries_the_store(server: RunningServer) -> None:
+    secret = tokens.generate()
+    forged = secret[:10] + ("A" if secret[10] != "A" else "B") + secret[11:]
+    before = server.store.queries
+    for _ in range(20):
+        assert (await whoami(server, {"Authorization": f"Bearer {forged}"})).status == 401
+    assert server.store.queries == before
+    assert server.validator.store_lookups == 0
+
+
+async def test_auth__revoked_token_is_refused_on_the_next_request(server: RunningServer) -> None:
+    secret = await server.token()
+    assert (await whoami(server, {"Authorization": f"Bearer {secret}"})).status == 200
+    token = await server.store.lookup_digest(tokens.digest(secret))
+    assert token is not None
+    server.validator.forget(await server.store.revoke_token(token.id))
+    resp = await whoami(server, {"Authorization": f"Bearer {secret}"})
+    assert resp.status == 401
+
+
+async def test_auth__invalid_token_is_401_even_when_anonymous_allowed(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(npm_upstream=UNREACHABLE, anonymous="allow")
+    assert (await whoami(server, {"Authorization": "Bearer pkg_bad"})).status == 401
+    async with aiohttp.ClientSession() as http, http.get(server.url / "npm/-/ping") as resp:
+        assert resp.status == 200
+
+
+async def test_auth__use_is_recorded_in_memory_per_ecosystem(server: RunningServer) -> None:
+    secret = await server.token()
+    for _ in range(3):
+        await whoami(server, {"Authorization": f"Bearer {secret}"})
+    token = await server.store.lookup_digest(tokens.digest(secret))
+    assert token is not None
+    usage = await server.recorder.usage(token.id)
+    assert [(u.ecosystem, u.requests) for u in usage] == [("npm", 3)]
+
+
+async def test_unknown_path__is_json_404(server: RunningServer) -> None:
+    async with aiohttp.ClientSession() as http, http.get(server.url / "nope") as resp:
+        assert resp.status == 404
+        assert await resp.json() == {"error": "Not found"}

@@ -1,0 +1,112 @@
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tokenapi import tokens
+from tokenapi.errors import Conflict, NotFound
+from tokenapi.store import SCHEMA_VERSION, Store, UsageUpdate
+
+
+@pytest.fixture
+async def store(tmp_path: Path):
+    s = await Store.open(tmp_path / "db" / "pkgate.db")
+    yield s
+    await s.close()
+
+
+async def test_open__migrates_and_uses_wal(tmp_path: Path) -> None:
+    s = await Store.open(tmp_path / "p.db")
+    await s.close()
+    with sqlite3.connect(tmp_path / "p.db") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_open__twice_is_idempotent(tmp_path: Path) -> None:
+    for _ in range(2):
+        s = await Store.open(tmp_path / "p.db")
+        await s.close()
+
+
+async def test_create_user__email_unique_case_insensitively(store: Store) -> None:
+    await store.create_user("a@example.com")
+    with pytest.raises(Conflict):
+        await store.create_user("A@EXAMPLE.COM")
+    assert (await store.get_user_by_email("A@Example.com")) is not None
+
+
+async def _token(store: Store, user_id: str, kind: str = "api"):
+    secret = tokens.generate()
+    t = await store.create_token(
+        user_id, name="n", kind=kind, digest=tokens.digest(secret), prefix=secret[:8]
+    )
+    return t, secret
+
+
+async def test_lookup_digest__finds_active_not_revoked(store: Store) -> None:
+    user = await store.create_user("a@example.com")
+    token, secret = await _token(store, user.id)
+    found = await store.lookup_digest(tokens.digest(secret))
+    assert found is not None
+    assert found.id == token.id
+    assert found.email == "a@example.com"
+    await store.revoke_token(token.id)
+    assert await store.lookup_digest(tokens.digest(secret)) is None
+
+
+async def test_create_token__one_active_email_token_per_user(store: Store) -> None:
+    user = await store.create_user("a@example.com")
+    await _token(store, user.id, kind="email")
+    with pytest.raises(Conflict):
+        await _token(store, user.id, kind="email")
+
+
+async def test_revoke_token__someone_elses_is_not_found(store: Store) -> None:
+    a = await store.create_user("a@example.com")
+    b = await store.create_user("b@example.com")
+    token, _ = await _token(store, a.id)
+    with pytest.raises(NotFound):
+        await store.revoke_token(token.id, user_id=b.id)
+    assert len(await store.list_tokens(user_id=a.id)) == 1
+
+
+async def test_revoke_token__logs_the_revocation(store: Store) -> None:
+    user = await store.create_user("a@example.com")
+    token, secret = await _token(store, user.id)
+    seq = await store.revocation_seq()
+    await store.revoke_token(token.id)
+    new_seq, digests = await store.revocations_since(seq)
+    assert new_seq > seq
+    assert digests == [tokens.digest(secret)]
+
+
+async def test_replace_token__is_atomic(store: Store) -> None:
+    user = await store.create_user("a@example.com")
+    old, old_secret = await _token(store, user.id, kind="email")
+    other, _ = await _token(store, user.id)
+    # A duplicate digest makes the insert fail: the revocation must roll back with it.
+    with pytest.raises(Conflict):
+        await store.replace_token(
+            old.id, user.id, name="n", kind="email", digest=tokens.digest(old_secret), prefix="x"
+        )
+    assert await store.lookup_digest(tokens.digest(old_secret)) is not None
+    assert other.id in {t.id for t in await store.list_tokens(user_id=user.id)}
+
+
+async def test_record_usage__one_transaction_merges_counts(store: Store) -> None:
+    user = await store.create_user("a@example.com")
+    token, _ = await _token(store, user.id)
+    await store.record_usage([UsageUpdate(token.id, 10.0, {"npm": (3, 10.0), "pypi": (1, 5.0)})])
+    await store.record_usage([UsageUpdate(token.id, 20.0, {"npm": (2, 20.0)})])
+    usage = {u.ecosystem: (u.requests, u.last_used_at) for u in await store.usage(token.id)}
+    assert usage == {"npm": (5, 20.0), "pypi": (1, 5.0)}
+    refreshed = await store.get_token(token.id)
+    assert refreshed is not None
+    assert refreshed.last_used_at == 20.0
+
+
+async def test_record_usage__ignores_deleted_tokens(store: Store) -> None:
+    written = await store.record_usage([UsageUpdate("no-such-id", 1.0, {"npm": (1, 1.0)})])
+    assert written == 1
+    assert await store.usage("no-such-id") == []
