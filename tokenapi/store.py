@@ -8,6 +8,7 @@ cannot be used (read-only, full, I/O error, locked too long) surface as ``StoreU
 from __future__ import annotations
 
 import asyncio
+import hmac
 import sqlite3
 import time
 import uuid
@@ -347,6 +348,13 @@ class Store:
         )
         return _token(row) if row else None
 
+    async def digest_revoked(self, digest: str) -> bool:
+        """Whether a token with this digest existed and was revoked (for failure metrics only)."""
+        row = await self._fetchone(
+            "SELECT 1 FROM tokens WHERE digest = ? AND revoked_at IS NOT NULL", (digest,)
+        )
+        return row is not None
+
     async def get_token(self, token_id: str) -> Token | None:
         row = await self._fetchone(
             f"SELECT {_TOKEN_COLUMNS} FROM tokens t JOIN users u ON u.id = t.user_id"  # noqa: S608
@@ -486,3 +494,108 @@ class Store:
             (token_id,),
         )
         return [Usage(str(r[0]), int(r[1]), float(r[2])) for r in rows]
+
+    # -- registration ---------------------------------------------------------------------
+
+    async def create_user_with_token(
+        self, email: str, *, language: str, name: str, kind: str, digest: str, prefix: str
+    ) -> tuple[User, Token]:
+        """A new user and their first token, in one transaction (both or neither)."""
+        user = User(new_id(), email, language, False, None, time.time())
+        async with self.transaction() as db:
+            await db.execute(
+                "INSERT INTO users (id, email, language, is_admin, password_hash, created_at)"
+                " VALUES (?, ?, ?, 0, NULL, ?)",
+                (user.id, user.email, user.language, user.created_at),
+            )
+            token = await self._insert_token(db, user.id, name, kind, digest, prefix)
+        return user, token
+
+    # -- reset codes ----------------------------------------------------------------------
+
+    async def create_reset_code(self, user_id: str, digest: str, *, ttl: float) -> None:
+        """Store a new reset code for a user; any older one stops working."""
+        now = time.time()
+        async with self.transaction() as db:
+            await db.execute("DELETE FROM reset_codes WHERE user_id = ?", (user_id,))
+            await db.execute(
+                "INSERT INTO reset_codes (user_id, digest, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?)",
+                (user_id, digest, now, now + ttl),
+            )
+
+    async def redeem_reset_code(
+        self,
+        user_id: str,
+        code_digest: str,
+        *,
+        max_attempts: int,
+        name: str,
+        digest: str,
+        prefix: str,
+    ) -> tuple[Token, str | None] | None:
+        """Use a live code: replace the user's email token in the same transaction.
+
+        Returns the new token and the old token's digest, or None when the code is wrong,
+        used, expired or exhausted; a wrong code counts a failed attempt against live codes.
+        """
+        now = time.time()
+        async with self.transaction() as db:
+            async with db.execute(
+                "SELECT id, digest FROM reset_codes WHERE user_id = ? AND used_at IS NULL"
+                " AND expires_at > ? AND failed_attempts < ?",
+                (user_id, now, max_attempts),
+            ) as cur:
+                live = list(await cur.fetchall())
+            match = next((r for r in live if _same(str(r[1]), code_digest)), None)
+            if match is None:
+                if live:
+                    await db.execute(
+                        "UPDATE reset_codes SET failed_attempts = failed_attempts + 1"
+                        " WHERE user_id = ? AND used_at IS NULL AND expires_at > ?",
+                        (user_id, now),
+                    )
+                return None
+            await db.execute("UPDATE reset_codes SET used_at = ? WHERE id = ?", (now, match[0]))
+            async with db.execute(
+                "SELECT id FROM tokens WHERE user_id = ? AND kind = 'email' AND revoked_at IS NULL",
+                (user_id,),
+            ) as cur:
+                old = await cur.fetchone()
+            old_digest = await self._revoke_in(db, str(old[0]), now) if old else None
+            token = await self._insert_token(db, user_id, name, "email", digest, prefix)
+        return token, old_digest
+
+    # -- sessions -------------------------------------------------------------------------
+
+    async def create_session(self, digest: str, user_id: str, *, lifetime: float) -> float:
+        """Store a login session; returns when it expires.  Expired sessions are purged."""
+        now = time.time()
+        async with self.transaction() as db:
+            await db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
+            await db.execute(
+                "INSERT INTO sessions (digest, user_id, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?)",
+                (digest, user_id, now, now + lifetime),
+            )
+        return now + lifetime
+
+    async def session_user(self, digest: str) -> tuple[User, float] | None:
+        """The user of a live session and its expiry, or None."""
+        row = await self._fetchone(
+            "SELECT u.id, u.email, u.language, u.is_admin, u.password_hash, u.created_at,"
+            " s.expires_at FROM sessions s JOIN users u ON u.id = s.user_id"
+            " WHERE s.digest = ? AND s.expires_at > ?",
+            (digest, time.time()),
+        )
+        return (_user(row), float(row[6])) if row else None
+
+    async def delete_session(self, digest: str) -> bool:
+        """End a session; True when it existed."""
+        async with self.transaction() as db:
+            cur = await db.execute("DELETE FROM sessions WHERE digest = ?", (digest,))
+            return cur.rowcount > 0
+
+
+def _same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
