@@ -1,4 +1,4 @@
-"""Running pkgate as a real separate process, for tests that need one (signals, several processes)."""
+"""Running pkgate as a real separate process, for tests of signals and several processes."""
 
 from __future__ import annotations
 

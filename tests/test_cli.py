@@ -127,21 +127,23 @@ async def test_token_create__from_a_shell_is_usable_by_the_running_server(
     tmp_path: Path, served: ServerProcess
 ) -> None:
     secret = (await cli(tmp_path, "token", "create", "--email", "new@example.com")).stdout.strip()
-    async with aiohttp.ClientSession() as http:
-        async with http.get(
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
             served.url / "npm/-/whoami", headers={"Authorization": f"Bearer {secret}"}
-        ) as resp:
-            assert resp.status == 200
-            assert await resp.json() == {"username": "new@example.com"}
+        ) as resp,
+    ):
+        assert resp.status == 200
+        assert await resp.json() == {"username": "new@example.com"}
 
 
 async def test_serve__sigterm_flushes_last_used(tmp_path: Path, served: ServerProcess) -> None:
     secret = (await cli(tmp_path, "token", "create", "--email", "a@example.com")).stdout.strip()
-    async with aiohttp.ClientSession() as http:
-        async with http.get(
-            served.url / "npm/-/ping", headers={"Authorization": f"Bearer {secret}"}
-        ) as resp:
-            assert resp.status == 200
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(served.url / "npm/-/ping", headers={"Authorization": f"Bearer {secret}"}) as resp,
+    ):
+        assert resp.status == 200
     assert await served.stop() == 0
     with sqlite3.connect(tmp_path / "pkgate.db") as db:
         (last_used,) = db.execute("SELECT last_used_at FROM tokens").fetchone()
