@@ -1,0 +1,173 @@
+"""npm package names, paths and the packument rewrite (pure functions, no aiohttp).
+
+A packument from the upstream names its tarballs on the upstream's origin; clients must fetch
+them through pkgate instead, so every ``versions[*].dist.tarball`` becomes
+``<public_url>/npm/<name>/-/<file>.tgz`` (npmjs layout, literal ``/`` in scoped names).  Integrity
+fields are left exactly as they are: the bytes served are the upstream's bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import zlib
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+
+# npm names are URL-safe by construction; anything else is not a package we can ask for.
+_PART = r"(?![._])[A-Za-z0-9._~-]{1,214}"
+_UNSCOPED_RE = re.compile(_PART)
+_SCOPED_RE = re.compile(rf"@{_PART}/{_PART}")
+_FILE_RE = re.compile(r"(?!\.)[A-Za-z0-9._~+-]{1,300}\.tgz")
+
+GZIP_MAGIC = b"\x1f\x8b"
+# Largest decoded JSON body accepted (big packuments reach tens of MB).
+MAX_DECODED = 256 * 1024 * 1024
+
+
+class BadPath(ValueError):
+    """The request path is not a package path pkgate can serve; the message is safe to show."""
+
+
+@dataclass(frozen=True, slots=True)
+class PackagePath:
+    """A packument (``file`` is None) or tarball request for one package."""
+
+    name: str
+    file: str | None = None
+
+    @property
+    def escaped_name(self) -> str:
+        """The name as npm puts it in a packument URL (``@scope%2fname``)."""
+        return self.name.replace("/", "%2f")
+
+    @property
+    def unscoped(self) -> str:
+        return self.name.rpartition("/")[2]
+
+
+def valid_name(name: str) -> bool:
+    """Whether ``name`` is a plain or scoped npm package name."""
+    if name.startswith("@"):
+        return _SCOPED_RE.fullmatch(name) is not None
+    return _UNSCOPED_RE.fullmatch(name) is not None
+
+
+def parse_package_path(raw: str) -> PackagePath | None:
+    """Parse the raw (still percent-encoded) path below the npm root, without its leading slash.
+
+    ``@scope%2fname``, ``@scope%2Fname`` and ``@scope/name`` are the same package.  Returns None
+    for a well-formed path that is not a packument or tarball (e.g. a version document); raises
+    BadPath for names that cannot be npm names (which covers ``..``, ``%2e``, ``//host`` tricks).
+    """
+    try:
+        decoded = unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise BadPath("Invalid package name") from None
+    segments = decoded.split("/")
+    if segments[0].startswith("@"):
+        if len(segments) < 2:
+            raise BadPath("Invalid package name")
+        name, tail = f"{segments[0]}/{segments[1]}", segments[2:]
+    else:
+        name, tail = segments[0], segments[1:]
+    if not valid_name(name):
+        raise BadPath("Invalid package name")
+    if not tail:
+        return PackagePath(name)
+    if len(tail) == 2 and tail[0] == "-":
+        if _FILE_RE.fullmatch(tail[1]) is None:
+            raise BadPath("Invalid tarball file name")
+        return PackagePath(name, tail[1])
+    return None
+
+
+def tarball_file(original: Any, unscoped: str, version: str) -> str:
+    """The file name a version's tarball is served under: the upstream's, else npm's default."""
+    if isinstance(original, str):
+        last = original.split("?", 1)[0].rstrip("/").rpartition("/")[2]
+        if _FILE_RE.fullmatch(last):
+            return last
+    return f"{unscoped}-{version}.tgz"
+
+
+def tarball_url(npm_root: str, name: str, file: str) -> str:
+    """The public tarball URL; ``npm_root`` is ``<public_url>/npm`` without a trailing slash."""
+    return f"{npm_root}/{name}/-/{file}"
+
+
+def _inflate(data: bytes, wbits: int, max_size: int) -> bytes:
+    inflater = zlib.decompressobj(wbits)
+    out = inflater.decompress(data, max_size + 1)
+    if len(out) > max_size or inflater.unconsumed_tail:
+        raise ValueError("decoded body is too large")
+    if not inflater.eof:
+        raise ValueError("truncated compressed body")
+    return out
+
+
+def decode_body(body: bytes, content_encoding: str | None, max_size: int = MAX_DECODED) -> bytes:
+    """Undo a content coding (gzip or deflate); also unwrap gzip bytes sent without a label.
+
+    Raises ValueError when the body cannot be decoded or decodes to more than ``max_size``.
+    """
+    coding = (content_encoding or "identity").strip().lower()
+    try:
+        if coding in {"gzip", "x-gzip"} or (coding == "identity" and body[:2] == GZIP_MAGIC):
+            return _inflate(body, 16 + zlib.MAX_WBITS, max_size)
+        if coding == "deflate":
+            try:
+                return _inflate(body, zlib.MAX_WBITS, max_size)
+            except zlib.error:
+                return _inflate(body, -zlib.MAX_WBITS, max_size)
+    except zlib.error as exc:
+        raise ValueError(f"undecodable {coding} body") from exc
+    if coding != "identity":
+        raise ValueError(f"unsupported content coding {coding!r}")
+    return body
+
+
+def rewrite_packument(body: bytes, name: str, npm_root: str) -> bytes:
+    """The packument JSON with every tarball URL pointing at pkgate.
+
+    Raises ValueError when ``body`` is not a JSON object.
+    """
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError("packument is not valid JSON") from exc
+    if not isinstance(doc, dict):
+        raise ValueError("packument is not a JSON object")
+    unscoped = name.rpartition("/")[2]
+    versions = doc.get("versions")
+    if isinstance(versions, dict):
+        for version, manifest in versions.items():
+            if not isinstance(manifest, dict):
+                continue
+            dist = manifest.get("dist")
+            if not isinstance(dist, dict) or "tarball" not in dist:
+                continue
+            file = tarball_file(dist["tarball"], unscoped, str(version))
+            dist["tarball"] = tarball_url(npm_root, name, file)
+    return orjson.dumps(doc)
+
+
+def etag_of(body: bytes, content_type: str) -> str:
+    """A strong ETag for exactly these bytes served as this type."""
+    digest = hashlib.sha256(content_type.encode() + b"\0" + body).hexdigest()
+    return f'"{digest[:40]}"'
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 weak comparison of an ``If-None-Match`` list against our ETag."""
+    if not if_none_match:
+        return False
+    wanted = etag.removeprefix("W/")
+    for candidate in if_none_match.split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or candidate.removeprefix("W/") == wanted:
+            return True
+    return False
