@@ -47,19 +47,26 @@ class TokenValidator:
         self.store_lookups = 0
 
     def cached(self, secret: str) -> Token | None:
-        """A cache hit, without any I/O; None on a miss or for a malformed secret."""
-        if not tokens.is_well_formed(secret):
+        """A cache hit, without any I/O; None on a miss or for a malformed secret.
+
+        The checksum is not recomputed here: a digest found in the positive cache belongs to a
+        secret that passed the full check when it was first looked up.
+        """
+        if len(secret) != tokens.TOKEN_LEN or not secret.startswith(tokens.PREFIX):
             return None
-        return self._positive.get(tokens.digest(secret))
+        try:
+            return self._positive[tokens.digest(secret)]
+        except KeyError:
+            return None
 
     async def validate(self, secret: str) -> Token | None:
         """The active token for ``secret``, or None when it is malformed, unknown or revoked."""
+        hit = self.cached(secret)
+        if hit is not None:
+            return hit
         if not tokens.is_well_formed(secret):
             return None
         digest = tokens.digest(secret)
-        hit = self._positive.get(digest)
-        if hit is not None:
-            return hit
         if digest in self._negative:
             return None
         pending = self._inflight.get(digest)
