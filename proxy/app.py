@@ -10,9 +10,11 @@ import tokenapi.http
 from tokenapi.config import TokenApiConfig
 
 from . import npm, simple
+from .artifacts import ArtifactCache
 from .auth import NPM_CHALLENGE, PYPI_CHALLENGE, registry_auth_middleware
 from .errors import error_middleware
-from .keys import settings_key, upstream_key
+from .keys import artifact_cache_key, metadata_cache_key, settings_key, upstream_key
+from .metacache import MetadataCache
 from .ops import setup_ops
 from .settings import Settings
 from .upstream import Upstream
@@ -63,6 +65,24 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         await upstream.close()
 
 
+async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The metadata cache (memory) and the artifact cache (disk, index rebuilt by a scan)."""
+    settings = app[settings_key]
+    app[metadata_cache_key] = MetadataCache(
+        max_bytes=settings.metadata_cache_bytes,
+        ttl=settings.metadata_ttl,
+        negative_ttl=settings.metadata_negative_ttl,
+        stale_max=settings.metadata_stale_max,
+        enabled=settings.cache,
+    )
+    artifacts = ArtifactCache(
+        settings.artifact_dir, settings.artifact_cache_bytes if settings.cache else 0
+    )
+    await artifacts.start()
+    app[artifact_cache_key] = artifacts
+    yield
+
+
 def create_app(settings: Settings) -> web.Application:
     """Build the whole server for ``settings``; nothing is opened until the app starts."""
     # This order matters: errors outermost so every failure below becomes JSON.
@@ -70,6 +90,7 @@ def create_app(settings: Settings) -> web.Application:
     app[settings_key] = settings
     tokenapi.http.setup(app, token_api_config(settings))
     app.cleanup_ctx.append(upstream_ctx)
+    app.cleanup_ctx.append(cache_ctx)
     setup_ops(app)
 
     prefix = settings.base_url.path.rstrip("/")

@@ -83,6 +83,39 @@ def _positive_seconds(value: Any) -> float:
     return n
 
 
+_BYTE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+}
+
+
+def _byte_size(value: Any) -> int:
+    """A non-negative number of bytes: 1048576, "64MiB", "10 GB"."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size in bytes")
+    if isinstance(value, int):
+        number, unit = float(value), ""
+    else:
+        text = _str(value).strip().lower().replace(" ", "")
+        digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+        number, unit = float(digits or "nan"), text[len(digits) :]
+    if unit not in _BYTE_UNITS or not number >= 0 or number == float("inf"):
+        raise ValueError("expected a size such as 67108864, 64MiB or 10GB")
+    return int(number * _BYTE_UNITS[unit])
+
+
 def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -218,6 +251,18 @@ class Settings:
         10.0, _positive_seconds, "seconds to wait for an upstream connection"
     )
     upstream_connections: int = setting(100, _positive_int, "upstream connection pool size")
+    cache: bool = setting(True, _bool, "cache metadata and artifacts (false: always go upstream)")
+    metadata_ttl: float = setting(120.0, _seconds, "seconds cached metadata is fresh")
+    metadata_negative_ttl: float = setting(10.0, _seconds, "seconds an upstream 404 is remembered")
+    metadata_stale_max: float = setting(
+        86400.0, _seconds, "max age of metadata served (X-Cache: STALE) when the upstream fails"
+    )
+    metadata_cache_bytes: int = setting(
+        64 * 1024**2, _byte_size, "memory bound of the metadata cache (e.g. 64MiB; 0 = off)"
+    )
+    artifact_cache_bytes: int = setting(
+        10 * 1024**3, _byte_size, "disk bound of the artifact cache under data_dir (0 = off)"
+    )
     log_level: str = setting("info", _choice("debug", "info", "warning", "error"), "log level")
     access_log: bool = setting(True, _bool, "write one JSON access log line per request")
 
@@ -233,6 +278,10 @@ class Settings:
     @property
     def outbox_dir(self) -> Path:
         return self.data_dir / "outbox"
+
+    @property
+    def artifact_dir(self) -> Path:
+        return self.data_dir / "cache" / "artifacts"
 
     def require_upstream(self) -> None:
         """Serving needs at least one upstream; say how to set one."""
