@@ -1,15 +1,57 @@
-"""Wiring of the token side into an aiohttp application."""
+"""Wiring of the token side into an aiohttp application.
+
+The API is a sub-application under ``<public path>/api`` with its own error middleware; the
+identity resources (store, validation cache, last-used recorder) and the mailer belong to the
+root application so that the registry routes share them.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from . import admin_api, email_api, named_api, session_api
 from .config import TokenApiConfig
 from .context import identity_ctx
-from .keys import config_key
+from .keys import api_state_key, config_key, mailer_key
+from .mail import Mailer
+from .openapi import openapi_handler
+from .webio import ApiState, Endpoint, api_errors
+
+
+def endpoints() -> list[Endpoint]:
+    """Every endpoint of the API, the OpenAPI document included."""
+    found: list[Endpoint] = [
+        *email_api.ENDPOINTS,
+        *named_api.ENDPOINTS,
+        *session_api.ENDPOINTS,
+        *admin_api.ENDPOINTS,
+    ]
+    found.append(
+        Endpoint(
+            "GET",
+            "/openapi.json",
+            openapi_handler(found),
+            "This OpenAPI document",
+            {200: "The document"},
+            result={"type": "object"},
+            tag="meta",
+        )
+    )
+    return found
+
+
+def api_app() -> web.Application:
+    """The API sub-application with every declared route."""
+    app = web.Application(middlewares=[api_errors])
+    for endpoint in endpoints():
+        app.router.add_route(endpoint.method, endpoint.path, endpoint.handler)
+    return app
 
 
 def setup(app: web.Application, config: TokenApiConfig) -> None:
     """Open the identity resources with the app and add the token API routes."""
     app[config_key] = config
+    app[mailer_key] = Mailer(config)
+    app[api_state_key] = ApiState.from_config(config)
     app.cleanup_ctx.append(identity_ctx)
+    app.add_subapp(f"{config.public_url.path.rstrip('/')}/api", api_app())

@@ -6,13 +6,17 @@ from aiohttp import web
 
 from .config import TokenApiConfig
 from .lastused import UsageRecorder
+from .mail import Mailer
 from .store import Store, Token
 from .validation import TokenValidator
+from .webio import ApiState
 
 config_key = web.AppKey("tokenapi_config", TokenApiConfig)
 store_key = web.AppKey("store", Store)
 validator_key = web.AppKey("validator", TokenValidator)
 recorder_key = web.AppKey("usage_recorder", UsageRecorder)
+mailer_key = web.AppKey("mailer", Mailer)
+api_state_key = web.AppKey("token_api_state", ApiState)
 
 # Per-request: the token that authenticated the request (absent for anonymous requests).
 REQUEST_TOKEN = web.RequestKey("pkgate_token", Token)

@@ -1,0 +1,311 @@
+"""The email-token API (``/api/v1/tokens``): register, status, regenerate, reset, revoke.
+
+Registration answers the same ``202`` whether or not the address already has a token, so the API
+cannot be used to find out who has an account.  Mail goes out before anything is committed: if the
+send fails the answer is 503 and no user, token or reset code has been written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+
+from aiohttp import web
+
+from . import inputs, tokens
+from .clientip import client_ip
+from .errors import InvalidInput, NotFound
+from .keys import api_state_key, config_key, mailer_key, recorder_key, store_key, validator_key
+from .mail import reset_message, welcome_message
+from .store import Token
+from .webauth import require_token
+from .webio import ApiError, Endpoint, json_response, read_json, too_many
+from .webio import iso as _iso
+
+log = logging.getLogger(__name__)
+
+EMAIL_TOKEN_NAME = "email"
+REGISTERED = (
+    "Check your inbox: we sent your token, or instructions to recover it if this address "
+    "already has one."
+)
+INVALID_CODE = "Invalid or expired code"
+RESET_CODE_TTL = 3600.0
+RESET_MAX_ATTEMPTS = 5
+# No 0/O, 1/I/L: codes are read from an email and typed by hand.
+CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
+CODE_LEN = 8
+_CODE_SEPARATORS = re.compile(r"[\s-]")
+
+
+def new_reset_code() -> str:
+    """Eight characters from an unambiguous alphabet."""
+    return "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LEN))
+
+
+def reset_code_digest(user_id: str, code: str) -> str:
+    """The stored form of a code, bound to its user."""
+    return hashlib.sha256(f"{user_id}:{code}".encode()).hexdigest()
+
+
+def token_json(token: Token, *, secret: str | None = None) -> dict[str, object]:
+    """A token as the API shows it; the secret only when it has just been created."""
+    out: dict[str, object] = {
+        "id": token.id,
+        "name": token.name,
+        "kind": token.kind,
+        "prefix": token.prefix,
+        "created_at": _iso(token.created_at),
+    }
+    if secret is not None:
+        out["token"] = secret
+    return out
+
+
+async def register(request: web.Request) -> web.Response:
+    """Mail a new token, or a reset code when the address already has one."""
+    body = await read_json(request, ("email", "language"))
+    email = inputs.normalize_email(body.get("email"))
+    language = inputs.language(body.get("language"))
+    config = request.config_dict[config_key]
+    state = request.config_dict[api_state_key]
+    retry = state.register_ip.hit(client_ip(request, config.trusted_proxies))
+    if retry is None:
+        retry = state.register_email.hit(email)
+    if retry is not None:
+        raise too_many(retry)
+    store = request.config_dict[store_key]
+    mailer = request.config_dict[mailer_key]
+    # One registration per address at a time, so two racing requests cannot both mail a token.
+    async with state.lock(f"register:{email}"):
+        user = await store.get_user_by_email(email)
+        active = await store.active_email_token(user.id) if user is not None else None
+        if user is not None and active is not None:
+            lang = language if body.get("language") is not None else user.language
+            code = new_reset_code()
+            await mailer.send(reset_message(config, user.email, lang, code))
+            await store.create_reset_code(
+                user.id, reset_code_digest(user.id, code), ttl=RESET_CODE_TTL
+            )
+        else:
+            secret = tokens.generate()
+            to = user.email if user is not None else email
+            await mailer.send(welcome_message(config, to, language, secret))
+            digest, prefix = tokens.digest(secret), tokens.display_prefix(secret)
+            if user is None:
+                await store.create_user_with_token(
+                    email,
+                    language=language,
+                    name=EMAIL_TOKEN_NAME,
+                    kind="email",
+                    digest=digest,
+                    prefix=prefix,
+                )
+            else:
+                await store.create_token(
+                    user.id, name=EMAIL_TOKEN_NAME, kind="email", digest=digest, prefix=prefix
+                )
+    return json_response({"message": REGISTERED}, 202)
+
+
+async def status(request: web.Request) -> web.Response:
+    """The presented token with its last use, overall and per ecosystem."""
+    token = await require_token(request)
+    recorder = request.config_dict[recorder_key]
+    usage = await recorder.usage(token.id)
+    # The cached token may predate flushed uses; the store row has the flushed time.
+    stored = await request.config_dict[store_key].get_token(token.id)
+    stored_last = stored.last_used_at if stored is not None else token.last_used_at
+    out = token_json(token)
+    out["last_used_at"] = _iso(recorder.last_used_at(token.id, stored_last))
+    out["usage"] = {
+        u.ecosystem: {"requests": u.requests, "last_used_at": _iso(u.last_used_at)} for u in usage
+    }
+    return json_response(out)
+
+
+async def regenerate(request: web.Request) -> web.Response:
+    """Replace the presented token with a new one; the old secret is dead at once."""
+    token = await require_token(request)
+    store = request.config_dict[store_key]
+    state = request.config_dict[api_state_key]
+    async with state.lock(f"token:{token.id}"):
+        current = await store.get_token(token.id)
+        if current is None or current.revoked_at is not None:
+            raise ApiError(401, "Invalid or revoked token")
+        secret = tokens.generate()
+        new, old_digest = await store.replace_token(
+            token.id,
+            token.user_id,
+            name=token.name,
+            kind=token.kind,
+            digest=tokens.digest(secret),
+            prefix=tokens.display_prefix(secret),
+        )
+    if old_digest is not None:
+        request.config_dict[validator_key].forget(old_digest)
+    return json_response(token_json(new, secret=secret))
+
+
+async def reset(request: web.Request) -> web.Response:
+    """Trade a mailed reset code for a new email token."""
+    body = await read_json(request, ("email", "code"))
+    raw_code = body.get("code")
+    if not isinstance(raw_code, str) or not isinstance(body.get("email"), str):
+        raise ApiError(400, "email and code are required strings")
+    try:
+        email = inputs.normalize_email(body["email"])
+    except InvalidInput:
+        raise ApiError(400, INVALID_CODE) from None
+    code = _CODE_SEPARATORS.sub("", raw_code).upper()[:64]
+    store = request.config_dict[store_key]
+    user = await store.get_user_by_email(email)
+    if user is None:
+        raise ApiError(400, INVALID_CODE)
+    secret = tokens.generate()
+    state = request.config_dict[api_state_key]
+    async with state.lock(f"register:{email}"):
+        result = await store.redeem_reset_code(
+            user.id,
+            reset_code_digest(user.id, code),
+            max_attempts=RESET_MAX_ATTEMPTS,
+            name=EMAIL_TOKEN_NAME,
+            digest=tokens.digest(secret),
+            prefix=tokens.display_prefix(secret),
+        )
+    if result is None:
+        raise ApiError(400, INVALID_CODE)
+    new, old_digest = result
+    if old_digest is not None:
+        request.config_dict[validator_key].forget(old_digest)
+    return json_response(token_json(new, secret=secret))
+
+
+async def revoke(request: web.Request) -> web.Response:
+    """Revoke the presented token."""
+    token = await require_token(request)
+    store = request.config_dict[store_key]
+    try:
+        digest = await store.revoke_token(token.id)
+    except NotFound:  # revoked by a concurrent request
+        raise ApiError(401, "Invalid or revoked token") from None
+    request.config_dict[validator_key].forget(digest)
+    return json_response({"message": "Token revoked"})
+
+
+_TOKEN_RESULT = {
+    "type": "object",
+    "required": ["id", "name", "kind", "prefix", "created_at", "token"],
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "name": {"type": "string"},
+        "kind": {"type": "string", "enum": ["email", "api"]},
+        "prefix": {"type": "string"},
+        "created_at": {"type": "string", "format": "date-time"},
+        "token": {"type": "string", "description": "the new secret, shown only here"},
+    },
+}
+
+_USAGE = {
+    "type": "object",
+    "properties": {
+        "requests": {"type": "integer"},
+        "last_used_at": {"type": "string", "format": "date-time"},
+    },
+}
+
+_BAD_AUTH = "Missing, unknown or revoked token"
+
+ENDPOINTS = (
+    Endpoint(
+        "POST",
+        "/v1/tokens",
+        register,
+        "Register an email address: mails a token, or a reset code if it has one",
+        {
+            202: "Mail sent (same answer whether or not the address has a token)",
+            400: "Bad email, language or body",
+            413: "Body too large",
+            415: "Body is not JSON",
+            429: "Too many registrations for this address or client IP",
+            503: "The email could not be sent; nothing was changed",
+        },
+        body={
+            "type": "object",
+            "required": ["email"],
+            "additionalProperties": False,
+            "properties": {
+                "email": {"type": "string", "format": "email", "maxLength": 254},
+                "language": {"type": "string", "enum": list(inputs.LANGUAGES), "default": "en"},
+            },
+        },
+        result={"type": "object", "properties": {"message": {"type": "string"}}},
+        tag="email tokens",
+    ),
+    Endpoint(
+        "GET",
+        "/v1/tokens/status",
+        status,
+        "Status and usage of the presented token",
+        {200: "Token status", 401: _BAD_AUTH},
+        auth="bearer",
+        result={
+            "type": "object",
+            "properties": {
+                "id": {"type": "string", "format": "uuid"},
+                "name": {"type": "string"},
+                "kind": {"type": "string"},
+                "prefix": {"type": "string"},
+                "created_at": {"type": "string", "format": "date-time"},
+                "last_used_at": {"type": ["string", "null"], "format": "date-time"},
+                "usage": {"type": "object", "additionalProperties": _USAGE},
+            },
+        },
+        tag="email tokens",
+    ),
+    Endpoint(
+        "POST",
+        "/v1/tokens/regenerate",
+        regenerate,
+        "Replace the presented token with a new one",
+        {200: "The new token", 401: _BAD_AUTH},
+        auth="bearer",
+        result=_TOKEN_RESULT,
+        tag="email tokens",
+    ),
+    Endpoint(
+        "POST",
+        "/v1/tokens/reset",
+        reset,
+        "Trade a mailed reset code for a new email token",
+        {
+            200: "The new token",
+            400: "Invalid or expired code, or a bad body",
+            413: "Body too large",
+            415: "Body is not JSON",
+        },
+        body={
+            "type": "object",
+            "required": ["email", "code"],
+            "additionalProperties": False,
+            "properties": {
+                "email": {"type": "string", "format": "email"},
+                "code": {"type": "string", "minLength": CODE_LEN, "maxLength": CODE_LEN},
+            },
+        },
+        result=_TOKEN_RESULT,
+        tag="email tokens",
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/tokens",
+        revoke,
+        "Revoke the presented token",
+        {200: "Token revoked", 401: _BAD_AUTH},
+        auth="bearer",
+        result={"type": "object", "properties": {"message": {"type": "string"}}},
+        tag="email tokens",
+    ),
+)

@@ -1,0 +1,147 @@
+"""Named tokens of the current user (``/api/tokens``): list, create, delete.
+
+Authenticated by a Bearer token or the session cookie.  The secret appears only in the 201 answer
+that creates it.  A token id that does not exist and one that belongs to someone else get the
+same answer, so ids of other people's tokens cannot be probed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from . import inputs
+from .email_api import token_json
+from .errors import NotFound
+from .issue import issue_token
+from .keys import api_state_key, recorder_key, store_key, validator_key
+from .store import Token
+from .webauth import authenticate
+from .webio import ApiError, Endpoint, iso, json_response, read_json, too_many
+
+NOT_FOUND = "Token not found"
+
+
+def listed(request: web.Request, token: Token) -> dict[str, object]:
+    """A token in a list: no secret; last use merged from memory."""
+    out = token_json(token)
+    recorder = request.config_dict[recorder_key]
+    out["last_used_at"] = iso(recorder.last_used_at(token.id, token.last_used_at))
+    return out
+
+
+async def list_tokens(request: web.Request) -> web.Response:
+    """The caller's active tokens, newest first."""
+    caller = await authenticate(request)
+    found = await request.config_dict[store_key].list_tokens(user_id=caller.user.id)
+    return json_response([listed(request, t) for t in found])
+
+
+async def create_token(request: web.Request) -> web.Response:
+    """A new named token; its secret is in this answer only."""
+    caller = await authenticate(request)
+    body = await read_json(request, ("name",))
+    name = inputs.token_name(body.get("name"))
+    retry = request.config_dict[api_state_key].token_create.hit(caller.user.id)
+    if retry is not None:
+        raise too_many(retry)
+    token, secret = await issue_token(
+        request.config_dict[store_key], caller.user, name=name, kind="api"
+    )
+    return json_response(token_json(token, secret=secret), 201)
+
+
+def _token_id(request: web.Request) -> str:
+    raw = request.match_info.get("id", "").strip()
+    if not raw:
+        raise ApiError(400, "Token ID is required")
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise ApiError(400, NOT_FOUND) from None
+
+
+async def delete_token(request: web.Request) -> web.Response:
+    """Revoke one of the caller's tokens."""
+    caller = await authenticate(request)
+    token_id = _token_id(request)
+    try:
+        digest = await request.config_dict[store_key].revoke_token(token_id, user_id=caller.user.id)
+    except NotFound:
+        raise ApiError(400, NOT_FOUND) from None
+    request.config_dict[validator_key].forget(digest)
+    return json_response({"message": "Token revoked"})
+
+
+_LISTED: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "name": {"type": "string"},
+        "kind": {"type": "string", "enum": ["email", "api"]},
+        "prefix": {"type": "string"},
+        "created_at": {"type": "string", "format": "date-time"},
+        "last_used_at": {"type": ["string", "null"], "format": "date-time"},
+    },
+}
+_AUTH_FAIL = {
+    401: "Not logged in, or unknown/revoked token",
+    403: "Cookie without a matching Origin",
+}
+
+ENDPOINTS = (
+    Endpoint(
+        "GET",
+        "/tokens",
+        list_tokens,
+        "List the current user's tokens (never their secrets)",
+        {200: "The tokens", 401: _AUTH_FAIL[401]},
+        auth="bearer_or_cookie",
+        result={"type": "array", "items": _LISTED},
+        tag="named tokens",
+    ),
+    Endpoint(
+        "POST",
+        "/tokens",
+        create_token,
+        "Create a named token; the secret is returned only here",
+        {
+            201: "The token with its secret",
+            400: "Token name is required, or is invalid",
+            413: "Body too large",
+            415: "Body is not JSON",
+            429: "Too many tokens created",
+            **_AUTH_FAIL,
+        },
+        auth="bearer_or_cookie",
+        body={
+            "type": "object",
+            "required": ["name"],
+            "additionalProperties": False,
+            "properties": {"name": {"type": "string", "maxLength": inputs.MAX_NAME_LEN}},
+        },
+        result={**_LISTED, "properties": {**_LISTED["properties"], "token": {"type": "string"}}},
+        tag="named tokens",
+    ),
+    Endpoint(
+        "DELETE",
+        "/tokens/",
+        delete_token,
+        "Without an id: answered 400",
+        {400: "Token ID is required", **_AUTH_FAIL},
+        auth="bearer_or_cookie",
+        tag="named tokens",
+    ),
+    Endpoint(
+        "DELETE",
+        "/tokens/{id}",
+        delete_token,
+        "Revoke one of the current user's tokens",
+        {200: "Token revoked", 400: "Token ID is required, or not found", **_AUTH_FAIL},
+        auth="bearer_or_cookie",
+        result={"type": "object", "properties": {"message": {"type": "string"}}},
+        tag="named tokens",
+    ),
+)

@@ -1,0 +1,187 @@
+"""HTTP plumbing shared by the token API handlers: JSON in and out, errors, endpoint declarations.
+
+Each handler module declares its endpoints as ``Endpoint`` values: method, path, handler, and the
+statuses it can answer.  The same declarations register the routes and build the OpenAPI
+document, so the two cannot drift apart.  Errors are ``{"error": message}`` answers, produced by
+the API's own middleware from ``ApiError`` and the domain errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .config import TokenApiConfig
+from .errors import Conflict, InvalidInput, NotFound, StoreUnavailable
+from .mail import MailError
+from .ratelimit import RateLimiter
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Schema = Mapping[str, Any]
+
+MAX_BODY = 64 * 1024
+JSON_TYPE = "application/json"
+
+
+class ApiError(Exception):
+    """An answer other than success: status, a message safe to show, optional headers."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def too_many(retry_after: int) -> ApiError:
+    """A 429 with an integer Retry-After."""
+    return ApiError(
+        429, "Too many requests; try again later", {"Retry-After": str(int(retry_after))}
+    )
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    """A JSON answer that no cache may keep (it may hold a secret)."""
+    return web.Response(
+        body=orjson.dumps(data),
+        status=status,
+        content_type=JSON_TYPE,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def error_response(
+    status: int, message: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """``{"error": message}``."""
+    response = json_response({"error": message}, status)
+    response.headers.update(headers or {})
+    return response
+
+
+def iso(ts: float | None) -> str | None:
+    """A Unix time as ISO 8601 UTC with a ``Z``, or None."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def _read_limited(request: web.Request) -> bytes:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise ApiError(413, "Request body is too large")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(MAX_BODY + 1)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ApiError(413, "Request body is too large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: web.Request, allowed: Collection[str]) -> dict[str, Any]:
+    """The request's JSON object, with no fields beyond ``allowed``; ApiError otherwise."""
+    if request.content_type != JSON_TYPE:
+        raise ApiError(415, "Content-Type must be application/json")
+    raw = await _read_limited(request)
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "Request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "Request body must be a JSON object")
+    unknown = sorted(k for k in data if k not in allowed)
+    if unknown:
+        # The name is echoed, so bound it and strip anything unprintable.
+        name = "".join(c for c in unknown[0][:40] if c.isprintable())
+        raise ApiError(400, f"Unknown field: {name!r}")
+    return data
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One documented route of the API (``path`` is relative to ``<public path>/api``)."""
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    responses: Mapping[int, str]
+    auth: str = "none"  # none | bearer | bearer_or_cookie | admin
+    body: Schema | None = None
+    result: Schema | None = None
+    tag: str = "tokens"
+
+
+@dataclass
+class ApiState:
+    """Per-process state of the API: rate limiters and per-address registration locks."""
+
+    register_email: RateLimiter
+    register_ip: RateLimiter
+    token_create: RateLimiter
+    login_email: RateLimiter
+    login_ip: RateLimiter
+    _locks: weakref.WeakValueDictionary[str, asyncio.Lock] = field(
+        default_factory=weakref.WeakValueDictionary
+    )
+
+    @classmethod
+    def from_config(cls, config: TokenApiConfig) -> ApiState:
+        return cls(
+            register_email=RateLimiter(config.register_per_email, config.register_window),
+            register_ip=RateLimiter(config.register_per_ip, config.register_window),
+            token_create=RateLimiter(config.token_create_per_user, config.token_create_window),
+            login_email=RateLimiter(config.login_failures, config.login_window),
+            login_ip=RateLimiter(config.login_failures, config.login_window),
+        )
+
+    def lock(self, key: str) -> asyncio.Lock:
+        """A lock serialising work on one key (an address, a token) in this process."""
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[key] = lock
+        return lock
+
+
+@web.middleware
+async def api_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure of an API handler becomes ``{"error": ...}`` with the right status."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.message, exc.headers)
+    except InvalidInput as exc:
+        return error_response(400, str(exc))
+    except NotFound:
+        return error_response(404, "Not found")
+    except Conflict:
+        return error_response(409, "The request conflicts with a concurrent change; try again")
+    except MailError:
+        return error_response(
+            503, "The email could not be sent; try again later", {"Retry-After": "60"}
+        )
+    except StoreUnavailable as exc:
+        log.error("store unavailable: %s", exc)
+        return error_response(
+            503, "The token store is unavailable; try again shortly", {"Retry-After": "5"}
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return error_response(exc.status, exc.reason, headers)
