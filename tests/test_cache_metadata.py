@@ -1,0 +1,356 @@
+"""The metadata cache: freshness, revalidation, negative entries, coalescing, stale-if-error, LRU."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from proxy.metacache import (
+    ENTRY_OVERHEAD,
+    NOT_MODIFIED,
+    CacheKey,
+    CacheState,
+    MetadataCache,
+    MetaEntry,
+    NotModified,
+    Validators,
+    metadata_response,
+    not_modified,
+)
+from proxy.settings import SettingsError, load
+from proxy.upstream import UpstreamError
+from tests.conftest import serve_app
+
+KEY: CacheKey = ("npm", "left-pad", "abbreviated")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeUpstream:
+    """A fetch callable that records calls and answers from a script."""
+
+    def __init__(self, body: bytes = b'{"name":"left-pad"}') -> None:
+        self.body = body
+        self.calls: list[Validators] = []
+        self.error: UpstreamError | None = None
+        self.gate: asyncio.Event | None = None
+        self.etag = '"up-1"'
+
+    async def __call__(self, validators: Validators) -> MetaEntry | NotModified:
+        self.calls.append(validators)
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.error is not None:
+            raise self.error
+        if validators.etag == self.etag:
+            return NOT_MODIFIED
+        return MetaEntry.build(
+            self.body,
+            "application/json",
+            upstream_etag=self.etag,
+            upstream_last_modified="Tue, 01 Oct 2024 10:00:00 GMT",
+        )
+
+
+def make_cache(clock: Clock, **kw: float) -> MetadataCache:
+    return MetadataCache(
+        max_bytes=int(kw.pop("max_bytes", 1 << 20)),
+        ttl=kw.pop("ttl", 120.0),
+        negative_ttl=kw.pop("negative_ttl", 10.0),
+        stale_max=kw.pop("stale_max", 3600.0),
+        clock=clock,
+    )
+
+
+async def test_metadata_cache__miss_then_fresh_hit_without_fetch() -> None:
+    clock, up = Clock(), FakeUpstream()
+    cache = make_cache(clock)
+    first = await cache.get_or_fetch(KEY, up)
+    clock.now += 119
+    second = await cache.get_or_fetch(KEY, up)
+    assert (first.state, second.state) == (CacheState.MISS, CacheState.HIT)
+    assert second.entry.body == up.body
+    assert len(up.calls) == 1
+
+
+async def test_metadata_cache__expired_entry_revalidated_with_upstream_validators() -> None:
+    clock, up = Clock(), FakeUpstream()
+    cache = make_cache(clock)
+    first = await cache.get_or_fetch(KEY, up)
+    clock.now += 121
+    again = await cache.get_or_fetch(KEY, up)
+    assert again.state is CacheState.REVALIDATED
+    assert again.entry is first.entry
+    assert up.calls[1] == Validators('"up-1"', "Tue, 01 Oct 2024 10:00:00 GMT")
+    assert up.calls[1].headers() == {
+        "If-None-Match": '"up-1"',
+        "If-Modified-Since": "Tue, 01 Oct 2024 10:00:00 GMT",
+    }
+    # Revalidation renews freshness: the next request is a hit.
+    clock.now += 60
+    assert (await cache.get_or_fetch(KEY, up)).state is CacheState.HIT
+    assert len(up.calls) == 2
+
+
+async def test_metadata_cache__changed_upstream_replaces_entry_and_etag() -> None:
+    clock, up = Clock(), FakeUpstream()
+    cache = make_cache(clock)
+    first = await cache.get_or_fetch(KEY, up)
+    up.body, up.etag = b'{"name":"left-pad","v":2}', '"up-2"'
+    clock.now += 121
+    second = await cache.get_or_fetch(KEY, up)
+    assert second.state is CacheState.MISS
+    assert second.entry.body == up.body
+    assert second.entry.etag != first.entry.etag
+    assert cache.bytes == len(up.body) + ENTRY_OVERHEAD
+
+
+async def test_metadata_cache__concurrent_misses_make_one_fetch() -> None:
+    clock, up = Clock(), FakeUpstream()
+    up.gate = asyncio.Event()
+    cache = make_cache(clock)
+    waiting = [asyncio.create_task(cache.get_or_fetch(KEY, up)) for _ in range(25)]
+    await asyncio.sleep(0)
+    up.gate.set()
+    results = await asyncio.gather(*waiting)
+    assert len(up.calls) == 1
+    assert {r.entry.body for r in results} == {up.body}
+
+
+async def test_metadata_cache__cancelled_caller_does_not_cancel_shared_fetch() -> None:
+    clock, up = Clock(), FakeUpstream()
+    up.gate = asyncio.Event()
+    cache = make_cache(clock)
+    leaver = asyncio.create_task(cache.get_or_fetch(KEY, up))
+    stayer = asyncio.create_task(cache.get_or_fetch(KEY, up))
+    await asyncio.sleep(0)
+    leaver.cancel()
+    up.gate.set()
+    result = await stayer
+    assert result.state is CacheState.MISS
+    assert leaver.cancelled()
+    assert len(up.calls) == 1
+
+
+async def test_metadata_cache__concurrent_misses_share_the_upstream_error() -> None:
+    clock, up = Clock(), FakeUpstream()
+    up.gate, up.error = asyncio.Event(), UpstreamError(502, "upstream answered 503")
+    cache = make_cache(clock)
+    waiting = [asyncio.create_task(cache.get_or_fetch(KEY, up)) for _ in range(5)]
+    await asyncio.sleep(0)
+    up.gate.set()
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(r, UpstreamError) and r.status == 502 for r in results)
+    assert len(up.calls) == 1
+
+
+async def test_metadata_cache__upstream_404_remembered_for_negative_ttl() -> None:
+    clock, up = Clock(), FakeUpstream()
+    up.error = UpstreamError(404, "package not found")
+    cache = make_cache(clock)
+    for _ in range(3):
+        with pytest.raises(UpstreamError) as caught:
+            await cache.get_or_fetch(KEY, up)
+        assert caught.value.status == 404
+    assert len(up.calls) == 1
+    clock.now += 10
+    up.error = None
+    assert (await cache.get_or_fetch(KEY, up)).state is CacheState.MISS
+    assert len(up.calls) == 2
+
+
+async def test_metadata_cache__upstream_404_drops_positive_entry() -> None:
+    clock, up = Clock(), FakeUpstream()
+    cache = make_cache(clock)
+    await cache.get_or_fetch(KEY, up)
+    clock.now += 121
+    up.error = UpstreamError(404, "package not found")
+    with pytest.raises(UpstreamError):
+        await cache.get_or_fetch(KEY, up)
+    assert cache.peek(KEY) is None
+
+
+async def test_metadata_cache__upstream_failure_serves_stale_flagged() -> None:
+    clock, up = Clock(), FakeUpstream()
+    cache = make_cache(clock, stale_max=3600)
+    await cache.get_or_fetch(KEY, up)
+    clock.now += 3000
+    up.error = UpstreamError(504, "upstream timed out")
+    result = await cache.get_or_fetch(KEY, up)
+    assert result.stale
+    assert result.state is CacheState.STALE
+    assert result.entry.body == up.body
+    # Still expired: the next request tries the upstream again, and recovers once it is back.
+    up.error = None
+    assert (await cache.get_or_fetch(KEY, up)).state is CacheState.REVALIDATED
+    assert len(up.calls) == 3
+
+
+async def test_metadata_cache__stale_beyond_limit_raises_upstream_error() -> None:
+    clock, up = Clock(), FakeUpstream()
+    cache = make_cache(clock, stale_max=3600)
+    await cache.get_or_fetch(KEY, up)
+    clock.now += 3601
+    up.error = UpstreamError(502, "upstream answered 500")
+    with pytest.raises(UpstreamError) as caught:
+        await cache.get_or_fetch(KEY, up)
+    assert caught.value.status == 502
+
+
+async def test_metadata_cache__lru_evicts_least_recently_used_by_bytes() -> None:
+    clock = Clock()
+    body = b"x" * 1000
+    cache = make_cache(clock, max_bytes=3 * (1000 + ENTRY_OVERHEAD))
+    keys: list[CacheKey] = [("npm", f"p{i}", "full") for i in range(4)]
+    for key in keys[:3]:
+        await cache.get_or_fetch(key, FakeUpstream(body))
+    await cache.get_or_fetch(keys[0], FakeUpstream(body))  # p0 becomes most recently used
+    await cache.get_or_fetch(keys[3], FakeUpstream(body))
+    assert [cache.peek(k) is not None for k in keys] == [True, False, True, True]
+    assert cache.bytes == 3 * (1000 + ENTRY_OVERHEAD)
+    assert cache.stats.evictions == 1
+
+
+async def test_metadata_cache__entry_larger_than_bound_is_served_not_kept() -> None:
+    clock = Clock()
+    cache = make_cache(clock, max_bytes=2000)
+    up = FakeUpstream(b"y" * 5000)
+    result = await cache.get_or_fetch(KEY, up)
+    assert result.entry.body == up.body
+    assert cache.peek(KEY) is None
+    assert cache.bytes == 0
+
+
+async def test_metadata_cache__representations_are_separate_entries() -> None:
+    clock = Clock()
+    cache = make_cache(clock)
+    full = await cache.get_or_fetch(("npm", "a", "full"), FakeUpstream(b"full"))
+    abbr = await cache.get_or_fetch(("npm", "a", "abbreviated"), FakeUpstream(b"abbr"))
+    assert (full.entry.body, abbr.entry.body) == (b"full", b"abbr")
+    assert full.entry.etag != abbr.entry.etag
+
+
+async def test_metadata_cache__disabled_fetches_every_time() -> None:
+    up = FakeUpstream()
+    cache = MetadataCache(enabled=False)
+    states = [(await cache.get_or_fetch(KEY, up)).state for _ in range(3)]
+    assert states == [CacheState.BYPASS] * 3
+    assert len(up.calls) == 3
+    assert up.calls[0] == Validators()
+
+
+def entry() -> MetaEntry:
+    return MetaEntry.build(
+        b"{}", "application/json", upstream_last_modified="Tue, 01 Oct 2024 10:00:00 GMT"
+    )
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({}, False),
+        ({"If-None-Match": "SELF"}, True),
+        ({"If-None-Match": "W/SELF"}, True),
+        ({"If-None-Match": '"other", SELF'}, True),
+        ({"If-None-Match": "*"}, True),
+        ({"If-None-Match": '"other"'}, False),
+        ({"If-None-Match": '"other"', "If-Modified-Since": "Wed, 02 Oct 2024 10:00:00 GMT"}, False),
+        ({"If-Modified-Since": "Wed, 02 Oct 2024 10:00:00 GMT"}, True),
+        ({"If-Modified-Since": "Tue, 01 Oct 2024 10:00:00 GMT"}, True),
+        ({"If-Modified-Since": "Mon, 30 Sep 2024 10:00:00 GMT"}, False),
+        ({"If-Modified-Since": "not a date"}, False),
+    ],
+)
+def test_not_modified__client_validators(headers: dict[str, str], expected: bool) -> None:
+    e = entry()
+    headers = {k: v.replace("SELF", e.etag) for k, v in headers.items()}
+    assert not_modified(e, headers) is expected
+
+
+@pytest.fixture
+async def cached_app() -> AsyncIterator[tuple[str, FakeUpstream, Clock]]:
+    """A tiny server answering from a MetadataCache with metadata_response."""
+    clock, up = Clock(), FakeUpstream()
+    cache = make_cache(clock)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        cached = await cache.get_or_fetch(KEY, up)
+        return metadata_response(request, cached, headers={"Vary": "Accept"})
+
+    app = web.Application()
+    app.router.add_get("/pkg", handler)
+    runner, url = await serve_app(app)
+    yield str(url / "pkg"), up, clock
+    await runner.cleanup()
+
+
+async def test_metadata_response__client_etag_answered_304_from_cache(
+    cached_app: tuple[str, FakeUpstream, Clock],
+) -> None:
+    url, up, _ = cached_app
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as first:
+            assert first.status == 200
+            assert first.headers["X-Cache"] == "MISS"
+            assert first.headers["Content-Type"] == "application/json"
+            assert first.headers["Vary"] == "Accept"
+            assert await first.read() == up.body
+            etag = first.headers["ETag"]
+        async with http.get(url, headers={"If-None-Match": etag}) as second:
+            assert second.status == 304
+            assert second.headers["ETag"] == etag
+            assert second.headers["X-Cache"] == "HIT"
+            assert await second.read() == b""
+        async with http.head(url) as head:
+            assert head.status == 200
+            assert int(head.headers["Content-Length"]) == len(up.body)
+    assert len(up.calls) == 1
+
+
+async def test_metadata_response__stale_answer_marked_x_cache_stale(
+    cached_app: tuple[str, FakeUpstream, Clock],
+) -> None:
+    url, up, clock = cached_app
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as first:
+            assert first.status == 200
+        clock.now += 600
+        up.error = UpstreamError(502, "upstream connection failed")
+        async with http.get(url) as stale:
+            assert stale.status == 200
+            assert stale.headers["X-Cache"] == "STALE"
+            assert await stale.read() == up.body
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("67108864", 67108864), ("64MiB", 64 * 1024**2), ("10 GB", 10 * 1000**3), ("0", 0)],
+)
+def test_settings__cache_byte_sizes(raw: str, expected: int) -> None:
+    settings = load({"metadata_cache_bytes": raw}, env={})
+    assert settings.metadata_cache_bytes == expected
+
+
+@pytest.mark.parametrize("raw", ["-1", "lots", "12 parsecs", "inf"])
+def test_settings__bad_cache_size_names_the_setting(raw: str) -> None:
+    with pytest.raises(SettingsError, match="artifact_cache_bytes"):
+        load({"artifact_cache_bytes": raw}, env={})
+
+
+def test_settings__cache_defaults() -> None:
+    settings = load({}, env={})
+    assert settings.cache is True
+    assert (settings.metadata_ttl, settings.metadata_negative_ttl) == (120.0, 10.0)
+    assert settings.metadata_cache_bytes == 64 * 1024**2
+    assert settings.artifact_cache_bytes == 10 * 1024**3
+    assert settings.artifact_dir == settings.data_dir / "cache" / "artifacts"
