@@ -11,13 +11,15 @@ from tokenapi.config import TokenApiConfig
 
 from . import npm, simple
 from .artifacts import ArtifactCache
-from .auth import NPM_CHALLENGE, PYPI_CHALLENGE, registry_auth_middleware
+from .auth import NPM_CHALLENGE, PYPI_CHALLENGE
 from .errors import error_middleware
 from .keys import artifact_cache_key, metadata_cache_key, settings_key, upstream_key
 from .metacache import MetadataCache
+from .metrics import metrics_key, metrics_middleware, setup_metrics
 from .ops import setup_ops
 from .settings import Settings
 from .upstream import Upstream
+from .vhosts import mount_registry
 
 CLIENT_MAX_SIZE = 1024 * 1024
 
@@ -56,6 +58,7 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         timeout=settings.upstream_timeout,
         connect_timeout=settings.upstream_connect_timeout,
         connections=settings.upstream_connections,
+        observer=app[metrics_key],
     )
     await upstream.start()
     app[upstream_key] = upstream
@@ -85,21 +88,36 @@ async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> web.Application:
     """Build the whole server for ``settings``; nothing is opened until the app starts."""
-    # This order matters: errors outermost so every failure below becomes JSON.
-    app = web.Application(middlewares=[error_middleware], client_max_size=CLIENT_MAX_SIZE)
+    # This order matters: metrics outermost so they count the final status of every answer,
+    # including the JSON errors the error middleware makes from failures below it.
+    app = web.Application(
+        middlewares=[metrics_middleware, error_middleware], client_max_size=CLIENT_MAX_SIZE
+    )
     app[settings_key] = settings
+    setup_metrics(app)
     tokenapi.http.setup(app, token_api_config(settings))
     app.cleanup_ctx.append(upstream_ctx)
     app.cleanup_ctx.append(cache_ctx)
     setup_ops(app)
 
-    prefix = settings.base_url.path.rstrip("/")
+    # Registries last: a virtual host catches every path on its host name, so the token API and
+    # ops routes registered above must come first to keep answering there.
     if settings.npm_upstream:
-        npm_app = web.Application(middlewares=[registry_auth_middleware("npm", NPM_CHALLENGE)])
-        npm.setup_routes(npm_app, settings)
-        app.add_subapp(f"{prefix}/npm", npm_app)
+        mount_registry(
+            app,
+            settings,
+            name="npm",
+            challenge=NPM_CHALLENGE,
+            setup_routes=npm.setup_routes,
+            host=settings.npm_host,
+        )
     if settings.pypi_upstream:
-        pypi_app = web.Application(middlewares=[registry_auth_middleware("pypi", PYPI_CHALLENGE)])
-        simple.setup_routes(pypi_app, settings)
-        app.add_subapp(f"{prefix}/pypi", pypi_app)
+        mount_registry(
+            app,
+            settings,
+            name="pypi",
+            challenge=PYPI_CHALLENGE,
+            setup_routes=simple.setup_routes,
+            host=settings.pypi_host,
+        )
     return app

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
+from cachetools import TTLCache
 
+from tokenapi import tokens
 from tokenapi.credentials import MalformedCredentials, secret_from_header
-from tokenapi.keys import REQUEST_TOKEN, recorder_key, validator_key
+from tokenapi.errors import StoreUnavailable
+from tokenapi.keys import REQUEST_TOKEN, recorder_key, store_key, validator_key
 
 from .errors import Handler, json_error
-from .keys import settings_key
+from .keys import REQUEST_ECOSYSTEM, settings_key
+from .metrics import metrics_key
 
 NPM_CHALLENGE = 'Bearer realm="pkgate"'
 PYPI_CHALLENGE = 'Basic realm="pkgate"'
@@ -27,19 +31,46 @@ def unauthorized(message: str, challenge: str) -> web.Response:
 def registry_auth_middleware(ecosystem: str, challenge: str) -> Middleware:
     """The middleware that guards one registry's routes."""
 
+    # Failure path only: remembers which rejected digests were revoked (rather than unknown), so
+    # a client retrying a dead token costs one store query per minute, not one per request.
+    revoked_seen: TTLCache[str, bool] = TTLCache(maxsize=4096, ttl=60.0)
+
+    async def failure_outcome(request: web.Request, secret: str) -> str:
+        if not tokens.is_well_formed(secret):
+            return "invalid"
+        digest = tokens.digest(secret)
+        revoked = revoked_seen.get(digest)
+        if revoked is None:
+            try:
+                revoked = await request.config_dict[store_key].digest_revoked(digest)
+            except StoreUnavailable:
+                return "invalid"
+            revoked_seen[digest] = revoked
+        return "revoked" if revoked else "invalid"
+
+    def count(request: web.Request, outcome: str) -> None:
+        metrics = request.config_dict.get(metrics_key)
+        if metrics is not None:
+            metrics.auth_outcome(ecosystem, outcome)
+
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        request[REQUEST_ECOSYSTEM] = ecosystem
         try:
             secret = secret_from_header(request.headers.get(hdrs.AUTHORIZATION))
         except MalformedCredentials as exc:
+            count(request, "invalid")
             return unauthorized(str(exc), challenge)
         if secret is None:
+            count(request, "missing")
             if request.config_dict[settings_key].anonymous == "allow":
                 return await handler(request)
             return unauthorized("Authentication required: send your pkgate token", challenge)
         token = await request.config_dict[validator_key].validate(secret)
         if token is None:
+            count(request, await failure_outcome(request, secret))
             return unauthorized("Invalid or revoked token", challenge)
+        count(request, "ok")
         request.config_dict[recorder_key].record(token.id, ecosystem)
         request[REQUEST_TOKEN] = token
         return await handler(request)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+from yarl import URL
 
 from .artifacts import ArtifactCache
 from .metacache import MetadataCache
@@ -13,3 +14,11 @@ settings_key = web.AppKey("settings", Settings)
 upstream_key = web.AppKey("upstream", Upstream)
 metadata_cache_key = web.AppKey("metadata_cache", MetadataCache)
 artifact_cache_key = web.AppKey("artifact_cache", ArtifactCache)
+# On each registry sub-app: the absolute URL where that mount is reached (see proxy.vhosts).
+registry_base_key = web.AppKey("registry_base", URL)
+
+# Per-request keys (typed: aiohttp warns about plain string keys) for metrics and the access log.
+# The registry's auth middleware sets the ecosystem ("npm" or "pypi") on every request it sees.
+REQUEST_ECOSYSTEM = web.RequestKey("pkgate_ecosystem", str)
+# Handlers that consult a cache set "hit", "miss" or "stale" (served stale after upstream failure).
+REQUEST_CACHE = web.RequestKey("pkgate_cache", str)

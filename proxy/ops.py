@@ -1,4 +1,4 @@
-"""Operational endpoints: liveness and readiness."""
+"""Operational endpoints: liveness, readiness and Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from aiohttp import web
 
 from tokenapi.errors import StoreUnavailable
 from tokenapi.keys import store_key
+
+from .metrics import metrics_handler
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -27,3 +29,4 @@ async def readyz(request: web.Request) -> web.Response:
 def setup_ops(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -199,6 +200,16 @@ def _opt_host(value: Any) -> str | None:
     return text
 
 
+_HOST_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def _vhost(value: Any) -> str | None:
+    text = _opt_host(value)
+    if text is not None and not all(_HOST_LABEL.fullmatch(p) for p in text.split(".")):
+        raise ValueError("expected a host name such as npm.example.com (no port, no scheme)")
+    return text
+
+
 def setting(default: Any, parse: Callable[[Any], Any], help: str, *, secret: bool = False) -> Any:
     return field(default=default, metadata={"parse": parse, "help": help, "secret": secret})
 
@@ -265,6 +276,15 @@ class Settings:
     )
     log_level: str = setting("info", _choice("debug", "info", "warning", "error"), "log level")
     access_log: bool = setting(True, _bool, "write one JSON access log line per request")
+    npm_host: str | None = setting(
+        None, _vhost, "also serve the npm registry at the root of this host name (virtual host)"
+    )
+    pypi_host: str | None = setting(
+        None, _vhost, "also serve the index at the root of this host name (/simple/)"
+    )
+    shutdown_grace: float = setting(
+        30.0, _positive_seconds, "seconds in-flight requests may take to finish on SIGTERM"
+    )
 
     @property
     def base_url(self) -> URL:

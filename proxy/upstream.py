@@ -9,8 +9,9 @@ is forwarded.  Failures surface as ``UpstreamError`` carrying the status pkgate 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import hdrs
@@ -51,6 +52,14 @@ class UpstreamError(Exception):
         self.message = message
 
 
+class UpstreamObserver(Protocol):
+    """Receives upstream latencies and failures (proxy.metrics.Metrics is one)."""
+
+    def upstream_answered(self, origin: str, seconds: float, status: int) -> None: ...
+
+    def upstream_failed(self, origin: str, kind: str) -> None: ...
+
+
 def origin_of(url: URL) -> str:
     return str(url.origin())
 
@@ -77,8 +86,10 @@ class Upstream:
         timeout: float = 30.0,
         connect_timeout: float = 10.0,
         connections: int = 100,
+        observer: UpstreamObserver | None = None,
     ) -> None:
         self.origins = frozenset(origin_of(URL(o)) for o in origins)
+        self.observer = observer
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=timeout
         )
@@ -128,7 +139,10 @@ class Upstream:
             # Never contact a host that is not a configured upstream.
             raise UpstreamError(502, f"{what}: refusing to contact an unconfigured origin")
         attempts = 2 if method in {"GET", "HEAD"} else 1
+        origin = origin_of(url)
+        observer = self.observer
         for attempt in range(attempts):
+            started = time.perf_counter()
             try:
                 resp = await self._session.request(
                     method,
@@ -138,22 +152,34 @@ class Upstream:
                     allow_redirects=False,
                 )
             except (TimeoutError, aiohttp.ServerTimeoutError):
+                if observer is not None:
+                    observer.upstream_failed(origin, "timeout")
                 raise UpstreamError(504, f"{what} timed out") from None
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+                if observer is not None:
+                    observer.upstream_failed(origin, "connection")
                 if attempt + 1 < attempts:
                     continue
                 raise UpstreamError(
                     502, f"{what} connection failed ({exc.__class__.__name__})"
                 ) from None
             except aiohttp.ClientError as exc:
+                if observer is not None:
+                    observer.upstream_failed(origin, "connection")
                 raise UpstreamError(
                     502, f"{what} request failed ({exc.__class__.__name__})"
                 ) from None
+            if observer is not None:
+                observer.upstream_answered(origin, time.perf_counter() - started, resp.status)
             try:
                 yield resp
             except (TimeoutError, aiohttp.ServerTimeoutError):
+                if observer is not None:
+                    observer.upstream_failed(origin, "timeout")
                 raise UpstreamError(504, f"{what} timed out while sending its body") from None
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+                if observer is not None:
+                    observer.upstream_failed(origin, "connection")
                 raise UpstreamError(
                     502, f"{what} broke off while sending its body ({exc.__class__.__name__})"
                 ) from None
@@ -193,6 +219,7 @@ __all__ = [
     "USER_AGENT",
     "Upstream",
     "UpstreamError",
+    "UpstreamObserver",
     "forwarded_headers",
     "raise_for_upstream_status",
     "response_headers",
