@@ -1,4 +1,4 @@
-"""The metadata cache: freshness, revalidation, negative entries, coalescing, stale-if-error, LRU."""
+"""The metadata cache: freshness, revalidation, 404s, coalescing, stale-if-error, LRU."""
 
 from __future__ import annotations
 
