@@ -1,6 +1,6 @@
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -24,8 +24,8 @@ def mail() -> Iterator[SmtpServer]:
 
 
 @pytest.fixture
-async def server(start_server: StartServer, mail: SmtpServer) -> AsyncIterator[RunningServer]:
-    yield await start_server(
+async def server(start_server: StartServer, mail: SmtpServer) -> RunningServer:
+    return await start_server(
         npm_upstream=NPM_UPSTREAM, pypi_upstream=PYPI_UPSTREAM, smtp_url=mail.url
     )
 
