@@ -150,6 +150,7 @@ class ArtifactStats:
 
     hits: int = 0
     downloads: int = 0
+    coalesced: int = 0
     stored: int = 0
     mismatches: int = 0
     relayed: int = 0
@@ -270,6 +271,7 @@ class ArtifactCache:
                 return self._file_response(path, content_type, headers)
             pending = self._inflight.get(name)
             if pending is not None:
+                self.stats.coalesced += 1
                 outcome = await asyncio.shield(pending)
                 if outcome is _Outcome.MISMATCH:
                     raise HashMismatch()
