@@ -402,11 +402,11 @@ class ArtifactCache:
             raise
         self._add(name, size)
         self.stats.stored += 1
+        await self._evict()
         if resp is not None:
             if held is not None:
                 await resp.write(held)
             await resp.write_eof()
-        await self._evict()
         return _Outcome.STORED
 
     def _add(self, name: str, size: int) -> None:

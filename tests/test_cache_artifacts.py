@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -70,6 +71,7 @@ class Harness:
     digests: dict[str, Digest | None]
 
 
+@contextlib.asynccontextmanager
 async def start_harness(tmp_path: Path, max_bytes: int = 1 << 30) -> AsyncIterator[Harness]:
     files = FakeFiles(tmp_path / "upstream")
     files.root.mkdir()
@@ -102,15 +104,17 @@ async def start_harness(tmp_path: Path, max_bytes: int = 1 << 30) -> AsyncIterat
     app = web.Application(middlewares=[error_middleware])
     app.router.add_get("/a/{name}", handler)
     runner, url = await serve_app(app)
-    yield Harness(url, files, cache, digests)
-    await runner.cleanup()
-    await upstream.close()
-    await up_runner.cleanup()
+    try:
+        yield Harness(url, files, cache, digests)
+    finally:
+        await runner.cleanup()
+        await upstream.close()
+        await up_runner.cleanup()
 
 
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    async for h in start_harness(tmp_path):
+    async with start_harness(tmp_path) as h:
         yield h
 
 
@@ -270,7 +274,7 @@ async def test_artifact_cache__without_digest_relays_and_stores_nothing(harness:
 
 
 async def test_artifact_cache__disabled_relays_every_request(tmp_path: Path) -> None:
-    async for h in start_harness(tmp_path, max_bytes=0):
+    async with start_harness(tmp_path, max_bytes=0) as h:
         data = os.urandom(5_000)
         publish(h, "g.tgz", data)
         async with aiohttp.ClientSession() as http:
@@ -282,7 +286,7 @@ async def test_artifact_cache__disabled_relays_every_request(tmp_path: Path) -> 
 
 
 async def test_artifact_cache__lru_evicts_oldest_files_by_bytes(tmp_path: Path) -> None:
-    async for h in start_harness(tmp_path, max_bytes=25_000):
+    async with start_harness(tmp_path, max_bytes=25_000) as h:
         blobs = {f"{n}.tgz": os.urandom(10_000) for n in "pqr"}
         for name, data in blobs.items():
             publish(h, name, data)
@@ -303,7 +307,7 @@ async def test_artifact_cache__lru_evicts_oldest_files_by_bytes(tmp_path: Path) 
 async def test_artifact_cache__artifact_larger_than_bound_is_relayed_not_kept(
     tmp_path: Path,
 ) -> None:
-    async for h in start_harness(tmp_path, max_bytes=1000):
+    async with start_harness(tmp_path, max_bytes=1000) as h:
         data = os.urandom(5000)
         publish(h, "big.tgz", data)
         async with aiohttp.ClientSession() as http, http.get(h.url / "a" / "big.tgz") as r:
@@ -313,7 +317,7 @@ async def test_artifact_cache__artifact_larger_than_bound_is_relayed_not_kept(
 
 async def test_artifact_cache__index_rebuilt_from_disk_on_start(tmp_path: Path) -> None:
     data = os.urandom(8_000)
-    async for h in start_harness(tmp_path):
+    async with start_harness(tmp_path) as h:
         publish(h, "s.tgz", data)
         async with aiohttp.ClientSession() as http, http.get(h.url / "a" / "s.tgz") as r:
             assert await r.read() == data
