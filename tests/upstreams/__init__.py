@@ -1,0 +1,1 @@
+"""Fake upstream registries (real aiohttp servers on loopback) serving packages built by tests."""
