@@ -14,12 +14,11 @@ from aiohttp import web
 
 from tokenapi.store import Store
 
+from .accesslog import access_log_class, access_logger
 from .app import create_app
 from .settings import Settings
 
 log = logging.getLogger("pkgate")
-
-SHUTDOWN_GRACE = 30.0
 
 
 def configure_logging(settings: Settings) -> None:
@@ -50,12 +49,15 @@ def _install_loop_policy() -> None:
 
 def _run_worker(settings: Settings, sock: socket.socket) -> None:
     _install_loop_policy()
+    # On SIGTERM run_app stops listening, waits up to shutdown_grace for in-flight requests
+    # (downloads included), then runs the cleanup contexts: last-used flush, store close.
     web.run_app(
         create_app(settings),
         sock=sock,
         print=None,
-        access_log=None,
-        shutdown_timeout=SHUTDOWN_GRACE,
+        access_log=access_logger() if settings.access_log else None,
+        access_log_class=access_log_class(settings),
+        shutdown_timeout=settings.shutdown_grace,
         handle_signals=True,
     )
 
