@@ -17,7 +17,7 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f\u0080-\u009f\u2028\u2029]")
 
 def normalize_email(value: object) -> str:
     """A plausible, header-safe address, lower-cased; InvalidInput otherwise."""
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str) or not value.strip() or _CONTROL_RE.search(value):
         raise InvalidInput("A valid email address is required")
     email = value.strip()
     if len(email) > MAX_EMAIL_LEN or _CONTROL_RE.search(email):
@@ -35,6 +35,9 @@ def token_name(value: object, *, required_message: str = "Token name is required
     """A short printable name; InvalidInput for missing, overlong or control characters."""
     if not isinstance(value, str) or not value.strip():
         raise InvalidInput(required_message)
+    # Checked before stripping: a trailing CR/LF is an injection attempt, not whitespace.
+    if _CONTROL_RE.search(value):
+        raise InvalidInput("Token name must not contain control characters")
     name = value.strip()
     if len(name) > MAX_NAME_LEN:
         raise InvalidInput(f"Token name must be at most {MAX_NAME_LEN} characters")
