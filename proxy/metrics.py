@@ -169,7 +169,8 @@ def route_label(request: web.Request) -> str:
 
 
 def ecosystem_label(request: web.Request) -> str:
-    return request.get(REQUEST_ECOSYSTEM, "none")
+    ecosystem: str = request.get(REQUEST_ECOSYSTEM, "none")
+    return ecosystem
 
 
 @web.middleware
