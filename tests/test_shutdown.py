@@ -86,11 +86,14 @@ async def test_shutdown__sigterm_lets_a_download_finish_and_flushes_last_used(
     assert server.proc is not None
     started = time.time()
     try:
-        async with aiohttp.ClientSession() as http, http.get(
-            server.url.with_path("/npm" + TARBALL),
-            headers={"Authorization": f"Bearer {secret}"},
-            params={"npm": "1"},
-        ) as resp:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(
+                server.url.with_path("/npm" + TARBALL),
+                headers={"Authorization": f"Bearer {secret}"},
+                params={"npm": "1"},
+            ) as resp,
+        ):
             assert resp.status == 200
             assert resp.content_length == SIZE
             received = bytearray(await resp.content.readexactly(CHUNK))
