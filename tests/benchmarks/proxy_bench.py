@@ -1,0 +1,567 @@
+"""pkgate's proxy benchmark: run by hand, prints a table of ratios against same-run baselines.
+
+    .venv/bin/python tests/benchmarks/proxy_bench.py [--duration 5] [--connections 32] [--quick]
+
+Everything is local: the script starts its own fake upstream registry (npm layout and a simple
+index, real tarballs), a bare aiohttp server as the baseline, and pkgate itself as subprocesses;
+load comes from wrk (installed with apt-get when missing) and curl.  Rows whose pkgate route does
+not exist or is not cached yet print "n/a" with the reason.  Not collected by pytest (no test_
+prefix) and never part of the pass/fail of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+TOP = Path(__file__).resolve().parents[2]
+PY = sys.executable
+NPM_DEPS = 200
+BIG = 100 * 1024 * 1024
+MID = 20 * 1024 * 1024
+
+
+# ---------------------------------------------------------------- fake upstream and baseline
+
+
+def _tgz(name: str, version: str) -> bytes:
+    manifest = json.dumps({"name": name, "version": version, "main": "index.js"}).encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for path, data in (("package/package.json", manifest), ("package/index.js", b"1;\n")):
+            info = tarfile.TarInfo(path)
+            info.size, info.mtime = len(data), 0
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _random_file(path: Path, size: int) -> None:
+    with path.open("wb") as fh:
+        for _ in range(size // (1 << 20)):
+            fh.write(os.urandom(1 << 20))
+
+
+def build_upstream(root: Path) -> None:
+    """Write packuments, tarballs, index pages and files the fake upstream serves."""
+    (root / "npm").mkdir(parents=True)
+    (root / "files").mkdir()
+    (root / "simple").mkdir()
+    names = [f"dep{i:03d}" for i in range(NPM_DEPS)] + ["bench-pkg"]
+    blobs: dict[str, Path] = {}
+    for name in names:
+        path = root / "files" / f"{name}-1.0.0.tgz"
+        path.write_bytes(_tgz(name, "1.0.0"))
+        blobs[name] = path
+    for name, size in (("big-pkg", BIG), ("mid-pkg", MID)):
+        blobs[name] = root / "files" / f"{name}-1.0.0.tgz"
+        _random_file(blobs[name], size)
+    for name, path in blobs.items():
+        data = path.read_bytes()
+        integrity = "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
+        versions = {
+            f"1.0.{p}": {
+                "name": name,
+                "version": f"1.0.{p}",
+                "description": "x" * 200,
+                "dist": {
+                    "tarball": f"UPSTREAM/{name}/-/{path.name}",
+                    "integrity": integrity,
+                    "shasum": hashlib.sha1(data).hexdigest(),
+                },
+            }
+            for p in range(40 if name == "bench-pkg" else 1)
+        }
+        # Every version points at the one real file; only 1.0.0 is installed.
+        doc = {"name": name, "dist-tags": {"latest": "1.0.0"}, "versions": versions}
+        (root / "npm" / f"{name}.json").write_text(json.dumps(doc))
+        sha256 = hashlib.sha256(data).hexdigest()
+        links = "".join(
+            f'<a href="../../files/{path.name}#sha256={sha256}">{name}-1.0.{p}.tar.gz</a><br/>\n'
+            for p in range(60)
+        )
+        (root / "simple" / f"{name}.html").write_text(
+            f"<!DOCTYPE html><html><body>\n{links}</body></html>\n"
+        )
+
+
+def run_upstream(root: Path, port: int) -> None:
+    """The fake upstream: npm layout at /, simple index at /simple/, files at /files/."""
+    from aiohttp import web
+
+    base = f"http://127.0.0.1:{port}"
+    packuments = {
+        p.stem: p.read_text().replace("UPSTREAM", base).encode() for p in (root / "npm").iterdir()
+    }
+    pages = {p.stem: p.read_bytes() for p in (root / "simple").iterdir()}
+
+    async def packument(request: web.Request) -> web.StreamResponse:
+        body = packuments.get(request.match_info["name"])
+        if body is None:
+            return web.json_response({"error": "Not found"}, status=404)
+        return web.Response(body=body, content_type="application/json")
+
+    async def tarball(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(root / "files" / request.match_info["file"])
+
+    async def page(request: web.Request) -> web.StreamResponse:
+        body = pages.get(request.match_info["name"])
+        if body is None:
+            return web.Response(status=404)
+        return web.Response(body=body, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/simple/{name}/", page)
+    app.router.add_get("/files/{file}", tarball)
+    app.router.add_get("/{name}/-/{file}", tarball)
+    app.router.add_get("/{name}", packument)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def run_bare(path: Path, content_type: str, port: int) -> None:
+    """The baseline: a bare aiohttp handler returning fixed bytes."""
+    from aiohttp import web
+
+    body = path.read_bytes()
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type=content_type)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+# ---------------------------------------------------------------- processes and measurements
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+@contextlib.contextmanager
+def process(args: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[int]:
+    proc = subprocess.Popen(
+        args, cwd=TOP, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_port(port, proc)
+        yield proc.pid
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    print("installing wrk with apt-get ...", file=sys.stderr)
+    subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True)
+    found = shutil.which("wrk")
+    if not found:
+        raise SystemExit("wrk is required (apt-get install wrk)")
+    return found
+
+
+@dataclass
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if not m:
+        raise ValueError(text)
+    return float(m[1]) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m[2]]
+
+
+def wrk(url: str, secret: str | None, duration: float, connections: int) -> WrkResult:
+    cmd = [WRK, "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url]
+    if secret:
+        cmd[1:1] = ["-H", f"Authorization: Bearer {secret}"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    if re.search(r"Non-2xx or 3xx responses: \d+", out):
+        raise RuntimeError(f"errors under load on {url}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
+    p50 = _ms(re.search(r"50%\s+(\S+)", out)[1])  # type: ignore[index]
+    p99 = _ms(re.search(r"99%\s+(\S+)", out)[1])  # type: ignore[index]
+    return WrkResult(rps, p50, p99)
+
+
+def curl(url: str, secret: str | None = None, headers: tuple[str, ...] = ()) -> tuple[int, bytes]:
+    cmd = ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", url]
+    for h in ((f"Authorization: Bearer {secret}",) if secret else ()) + headers:
+        cmd += ["-H", h]
+    out = subprocess.run(cmd, check=True, capture_output=True).stdout
+    body, _, code = out.rpartition(b"\n")
+    return int(code), body
+
+
+def curl_headers(url: str, secret: str) -> dict[str, str]:
+    out = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-D", "-", "-H", f"Authorization: Bearer {secret}", url],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return {
+        k.strip().lower(): v.strip()
+        for k, _, v in (ln.partition(":") for ln in out.splitlines()[1:])
+        if k
+    }
+
+
+def download_rate(url: str, secret: str | None, repeat: int) -> float:
+    """Median bytes/s of downloading ``url`` with curl."""
+    rates = []
+    for _ in range(repeat):
+        cmd = ["curl", "-s", "-o", "/dev/null", "-w", "%{speed_download} %{http_code}", url]
+        if secret:
+            cmd += ["-H", f"Authorization: Bearer {secret}"]
+        speed, code = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()
+        if code != "200":
+            raise RuntimeError(f"{url} answered {code}")
+        rates.append(float(speed))
+    return statistics.median(rates)
+
+
+def rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+def peak_rss_during(url: str, secret: str, pids: list[int], concurrency: int) -> float:
+    """Peak resident memory of ``pids`` while ``concurrency`` clients download ``url``."""
+
+    async def main() -> float:
+        import aiohttp
+
+        peak = rss_mb(pids)
+        done = asyncio.Event()
+
+        async def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, rss_mb(pids))
+                await asyncio.sleep(0.02)
+
+        async def one(http: aiohttp.ClientSession) -> None:
+            async with http.get(url, headers={"Authorization": f"Bearer {secret}"}) as resp:
+                assert resp.status == 200, resp.status
+                async for _ in resp.content.iter_chunked(1 << 16):
+                    pass
+
+        sampler = asyncio.create_task(sample())
+        conn = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=conn, auto_decompress=False) as http:
+            await asyncio.gather(*(one(http) for _ in range(concurrency)))
+        done.set()
+        await sampler
+        return peak
+
+    return asyncio.run(main())
+
+
+def children(pid: int) -> list[int]:
+    out = [pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry.name))
+    return out
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+class Bench:
+    def __init__(self, work: Path, ns: argparse.Namespace) -> None:
+        self.work, self.ns = work, ns
+        self.rows: list[tuple[str, str, str, str]] = []
+        self.up_port = free_port()
+        self.upstream = f"http://127.0.0.1:{self.up_port}"
+
+    def row(self, item: str, pkgate: str, baseline: str, ratio: str) -> None:
+        self.rows.append((item, pkgate, baseline, ratio))
+        print(f"  {item}: {pkgate} vs {baseline} -> {ratio}", file=sys.stderr, flush=True)
+
+    def pkgate(self, data: str, *extra: str) -> tuple[list[str], int]:
+        port = free_port()
+        args = [
+            PY, "-m", "proxy", "serve",
+            "--port", str(port),
+            "--data-dir", str(self.work / data),
+            "--npm-upstream", self.upstream + "/",
+            "--pypi-upstream", self.upstream + "/simple/",
+            "--access-log", "false",
+            "--log-level", "warning",
+            *extra,
+        ]  # fmt: skip
+        return args, port
+
+    def token(self, data: str) -> str:
+        out = subprocess.run(
+            [PY, "-m", "proxy", "token", "create", "--email", "bench@example.com",
+             "--data-dir", str(self.work / data)],
+            cwd=TOP, check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        return out.stdout.strip()
+
+    def bare(self, body: bytes, content_type: str) -> tuple[list[str], int]:
+        path = self.work / f"bare-{hashlib.sha1(body).hexdigest()}"
+        path.write_bytes(body)
+        port = free_port()
+        return [PY, __file__, "--bare", str(path), content_type, str(port)], port
+
+    def run(self) -> None:
+        up_root = self.work / "upstream"
+        print("building the fake upstream ...", file=sys.stderr, flush=True)
+        build_upstream(up_root)
+        upstream_cmd = [PY, __file__, "--upstream", str(up_root), str(self.up_port)]
+        with process(upstream_cmd, self.up_port):
+            self.warm_metadata("1. warm packument req/s", "/npm/bench-pkg", "application/json")
+            self.warm_metadata("2. warm index page req/s", "/pypi/simple/bench-pkg/", "text/html")
+            self.cold_latency()
+            self.artifact_throughput()
+            self.artifact_memory()
+            self.npm_install()
+            self.workers()
+
+    def warm_metadata(self, item: str, path: str, content_type: str) -> None:
+        ns = self.ns
+        secret = self.token("warm")
+        args, port = self.pkgate("warm")
+        with process(args, port):
+            url = f"http://127.0.0.1:{port}{path}"
+            status, body = curl(url, secret)
+            if status != 200:
+                return self.row(item, f"n/a (route answered {status})", "", "")
+            if "x-cache" not in curl_headers(url, secret):
+                return self.row(item, "n/a (handler not cached yet)", "", "")
+            got = wrk(url, secret, ns.duration, ns.connections)
+        bare_args, bare_port = self.bare(body, content_type)
+        with process(bare_args, bare_port):
+            base = wrk(f"http://127.0.0.1:{bare_port}/", None, ns.duration, ns.connections)
+        self.row(item, f"{got.rps:,.0f}/s", f"{base.rps:,.0f}/s bare", f"{got.rps / base.rps:.2f}x")
+
+    def cold_latency(self) -> None:
+        ns = self.ns
+        secret = self.token("cold")
+        args, port = self.pkgate("cold", "--cache", "false")
+        with process(args, port):
+            url = f"http://127.0.0.1:{port}/npm/bench-pkg"
+            status, _ = curl(url, secret)
+            if status != 200:
+                return self.row("3. cold path latency", f"n/a (route answered {status})", "", "")
+            got = wrk(url, secret, ns.duration, 4)
+        base = wrk(f"{self.upstream}/bench-pkg", None, ns.duration, 4)
+        self.row(
+            "3. cold packument p50 (cache off)",
+            f"{got.p50_ms:.2f} ms",
+            f"{base.p50_ms:.2f} ms direct",
+            f"+{got.p50_ms - base.p50_ms:.2f} ms ({got.p50_ms / base.p50_ms:.2f}x)",
+        )
+        self.row(
+            "3. cold packument p99 (cache off)",
+            f"{got.p99_ms:.2f} ms",
+            f"{base.p99_ms:.2f} ms direct",
+            f"+{got.p99_ms - base.p99_ms:.2f} ms ({got.p99_ms / base.p99_ms:.2f}x)",
+        )
+
+    def artifact_throughput(self) -> None:
+        secret = self.token("art")
+        repeat = 1 if self.ns.quick else 3
+        path = "/npm/big-pkg/-/big-pkg-1.0.0.tgz"
+        direct = download_rate(f"{self.upstream}/big-pkg/-/big-pkg-1.0.0.tgz", None, repeat)
+        for label, extra in (("streamed, cache off", ("--cache", "false")), ("cached", ())):
+            args, port = self.pkgate("art", *extra)
+            with process(args, port):
+                url = f"http://127.0.0.1:{port}{path}"
+                status, _ = curl(url, secret, ("Range: bytes=0-0",))
+                if status not in (200, 206):
+                    return self.row("4. 100 MB artifact", f"n/a (route answered {status})", "", "")
+                curl(url, secret)  # fills the cache when it is on
+                rate = download_rate(url, secret, repeat)
+            self.row(
+                f"4. 100 MB artifact ({label})",
+                f"{rate / 2**20:,.0f} MiB/s",
+                f"{direct / 2**20:,.0f} MiB/s direct",
+                f"{rate / direct:.2f}x",
+            )
+
+    def artifact_memory(self) -> None:
+        secret = self.token("mem")
+        many = 50 if self.ns.quick else 200
+        for label, extra in (("streamed, cache off", ("--cache", "false")), ("cached", ())):
+            args, port = self.pkgate("mem", *extra)
+            with process(args, port) as pid:
+                url = f"http://127.0.0.1:{port}/npm/mid-pkg/-/mid-pkg-1.0.0.tgz"
+                status, _ = curl(url, secret, ("Range: bytes=0-0",))
+                if status not in (200, 206):
+                    return self.row("5. RSS", f"n/a (route answered {status})", "", "")
+                pids = children(pid)
+                one = peak_rss_during(url, secret, pids, 1)
+                lots = peak_rss_during(url, secret, pids, many)
+            self.row(
+                f"5. RSS, 20 MB downloads ({label})",
+                f"{lots:,.0f} MB with {many}",
+                f"{one:,.0f} MB with 1",
+                f"+{lots - one:,.0f} MB",
+            )
+
+    def npm_install(self) -> None:
+        project = self.work / "project"
+        project.mkdir()
+        deps = {f"dep{i:03d}": "1.0.0" for i in range(NPM_DEPS)}
+        (project / "package.json").write_text(
+            json.dumps({"name": "bench", "version": "1.0.0", "dependencies": deps})
+        )
+
+        def install(registry: str, secret: str | None, tag: str) -> float:
+            home = self.work / f"home-{tag}"
+            home.mkdir()
+            rc = home / ".npmrc"
+            lines = [f"registry={registry}"]
+            if secret:
+                lines.append(f"//{registry.split('://', 1)[1]}:_authToken={secret}")
+            rc.write_text("\n".join(lines) + "\n")
+            shutil.rmtree(project / "node_modules", ignore_errors=True)
+            (project / "package-lock.json").unlink(missing_ok=True)
+            env = {
+                "PATH": os.environ["PATH"],
+                "HOME": str(home),
+                "npm_config_userconfig": str(rc),
+                "npm_config_cache": str(home / ".npm"),
+                "npm_config_audit": "false",
+                "npm_config_fund": "false",
+                "npm_config_update_notifier": "false",
+            }
+            start = time.perf_counter()
+            done = subprocess.run(
+                ["npm", "install", "--no-audit", "--no-fund"], cwd=project, env=env,
+                capture_output=True, text=True,
+            )  # fmt: skip
+            if done.returncode != 0:
+                raise RuntimeError(done.stderr[-2000:])
+            return time.perf_counter() - start
+
+        if shutil.which("npm") is None:
+            return self.row("6. npm install", "n/a (npm not on PATH)", "", "")
+        direct = install(self.upstream + "/", None, "direct")
+        secret = self.token("npm")
+        args, port = self.pkgate("npm")
+        with process(args, port):
+            registry = f"http://127.0.0.1:{port}/npm/"
+            try:
+                cold = install(registry, secret, "cold")
+                warm = install(registry, secret, "warm")
+            except RuntimeError as exc:
+                return self.row("6. npm install", f"n/a (failed: {str(exc)[-80:]!r})", "", "")
+        self.row(f"6. npm install {NPM_DEPS} deps, cold", f"{cold:.1f} s", f"{direct:.1f} s direct",
+                 f"{cold / direct:.2f}x")  # fmt: skip
+        self.row(f"6. npm install {NPM_DEPS} deps, warm", f"{warm:.1f} s", f"{direct:.1f} s direct",
+                 f"{warm / direct:.2f}x")  # fmt: skip
+
+    def workers(self) -> None:
+        ns = self.ns
+        secret = self.token("workers")
+        results = {}
+        for n in (1, 2):
+            args, port = self.pkgate("workers", "--workers", str(n))
+            with process(args, port):
+                url = f"http://127.0.0.1:{port}/npm/-/whoami"
+                # Both workers must be up before measuring.
+                deadline = time.monotonic() + 30
+                while curl(url, secret)[0] != 200 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                results[n] = wrk(url, secret, ns.duration, ns.connections * 2).rps
+        self.row(
+            "7. whoami req/s, --workers 2 vs 1",
+            f"{results[2]:,.0f}/s",
+            f"{results[1]:,.0f}/s",
+            f"{results[2] / results[1]:.2f}x",
+        )
+
+    def table(self) -> str:
+        head = ("item", "pkgate", "baseline (same run)", "ratio")
+        widths = [max(len(r[i]) for r in [head, *self.rows]) for i in range(4)]
+        lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |"]
+        lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+        for r in self.rows:
+            lines.append(
+                "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+            )
+        return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--upstream", nargs=2, metavar=("DIR", "PORT"), help=argparse.SUPPRESS)
+    parser.add_argument("--bare", nargs=3, metavar=("FILE", "TYPE", "PORT"), help=argparse.SUPPRESS)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions and downloads")
+    ns = parser.parse_args()
+    if ns.upstream:
+        return run_upstream(Path(ns.upstream[0]), int(ns.upstream[1]))
+    if ns.bare:
+        return run_bare(Path(ns.bare[0]), ns.bare[1], int(ns.bare[2]))
+    global WRK
+    WRK = ensure_wrk()
+    with tempfile.TemporaryDirectory(prefix="pkgate-bench-") as work:
+        bench = Bench(Path(work), ns)
+        try:
+            bench.run()
+        finally:
+            print(bench.table())
+
+
+WRK = "wrk"
+
+if __name__ == "__main__":
+    main()
