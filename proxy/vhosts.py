@@ -4,8 +4,9 @@ The default layout serves npm at ``<public_url>/npm/`` and the index at
 ``<public_url>/pypi/simple/``.  With ``npm_host`` and/or ``pypi_host`` set, the same registry is
 also served at the root of that host name (``https://npm.example.com/``,
 ``https://pypi.example.com/simple/``), as hosted registry proxies do, chosen by the request's
-``Host`` header.  Routes of the main app (the token API, ops) are matched first, so they answer on
-every host.
+``Host`` header.  Routes of the main app itself (the token API, ops) keep answering on every host:
+aiohttp tries host-matched sub-apps before anything else, so the host rule here yields whenever a
+main-app route matches the request.
 
 Each mounted registry app carries ``registry_base_key``: the absolute URL at which that mount is
 reached (scheme and port from ``public_url``), for handlers that write URLs into responses.
@@ -14,8 +15,10 @@ reached (scheme and port from ``public_url``), for handlers that write URLs into
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from aiohttp import web
+from aiohttp.web_urldispatcher import AbstractResource, Domain, MatchedSubAppResource
 from yarl import URL
 
 from .auth import registry_auth_middleware
@@ -35,6 +38,35 @@ def path_base(settings: Settings, name: str) -> URL:
     """The URL of a registry mounted under the public URL's path, with a trailing slash."""
     base = settings.base_url
     return base.with_path(base.path.rstrip("/") + f"/{name}/")
+
+
+class YieldingHost(Domain):
+    """A host-name rule that gives way to the routes the main app itself defines."""
+
+    def __init__(self, domain: str, main: web.Application) -> None:
+        super().__init__(domain)
+        self._main = main
+        self._own: list[AbstractResource] | None = None
+
+    def _own_resources(self) -> list[AbstractResource]:
+        if self._own is None:
+            # Read once the app is running (all routes are in): the main app's plain routes,
+            # not sub-apps, which would claim package names such as "npm" for the main host.
+            self._own = [
+                r
+                for r in self._main.router.resources()
+                if not isinstance(r, web.PrefixedSubAppResource)
+            ]
+        return self._own
+
+    async def match(self, request: web.Request) -> bool:
+        if not await super().match(request):
+            return False
+        for resource in self._own_resources():
+            found, _ = await resource.resolve(request)
+            if found is not None:
+                return False
+        return True
 
 
 def registry_app(
@@ -61,5 +93,7 @@ def mount_registry(
     sub = registry_app(name, challenge, setup_routes, settings, base)
     app.add_subapp(base.path.rstrip("/"), sub)
     if host:
-        vhost = vhost_base(settings, host)
-        app.add_domain(host, registry_app(name, challenge, setup_routes, settings, vhost))
+        vhost = registry_app(name, challenge, setup_routes, settings, vhost_base(settings, host))
+        rule = YieldingHost(host, app)
+        # Application.add_domain with our own rule: aiohttp takes no custom rule publicly.
+        app._add_subapp(partial(MatchedSubAppResource, rule, vhost), vhost)
