@@ -19,7 +19,7 @@ from aiohttp import StreamReader, hdrs, web
 from yarl import URL
 
 from .errors import json_error
-from .keys import upstream_key
+from .keys import registry_base_key, upstream_key
 from .negotiate import choose
 from .settings import Settings
 from .simplerewrite import (
@@ -185,14 +185,14 @@ def _redirect(location: str) -> web.HTTPMovedPermanently:
 class SimpleIndex:
     """The handlers of one PyPI sub-application, bound to its settings."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, base: URL) -> None:
+        """``base`` is the absolute URL this mount answers at, with a trailing slash."""
         if settings.pypi_upstream is None:
             raise ValueError("pypi_upstream is not set")
         self.index_url = URL(settings.pypi_upstream)
-        files_root = f"{settings.base_url}/pypi/files"
         index_origin = str(self.index_url.origin()) + "/"
-        self.links = FileLinks(files_root, [index_origin, *settings.pypi_files_upstream])
-        self.files_prefix = settings.base_url.raw_path.rstrip("/") + "/pypi/files/"
+        self.links = FileLinks(f"{base}files", [index_origin, *settings.pypi_files_upstream])
+        self.files_prefix = base.raw_path + "files/"
 
     async def simple_no_slash(self, request: web.Request) -> web.StreamResponse:
         """``/pypi/simple`` -> ``/pypi/simple/``."""
@@ -293,7 +293,13 @@ class SimpleIndex:
 
 def setup_routes(app: web.Application, settings: Settings) -> None:
     """Register the index and file routes on the PyPI sub-application."""
-    index = SimpleIndex(settings)
+    # Mounted under the public URL's path and possibly on its own host: each mount writes
+    # links to itself.
+    base = app.get(registry_base_key)
+    if base is None:
+        public = settings.base_url
+        base = public.with_path(public.path.rstrip("/") + "/pypi/")
+    index = SimpleIndex(settings, base)
     app.router.add_get("/simple", index.simple_no_slash)
     app.router.add_get("/simple/", index.root)
     app.router.add_get("/simple/{name}", index.project_no_slash)

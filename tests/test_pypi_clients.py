@@ -295,4 +295,5 @@ async def test_poetry__fails_with_401_without_valid_token(
         tools, tmp_path, project, POETRY_HTTP_BASIC_PKGATE_USERNAME="token", **creds
     )
     assert result.returncode != 0, result.output
+    assert "Authorization error accessing" in result.output, result.output
     assert index.requests == []
