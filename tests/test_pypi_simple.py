@@ -535,3 +535,24 @@ async def test_simple_upstream__refused_connection_is_502(start_server: StartSer
         body = await resp.json()
     assert "connection failed" in body["error"]
     assert str(port) not in body["error"]
+
+
+# --- mounts ----------------------------------------------------------------------------------
+
+
+async def test_simple_vhost__links_and_files_on_the_index_host(
+    start_server: StartServer, index: PypiIndex
+) -> None:
+    server = await start_pkgate(start_server, index, pypi_host="pypi.test")
+    host = f"pypi.test:{server.url.port}"
+    headers = {**basic(await server.token()), "Host": host, "Accept": JSON_TYPE}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.get(server.url / "simple" / "demo-app" / "") as resp:
+            assert resp.status == 200
+            doc = await resp.json(content_type=None)
+        wheel = next(f for f in doc["files"] if f["filename"].endswith("1.0.0-py3-none-any.whl"))
+        assert wheel["url"].startswith(f"http://{host}/files/1/packages/")
+        path = URL(wheel["url"]).raw_path
+        async with http.get(URL(f"{server.url}{path}", encoded=True)) as resp:
+            assert resp.status == 200
+            assert await resp.read() == index.find(wheel["filename"]).dist.data
