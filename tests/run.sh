@@ -12,6 +12,18 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 PYTHON=.venv/bin/python bash tests/tools/install.sh
 
+# System tools the deploy/ tests use: nginx (TLS reverse-proxy test) and systemd-analyze.
+missing=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  else
+    echo "tests/run.sh: cannot install ${missing[*]} (not root or no apt-get); their deploy checks will be skipped" >&2
+  fi
+fi
+
 .venv/bin/ruff check .
 .venv/bin/mypy
 exec .venv/bin/pytest "$@"
