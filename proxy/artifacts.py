@@ -13,6 +13,7 @@ How a handler uses it (the cache lives under ``keys.artifact_cache_key``)::
                              open_upstream=open_upstream, content_type="application/octet-stream")
 
 ``serve`` answers GET and HEAD, with Range, and does everything else:
+- Answers carry ``X-Cache: HIT`` (from disk) or ``MISS`` (streamed while stored).
 - A cached file is answered with ``web.FileResponse`` (sendfile; Range/206/416, HEAD, and
   If-Modified-Since handled by aiohttp).
 - On a miss the first request streams upstream bytes to its client while writing a temporary file
@@ -290,6 +291,7 @@ class ArtifactCache:
     ) -> web.FileResponse:
         resp = web.FileResponse(path, chunk_size=self.chunk_size, headers=headers)
         resp.content_type = content_type
+        resp.headers["X-Cache"] = "HIT"
         return resp
 
     def _begin(self, name: str) -> asyncio.Future[_Outcome]:
@@ -341,6 +343,7 @@ class ArtifactCache:
                 length = up.content_length
                 resp = web.StreamResponse(headers=headers)
                 resp.content_type = content_type
+                resp.headers["X-Cache"] = "MISS"
                 if length is not None:
                     resp.content_length = length
                 if up.headers.get(hdrs.CONTENT_ENCODING, "identity") != "identity" or (

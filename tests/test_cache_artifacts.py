@@ -150,6 +150,7 @@ async def test_artifact_cache__hit_served_from_disk_without_upstream(harness: Ha
             async with http.get(harness.url / "a" / "b.tgz") as resp:
                 assert resp.status == 200
                 assert resp.headers["Content-Type"] == "application/octet-stream"
+                assert resp.headers["X-Cache"] == ("MISS" if _ == 0 else "HIT")
                 assert await resp.read() == data
     assert harness.files.hits["b.tgz"] == 1
     assert harness.cache.stats.hits == 2
