@@ -231,13 +231,25 @@ async def test_uv_sync__named_index_fails_with_401_without_valid_token(
     project = uv_project(tmp_path, server, named_index=True)
     secret = await credential(server)
     creds = {} if secret is None else {"UV_INDEX_PKGATE_PASSWORD": secret}
-    result = await uv_sync(
-        tools, tmp_path, project, UV_INDEX_PKGATE_USERNAME="token", **creds
-    )
+    result = await uv_sync(tools, tmp_path, project, UV_INDEX_PKGATE_USERNAME="token", **creds)
     assert result.returncode != 0, result.output
     assert index.requests == []
-    if secret is not None:
+    if secret is None:
+        # authenticate = "always": uv refuses to ask without credentials at all.
+        assert "Missing credentials" in result.output, result.output
+    else:
         assert "401" in result.output, result.output
+
+
+@REFUSED
+async def test_uv_sync__plain_uv_index_url_fails_with_401_without_valid_token(
+    tools: Path, tmp_path: Path, server: RunningServer, index: PypiIndex, credential: Credential
+) -> None:
+    project = uv_project(tmp_path, server, named_index=False)
+    secret = await credential(server)
+    url = index_url(server) if secret is None else index_url(server, secret)
+    result = await uv_sync(tools, tmp_path, project, UV_INDEX_URL=url)
+    assert_refused(result, index)
 
 
 # --- poetry ----------------------------------------------------------------------------------
