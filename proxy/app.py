@@ -17,6 +17,7 @@ from .keys import artifact_cache_key, metadata_cache_key, settings_key, upstream
 from .metacache import MetadataCache
 from .metrics import metrics_key, metrics_middleware, setup_metrics
 from .ops import setup_ops
+from .ratelimit import setup_registry_limits
 from .settings import Settings
 from .upstream import Upstream
 from .vhosts import mount_registry
@@ -99,6 +100,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(upstream_ctx)
     app.cleanup_ctx.append(cache_ctx)
     setup_ops(app)
+    setup_registry_limits(app, settings)
 
     # Registries last: a virtual host catches every path on its host name, so the token API and
     # ops routes registered above must come first to keep answering there.

@@ -256,6 +256,18 @@ class Settings:
     session_lifetime: float = setting(
         7 * 24 * 3600.0, _positive_seconds, "seconds a login session lasts"
     )
+    registry_rate_per_token: int = setting(
+        200, _non_negative_int, "registry requests per second per token, after the burst (0 = off)"
+    )
+    registry_rate_per_ip: int = setting(
+        500, _non_negative_int, "registry requests per second per client IP after the burst (0=off)"
+    )
+    registry_rate_burst: int = setting(
+        5000, _positive_int, "registry requests a token or client IP may make at once"
+    )
+    registry_auth_failures: int = setting(
+        30, _non_negative_int, "failed registry authentications per client IP per minute (0 = off)"
+    )
     workers: int = setting(1, _positive_int, "number of server processes sharing the port")
     upstream_timeout: float = setting(30.0, _positive_seconds, "seconds to wait for upstream data")
     upstream_connect_timeout: float = setting(

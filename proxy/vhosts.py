@@ -23,6 +23,7 @@ from yarl import URL
 
 from .auth import registry_auth_middleware
 from .keys import registry_base_key
+from .ratelimit import registry_ratelimit_middleware
 from .settings import Settings
 
 RouteSetup = Callable[[web.Application, Settings], None]
@@ -73,7 +74,13 @@ def registry_app(
     ecosystem: str, challenge: str, setup_routes: RouteSetup, settings: Settings, base: URL
 ) -> web.Application:
     """One registry's sub-application: its auth middleware, its routes, and where it lives."""
-    sub = web.Application(middlewares=[registry_auth_middleware(ecosystem, challenge)])
+    # Throttles first: they refuse an address over its failed-auth limit before any token lookup.
+    sub = web.Application(
+        middlewares=[
+            registry_ratelimit_middleware(),
+            registry_auth_middleware(ecosystem, challenge),
+        ]
+    )
     sub[registry_base_key] = base
     setup_routes(sub, settings)
     return sub

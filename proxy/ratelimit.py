@@ -1,0 +1,141 @@
+"""Rate limits on the registry routes: requests per token, requests per client IP, failed logins.
+
+One middleware per registry sub-application, placed before the authentication middleware; the
+limiters themselves live once on the root application so npm and PyPI (and their virtual hosts)
+share the same budgets.  Three independent throttles:
+
+- requests per client IP and requests per token, each a steady rate with a burst allowance,
+  generous enough that installing hundreds of packages never meets them;
+- failed authentications per client IP: counted from the 401 answers of the auth middleware for
+  requests that presented credentials.  Once an address is over it, its requests are refused with
+  429 *before* authentication, so a burst of guessed tokens never reaches the store.  A token that
+  is already a validation-cache hit still passes: guessing gains nothing from it, and honest users
+  behind the same NAT keep working.
+
+The client IP is the TCP peer, or ``X-Forwarded-For`` when the peer is a trusted proxy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Middleware
+
+from tokenapi import tokens
+from tokenapi.clientip import client_ip
+from tokenapi.credentials import MalformedCredentials, secret_from_header
+from tokenapi.keys import validator_key
+from tokenapi.ratelimit import RateLimiter
+
+from .errors import Handler, json_error
+from .settings import Network, Settings
+
+AUTH_FAILURE_WINDOW = 60.0
+TOO_MANY = "Too many requests; try again later"
+TOO_MANY_FAILURES = "Too many failed authentications from this address; try again later"
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryLimits:
+    """The shared limiters of every registry mount; None where a limit is switched off."""
+
+    per_ip: RateLimiter | None
+    per_token: RateLimiter | None
+    auth_failures: RateLimiter | None
+    trusted_proxies: tuple[Network, ...]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RegistryLimits:
+        """Limiters for ``settings``: rates are per second, with ``registry_rate_burst``."""
+        burst = settings.registry_rate_burst
+        return cls(
+            per_ip=_rate(settings.registry_rate_per_ip, burst),
+            per_token=_rate(settings.registry_rate_per_token, burst),
+            auth_failures=(
+                RateLimiter(settings.registry_auth_failures, AUTH_FAILURE_WINDOW)
+                if settings.registry_auth_failures
+                else None
+            ),
+            trusted_proxies=settings.trusted_proxies,
+        )
+
+
+def _rate(per_second: int, burst: int) -> RateLimiter | None:
+    # GCRA: ``burst`` events at once, then one every 1/per_second seconds.
+    if not per_second:
+        return None
+    return RateLimiter(burst, burst / per_second)
+
+
+registry_limits_key = web.AppKey("registry_limits", RegistryLimits)
+
+
+def setup_registry_limits(app: web.Application, settings: Settings) -> None:
+    """Keep the registry limiters on the root app, shared by every registry sub-app."""
+    app[registry_limits_key] = RegistryLimits.from_settings(settings)
+
+
+def too_many(message: str, retry_after: int) -> web.Response:
+    """A 429 with an integer Retry-After."""
+    return json_error(429, message, headers={hdrs.RETRY_AFTER: str(int(retry_after))})
+
+
+def registry_ratelimit_middleware() -> Middleware:
+    """The middleware that throttles one registry's routes (runs before authentication)."""
+
+    @web.middleware
+    async def throttle(request: web.Request, handler: Handler) -> web.StreamResponse:
+        limits = request.config_dict.get(registry_limits_key)
+        if limits is None:
+            return await handler(request)
+        ip = client_ip(request, limits.trusted_proxies)
+        if limits.per_ip is not None:
+            retry = limits.per_ip.hit(ip)
+            if retry is not None:
+                return too_many(TOO_MANY, retry)
+        try:
+            secret = secret_from_header(request.headers.get(hdrs.AUTHORIZATION))
+        except MalformedCredentials:
+            secret = ""  # presented but unreadable: the auth middleware answers 401
+        known = None
+        if secret:
+            known = request.config_dict[validator_key].cached(secret)
+        if limits.auth_failures is not None and secret is not None and known is None:
+            retry = limits.auth_failures.check(ip)
+            if retry is not None:
+                return too_many(TOO_MANY_FAILURES, retry)
+        if limits.per_token is not None and secret:
+            key = _token_key(secret, known is not None)
+            if key is not None:
+                retry = limits.per_token.hit(key)
+                if retry is not None:
+                    return too_many(TOO_MANY, retry)
+        try:
+            response = await handler(request)
+        except web.HTTPUnauthorized:
+            _failed(limits, ip, secret)
+            raise
+        if response.status == 401:
+            _failed(limits, ip, secret)
+        return response
+
+    return throttle
+
+
+def _token_key(secret: str, known: bool) -> str | None:
+    """The per-token bucket: the digest of the secret (one secret, one token).
+
+    Secrets failing the checksum get no bucket (they fail authentication and count as failures),
+    so garbage cannot crowd real tokens out of the limiter.
+    """
+    if known or tokens.is_well_formed(secret):
+        return tokens.digest(secret)
+    return None
+
+
+def _failed(limits: RegistryLimits, ip: str, secret: str | None) -> None:
+    # Only presented credentials count: a client probing without any (as some do before sending
+    # them) guesses nothing.
+    if limits.auth_failures is not None and secret is not None:
+        limits.auth_failures.hit(ip)
