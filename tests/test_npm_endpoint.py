@@ -402,6 +402,15 @@ async def test_keys__passed_through(http: aiohttp.ClientSession) -> None:
     assert body["keys"][0]["keyid"] == "SHA256:test"
 
 
+async def test_search__query_passed_through(
+    registry: NpmRegistry, http: aiohttp.ClientSession
+) -> None:
+    resp, body = await get_json(http, "/npm/-/v1/search?text=pkg-&size=20")
+    assert resp.status == 200
+    assert [o["package"]["name"] for o in body["objects"]] == ["pkg-big", "pkg-deps", "pkg-plain"]
+    assert registry.requests[-1].path == "/-/v1/search?text=pkg-&size=20"
+
+
 async def test_whoami__names_the_token_owner(http: aiohttp.ClientSession) -> None:
     resp, body = await get_json(http, "/npm/-/whoami")
     assert resp.status == 200

@@ -222,6 +222,11 @@ class NpmRegistry:
         override = self.overrides.get(raw)
         if override is not None:
             return await override(request)
+        if raw == "/-/v1/search":
+            text = request.query.get("text", "")
+            names = sorted({p.name for p in self.packages if text in p.name})
+            objects = [{"package": {"name": n}} for n in names]
+            return web.json_response({"objects": objects, "total": len(objects)})
         if raw == "/-/npm/v1/keys":
             return web.json_response({"keys": [{"keyid": "SHA256:test", "key": "test"}]})
         if raw in ("/-/npm/v1/security/advisories/bulk", "/-/npm/v1/security/audits/quick"):
