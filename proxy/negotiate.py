@@ -1,14 +1,20 @@
 """Server-driven content negotiation over an ``Accept`` header (RFC 9110 §12.5.1).
 
 Pure functions, no aiohttp: the simple index uses them to pick PEP 691 JSON or PEP 503 HTML.
+Clients send the same few Accept headers over and over, so ``choose`` remembers its recent answers
+(the warm path of a cached page then costs one dictionary lookup here).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 MAX_ACCEPT_ITEMS = 64
+# Bounds what the memo keeps: a client cannot grow it with endless distinct or huge headers.
+CHOICES_REMEMBERED = 256
+MAX_REMEMBERED_HEADER = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +84,17 @@ def quality_of(media_type: str, ranges: Sequence[MediaRange]) -> float:
 
 def choose(header: str | None, offers: Sequence[str]) -> str | None:
     """The offer the client prefers most (ties: the earlier offer); None if none is acceptable."""
+    if isinstance(offers, tuple) and (header is None or len(header) <= MAX_REMEMBERED_HEADER):
+        return _remembered_choice(header, offers)
+    return _choose(header, offers)
+
+
+@functools.lru_cache(maxsize=CHOICES_REMEMBERED)
+def _remembered_choice(header: str | None, offers: tuple[str, ...]) -> str | None:
+    return _choose(header, offers)
+
+
+def _choose(header: str | None, offers: Sequence[str]) -> str | None:
     ranges = parse_accept(header)
     best: str | None = None
     best_q = 0.0

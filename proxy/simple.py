@@ -4,22 +4,57 @@
 file link points at ``/pypi/files/<n>/<path>`` (``n`` numbers the configured origins, see
 ``simplerewrite.FileLinks``); those files (and their PEP 658 ``.metadata``) are streamed from the
 upstream byte for byte.  Each handler reads top to bottom: (authenticated by the sub-app's
-middleware) -> route -> fetch -> rewrite -> respond.
+middleware) -> route -> cache or fetch -> rewrite -> respond.
+
+Caching (SPEC 10):
+- Pages live in the ``MetadataCache`` rendered, one entry per (project, negotiated media type,
+  mount), so a warm request costs a memoised Accept lookup, a dict lookup and a prepared body.
+  Expired entries are revalidated upstream with the upstream's ETag/Last-Modified; a client's own
+  validators are answered 304 from the entry (its ETag is that of the bytes served).
+- Each page entry also carries what its files must hash to (``#sha256`` / ``hashes``), keyed as the
+  files route names them.  The files route finds the project from the file name, reads the hash
+  from any cached page of it (fetching the JSON page once when none is cached, e.g. in another
+  worker) and hands the download to ``ArtifactCache.serve``, which keeps only verified bytes.  A
+  file whose hash is unknown is relayed uncached.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
+import urllib.parse
 import zlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Final
 
+import aiohttp
 from aiohttp import StreamReader, hdrs, web
 from yarl import URL
 
+from .artifacts import Digest
 from .errors import json_error
-from .keys import registry_base_key, upstream_key
+from .keys import (
+    REQUEST_CACHE,
+    artifact_cache_key,
+    metadata_cache_key,
+    registry_base_key,
+    upstream_key,
+)
+from .metacache import (
+    ENTRY_OVERHEAD,
+    NOT_MODIFIED,
+    CacheKey,
+    Fetch,
+    MetadataCache,
+    MetaEntry,
+    NotModified,
+    Validators,
+    body_etag,
+    metadata_response,
+)
 from .negotiate import choose
 from .settings import Settings
 from .simplerewrite import (
@@ -34,10 +69,12 @@ from .simplerewrite import (
     normalize_name,
     parse_index_page,
     parse_project_page,
+    project_of_filename,
+    published_hashes,
     render_index,
     render_project,
 )
-from .upstream import Upstream, UpstreamError, raise_for_upstream_status, response_headers
+from .upstream import Upstream, UpstreamError, raise_for_upstream_status
 
 log = logging.getLogger(__name__)
 
@@ -50,25 +87,64 @@ MAX_PAGE_BYTES = 256 * 1024 * 1024
 # Parsing a page this large would stall every other request; do it on a worker thread.
 OFF_LOOP_BYTES = 256 * 1024
 FILE_CHUNK = 64 * 1024
-FILE_REQUEST_HEADERS = (hdrs.RANGE, hdrs.IF_RANGE, hdrs.IF_NONE_MATCH, hdrs.IF_MODIFIED_SINCE)
-FILE_RESPONSE_HEADERS = (
-    hdrs.CONTENT_TYPE,
-    hdrs.CONTENT_RANGE,
-    hdrs.ACCEPT_RANGES,
-    hdrs.CONTENT_ENCODING,
-    hdrs.ETAG,
-    hdrs.LAST_MODIFIED,
-)
-PASSED_FILE_STATUSES = frozenset({200, 206, 304, 416})
+FILE_TYPE = "application/octet-stream"
+ECOSYSTEM: Final = "pypi"
+ROOT_KEY_NAME: Final = ""  # never a project name
+# Every page answer carries these (cached with the entry, replayed on hits).
+PAGE_HEADERS: Final[Mapping[str, str]] = {
+    str(hdrs.VARY): "Accept",
+    str(hdrs.CACHE_CONTROL): PAGE_CACHE_CONTROL,
+}
+# Memory charged per remembered file hash on top of the page body.
+FILE_HASH_OVERHEAD: Final = 160
 
 
 @dataclass(frozen=True, slots=True)
 class FetchedPage:
-    """An upstream page body, already decompressed."""
+    """An upstream page body, already decompressed, with the upstream's validators."""
 
     url: URL
     content_type: str | None
     body: bytes
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+@dataclass(slots=True)
+class PageEntry(MetaEntry):
+    """A rendered page and, by files-route key, the digests its files were published with."""
+
+    files: Mapping[str, Digest] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + ENTRY_OVERHEAD + FILE_HASH_OVERHEAD * len(self.files)
+
+
+def page_content_type(media_type: str) -> str:
+    """The exact Content-Type a page in ``media_type`` is served with."""
+    return media_type if media_type == JSON_TYPE else f"{media_type}; charset=utf-8"
+
+
+def page_entry(fetched: FetchedPage, body: bytes, media_type: str) -> PageEntry:
+    """A cache entry for a page rendered from ``fetched``."""
+    return PageEntry(
+        body=body,
+        content_type=page_content_type(media_type),
+        etag=body_etag(body),
+        validators=Validators(fetched.etag, fetched.last_modified),
+        headers=PAGE_HEADERS,
+    )
+
+
+def file_digests(page: ProjectPage, links: FileLinks) -> dict[str, Digest]:
+    """What each linked file must hash to, keyed as the files route names it."""
+    out: dict[str, Digest] = {}
+    for key, (algorithm, hexdigest) in published_hashes(page, links).items():
+        digest = Digest.from_hex(algorithm, hexdigest)
+        if digest is not None:
+            out[key] = digest
+    return out
 
 
 async def _read_limited(content: StreamReader, limit: int) -> bytes:
@@ -112,35 +188,63 @@ def decode_body(raw: bytes, content_encoding: str | None, limit: int = MAX_PAGE_
     return body
 
 
-async def fetch_page(upstream: Upstream, url: URL) -> FetchedPage:
-    """GET an upstream index page (JSON preferred) and return its decompressed body."""
+async def fetch_page(
+    upstream: Upstream, url: URL, validators: Validators | None = None
+) -> FetchedPage | None:
+    """GET an upstream index page (JSON preferred) and return its decompressed body.
+
+    With ``validators`` the request is conditional; None means the upstream answered 304.
+    """
     headers: dict[str, str] = {
         hdrs.ACCEPT: UPSTREAM_PAGE_ACCEPT,
         hdrs.ACCEPT_ENCODING: "gzip, deflate",
     }
+    if validators is not None:
+        headers.update(validators.headers())
     async with upstream.request("GET", url, headers=headers, what="upstream index") as resp:
+        if resp.status == 304 and validators is not None and validators.headers():
+            return None
         raise_for_upstream_status(resp, "upstream index")
         if resp.status != 200:
             raise UpstreamError(502, f"upstream index answered unexpected status {resp.status}")
         raw = await _read_limited(resp.content, MAX_PAGE_BYTES)
         body = decode_body(raw, resp.headers.get(hdrs.CONTENT_ENCODING))
-        return FetchedPage(url, resp.headers.get(hdrs.CONTENT_TYPE), body)
-
-
-async def rewrite_project(fetched: FetchedPage, name: str) -> ProjectPage:
-    """Parse a fetched project page into the model the renderers write."""
-    if len(fetched.body) > OFF_LOOP_BYTES:
-        return await asyncio.to_thread(
-            parse_project_page, fetched.body, fetched.content_type, fetched.url, name
+        return FetchedPage(
+            url,
+            resp.headers.get(hdrs.CONTENT_TYPE),
+            body,
+            resp.headers.get(hdrs.ETAG),
+            resp.headers.get(hdrs.LAST_MODIFIED),
         )
-    return parse_project_page(fetched.body, fetched.content_type, fetched.url, name)
 
 
-async def rewrite_index(fetched: FetchedPage) -> IndexPage:
-    """Parse a fetched root page into project names."""
+def build_project_entry(
+    fetched: FetchedPage, name: str, media_type: str, links: FileLinks
+) -> PageEntry:
+    """Parse, rewrite and render a fetched project page into a cache entry with its file hashes."""
+    try:
+        page = parse_project_page(fetched.body, fetched.content_type, fetched.url, name)
+    except PageError as exc:
+        raise UpstreamError(502, str(exc)) from None
+    entry = page_entry(fetched, render_project(page, media_type, links), media_type)
+    entry.files = file_digests(page, links)
+    return entry
+
+
+def build_index_entry(fetched: FetchedPage, media_type: str) -> PageEntry:
+    """Parse and render a fetched root page into a cache entry."""
+    try:
+        page: IndexPage = parse_index_page(fetched.body, fetched.content_type)
+    except PageError as exc:
+        raise UpstreamError(502, str(exc)) from None
+    return page_entry(fetched, render_index(page, media_type), media_type)
+
+
+async def off_loop_if_large(fetched: FetchedPage, build: partial[PageEntry]) -> PageEntry:
+    """Run ``build`` here, or on a worker thread when the page would stall other requests."""
     if len(fetched.body) > OFF_LOOP_BYTES:
-        return await asyncio.to_thread(parse_index_page, fetched.body, fetched.content_type)
-    return parse_index_page(fetched.body, fetched.content_type)
+        return await asyncio.to_thread(build)
+    return build()
 
 
 def negotiate(request: web.Request) -> str | None:
@@ -156,25 +260,11 @@ def not_acceptable() -> web.Response:
     )
 
 
-def page_response(request: web.Request, body: bytes, media_type: str) -> web.Response:
-    """A rendered page with its exact media type, validators and caching headers."""
-    etag = '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
-    headers = {
-        hdrs.VARY: "Accept",
-        hdrs.CACHE_CONTROL: PAGE_CACHE_CONTROL,
-        hdrs.ETAG: etag,
-    }
-    if etag in _etags(request.headers.get(hdrs.IF_NONE_MATCH)):
-        return web.Response(status=304, headers=headers)
-    content_type = media_type if media_type == JSON_TYPE else f"{media_type}; charset=utf-8"
-    headers[hdrs.CONTENT_TYPE] = content_type
-    return web.Response(body=body, headers=headers)
-
-
-def _etags(header: str | None) -> set[str]:
-    if not header:
-        return set()
-    return {t.strip().removeprefix("W/") for t in header.split(",")}
+async def cached_page(request: web.Request, key: CacheKey, fetch: Fetch) -> web.Response:
+    """The page for ``key`` from the metadata cache (fetched on a miss), noted for logs/metrics."""
+    cached = await request.config_dict[metadata_cache_key].get_or_fetch(key, fetch)
+    request[REQUEST_CACHE] = cached.state.value.lower()
+    return metadata_response(request, cached)
 
 
 def _redirect(location: str) -> web.HTTPMovedPermanently:
@@ -193,6 +283,17 @@ class SimpleIndex:
         index_origin = str(self.index_url.origin()) + "/"
         self.links = FileLinks(f"{base}files", [index_origin, *settings.pypi_files_upstream])
         self.files_prefix = base.raw_path + "files/"
+        # Pages hold links to this mount (a virtual host and the path mount differ): each mount
+        # keeps its own entries.
+        self._mount = str(base)
+        self._keys: dict[tuple[str, str], CacheKey] = {}
+
+    def page_key(self, name: str, media_type: str) -> CacheKey:
+        """The metadata cache key of a page (``name`` "" for the root) as this mount renders it."""
+        return (ECOSYSTEM, name, f"{media_type} {self._mount}")
+
+    def project_url(self, normalized: str) -> URL:
+        return URL(str(self.index_url) + normalized + "/", encoded=True)
 
     async def simple_no_slash(self, request: web.Request) -> web.StreamResponse:
         """``/pypi/simple`` -> ``/pypi/simple/``."""
@@ -203,12 +304,10 @@ class SimpleIndex:
         media_type = negotiate(request)
         if media_type is None:
             return not_acceptable()
-        fetched = await fetch_page(request.config_dict[upstream_key], self.index_url)
-        try:
-            page = await rewrite_index(fetched)
-        except PageError as exc:
-            raise UpstreamError(502, str(exc)) from None
-        return page_response(request, render_index(page, media_type), media_type)
+        fetch = partial(
+            self._fetch_index, request.config_dict[upstream_key], self.index_url, media_type
+        )
+        return await cached_page(request, self.page_key(ROOT_KEY_NAME, media_type), fetch)
 
     async def project_no_slash(self, request: web.Request) -> web.StreamResponse:
         """``/pypi/simple/<name>`` -> ``/pypi/simple/<normalised>/``."""
@@ -228,67 +327,117 @@ class SimpleIndex:
         media_type = negotiate(request)
         if media_type is None:
             return not_acceptable()
-        upstream_url = URL(str(self.index_url) + normalized + "/", encoded=True)
-        fetched = await fetch_page(request.config_dict[upstream_key], upstream_url)
-        try:
-            page = await rewrite_project(fetched, normalized)
-        except PageError as exc:
-            raise UpstreamError(502, str(exc)) from None
-        body = render_project(page, media_type, self.links)
-        return page_response(request, body, media_type)
+        fetch = partial(
+            self._fetch_project, request.config_dict[upstream_key], normalized, media_type
+        )
+        return await cached_page(request, self.page_key(normalized, media_type), fetch)
 
-    def file_url(self, request: web.Request) -> URL | None:
-        """The upstream URL a files request names (from the raw path), or None."""
-        raw_path, _, raw_query = request.raw_path.partition("?")
+    async def _fetch_index(
+        self, upstream: Upstream, url: URL, media_type: str, validators: Validators
+    ) -> MetaEntry | NotModified:
+        fetched = await fetch_page(upstream, url, validators)
+        if fetched is None:
+            return NOT_MODIFIED
+        return await off_loop_if_large(fetched, partial(build_index_entry, fetched, media_type))
+
+    async def _fetch_project(
+        self, upstream: Upstream, name: str, media_type: str, validators: Validators
+    ) -> MetaEntry | NotModified:
+        fetched = await fetch_page(upstream, self.project_url(name), validators)
+        if fetched is None:
+            return NOT_MODIFIED
+        build = partial(build_project_entry, fetched, name, media_type, self.links)
+        return await off_loop_if_large(fetched, build)
+
+    # --- files ---------------------------------------------------------------------------------
+
+    def file_key(self, request: web.Request) -> str | None:
+        """``<n>/<tail>[?query]`` of a files request (as ``FileLinks.locate`` writes them)."""
+        raw_path, sep, raw_query = request.raw_path.partition("?")
         if not raw_path.startswith(self.files_prefix):
             return None
-        number, _, tail = raw_path[len(self.files_prefix) :].partition("/")
+        return raw_path[len(self.files_prefix) :] + sep + raw_query
+
+    def file_url(self, key: str) -> URL | None:
+        """The upstream URL a files-route key names, or None when it names nothing allowed."""
+        path, _, raw_query = key.partition("?")
+        number, _, tail = path.partition("/")
         return self.links.to_upstream(number, tail, raw_query)
 
-    async def file(self, request: web.Request) -> web.StreamResponse:
-        """A distribution file or its ``.metadata``, streamed byte for byte (GET, HEAD, Range)."""
-        url = self.file_url(request)
-        if url is None:
-            return json_error(404, "Not found")
-        headers: dict[str, str] = {
-            name: request.headers[name] for name in FILE_REQUEST_HEADERS if name in request.headers
-        }
-        # Files are passed through verbatim; never let the upstream compress them.
-        headers[hdrs.ACCEPT_ENCODING] = "identity"
-        upstream = request.config_dict[upstream_key]
-        out = web.StreamResponse()
+    def _known_digest(self, cache: MetadataCache, project: str, key: str) -> Digest | bool | None:
+        """The digest from any cached page of ``project``: False when no page is cached."""
+        for media_type in PAGE_OFFERS:
+            entry = cache.peek(self.page_key(project, media_type))
+            if isinstance(entry, PageEntry):
+                return entry.files.get(key)
+        return False
+
+    async def expected_digest(self, request: web.Request, key: str) -> Digest | None:
+        """What the file named by ``key`` must hash to, per its project's page; None if unknown."""
+        tail = key.partition("?")[0].rpartition("/")[2]
+        project = project_of_filename(unquote_segment(tail))
+        if project is None:
+            return None
+        cache = request.config_dict[metadata_cache_key]
+        known = self._known_digest(cache, project, key)
+        if known is not False:
+            return known if isinstance(known, Digest) else None
+        if not cache.enabled:
+            return None
+        # No page in this process yet (another worker served it, or it was evicted): fetch the
+        # JSON form once; it lands in the cache for the pages route too.
+        fetch = partial(self._fetch_project, request.config_dict[upstream_key], project, JSON_TYPE)
         try:
-            async with upstream.request(
-                request.method, url, headers=headers, what="upstream file host"
-            ) as resp:
-                if resp.status not in PASSED_FILE_STATUSES:
-                    raise_for_upstream_status(resp, "upstream file host")
-                    raise UpstreamError(
-                        502, f"upstream file host answered unexpected status {resp.status}"
-                    )
-                out.set_status(resp.status)
-                out.headers.update(response_headers(resp, FILE_RESPONSE_HEADERS))
-                if resp.status in {200, 206}:
-                    out.headers.setdefault(hdrs.CONTENT_TYPE, "application/octet-stream")
-                    out.headers[hdrs.CACHE_CONTROL] = FILE_CACHE_CONTROL
-                length = resp.headers.get(hdrs.CONTENT_LENGTH)
-                if length is not None and length.isdigit() and resp.status != 304:
-                    out.content_length = int(length)
-                await out.prepare(request)
-                if request.method != "HEAD" and resp.status != 304:
-                    async for chunk in resp.content.iter_chunked(FILE_CHUNK):
-                        await out.write(chunk)
-        except UpstreamError as exc:
-            if not out.prepared:
-                raise
-            # Headers are gone already: cut the connection so the client sees a short body
-            # instead of a file that looks complete.
-            log.warning("upstream file broke off on %s: %s", request.rel_url.path, exc.message)
-            if request.transport is not None:
-                request.transport.close()
-            return out
-        await out.write_eof()
-        return out
+            cached = await cache.get_or_fetch(self.page_key(project, JSON_TYPE), fetch)
+        except UpstreamError:
+            return None
+        entry = cached.entry
+        return entry.files.get(key) if isinstance(entry, PageEntry) else None
+
+    async def file(self, request: web.Request) -> web.StreamResponse:
+        """A distribution file or its ``.metadata``, from the verified cache or streamed as is."""
+        key = self.file_key(request)
+        url = None if key is None else self.file_url(key)
+        if key is None or url is None:
+            return json_error(404, "Not found")
+        artifacts = request.config_dict[artifact_cache_key]
+        digest = await self.expected_digest(request, key) if artifacts.enabled else None
+        headers: dict[str, str] = {hdrs.CACHE_CONTROL: FILE_CACHE_CONTROL}
+        if digest is not None:
+            # Answered from a verified file on disk (FileResponse), which serves ranges.
+            headers[hdrs.ACCEPT_RANGES] = "bytes"
+        else:
+            headers["X-Cache"] = "BYPASS"
+        # A relayed HEAD stays a HEAD upstream; anything the cache stores is fetched with GET.
+        method = (
+            hdrs.METH_HEAD
+            if request.method == hdrs.METH_HEAD and (digest is None or not artifacts.enabled)
+            else hdrs.METH_GET
+        )
+        opener = partial(_open_file, request.config_dict[upstream_key], method, url)
+        request[REQUEST_CACHE] = "miss" if digest is not None else "bypass"
+        response = await artifacts.serve(
+            request,
+            key=str(url),
+            digest=digest,
+            open_upstream=opener,
+            content_type=FILE_TYPE,
+            headers=headers,
+        )
+        if response.headers.get("X-Cache") == "HIT":
+            request[REQUEST_CACHE] = "hit"
+        return response
+
+
+def unquote_segment(segment: str) -> str:
+    """A percent-encoded path segment decoded (file names on the index are often encoded)."""
+    return urllib.parse.unquote(segment)
+
+
+def _open_file(
+    upstream: Upstream, method: str, url: URL, headers: Mapping[str, str]
+) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+    return upstream.request(method, url, headers=headers, what="upstream file host")
 
 
 def setup_routes(app: web.Application, settings: Settings) -> None:

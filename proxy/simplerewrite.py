@@ -109,8 +109,12 @@ class FileLinks:
         self._public = public_files.rstrip("/")
         self._bases = [URL(b) for b in bases]
 
-    def to_proxy(self, url: URL) -> URL | None:
-        """The pkgate URL of an upstream file, or None when it must not be linked."""
+    def locate(self, url: URL) -> str | None:
+        """``<n>/<tail>[?query]`` (still encoded) naming an upstream file under the files route.
+
+        None when the file must not be linked.  The files route reads the same text back from
+        its request path, so it also serves as a key for what is known about the file.
+        """
         if not url.is_absolute() or url.user is not None or url.password is not None:
             return None
         key = _origin_key(url)
@@ -120,11 +124,16 @@ class FileLinks:
             tail = url.raw_path[len(base.raw_path) :]
             if not safe_tail(tail):
                 return None
-            text = f"{self._public}/{number}/{tail}"
+            text = f"{number}/{tail}"
             if url.raw_query_string:
                 text += "?" + url.raw_query_string
-            return URL(text, encoded=True)
+            return text
         return None
+
+    def to_proxy(self, url: URL) -> URL | None:
+        """The pkgate URL of an upstream file, or None when it must not be linked."""
+        located = self.locate(url)
+        return None if located is None else URL(f"{self._public}/{located}", encoded=True)
 
     def to_upstream(self, number: str, raw_tail: str, raw_query: str = "") -> URL | None:
         """The upstream URL a files-route request names, or None when it names nothing allowed."""
@@ -398,6 +407,60 @@ def parse_index_page(body: bytes, content_type: str | None) -> IndexPage:
     return IndexPage(tuple(t for _, t in parser.anchors if is_valid_name(t)), version)
 
 
+# --- what a file must hash to --------------------------------------------------------------
+
+# Hashes strong enough to vouch for a cached file, strongest-known-good first.
+VERIFYING_HASHES = ("sha256", "sha512", "sha384", "sha224")
+_WHEEL_LIKE = (".whl", ".egg")
+_SDIST_SUFFIXES = (".tar.gz", ".zip", ".tar.bz2", ".tar.xz", ".tgz", ".tar")
+METADATA_SUFFIX = ".metadata"
+
+
+def verifying_hash(hashes: Mapping[str, str]) -> tuple[str, str] | None:
+    """(algorithm, hex) of the hash a downloaded file is checked against, or None."""
+    for name in VERIFYING_HASHES:
+        if name in hashes:
+            return name, hashes[name]
+    return None
+
+
+def published_hashes(page: ProjectPage, links: FileLinks) -> dict[str, tuple[str, str]]:
+    """For every linked file (and ``.metadata``), its ``FileLinks.locate`` key -> verifying hash."""
+    out: dict[str, tuple[str, str]] = {}
+    for f in page.files:
+        located = links.locate(f.url)
+        if located is None:
+            continue
+        found = verifying_hash(f.hashes)
+        if found is not None:
+            out[located] = found
+        meta = verifying_hash(f.core_metadata) if f.core_metadata else None
+        if meta is not None:
+            path, sep, query = located.partition("?")
+            out[path + METADATA_SUFFIX + sep + query] = meta
+    return out
+
+
+def project_of_filename(filename: str) -> str | None:
+    """The normalised project a wheel, egg or sdist file name belongs to (PEP 427/625), or None.
+
+    Wheel names escape ``-`` in the project as ``_``, so the name ends at the first ``-``; sdist
+    versions carry no ``-``, so it ends at the last one.
+    """
+    filename = filename.removesuffix(METADATA_SUFFIX)
+    lowered = filename.lower()
+    if lowered.endswith(_WHEEL_LIKE):
+        name, sep, _ = filename.partition("-")
+    else:
+        suffix = next((s for s in _SDIST_SUFFIXES if lowered.endswith(s)), None)
+        if suffix is None:
+            return None
+        name, sep, _ = filename[: -len(suffix)].rpartition("-")
+    if not sep or not is_valid_name(name):
+        return None
+    return normalize_name(name)
+
+
 # --- writing -------------------------------------------------------------------------------
 
 
@@ -547,7 +610,10 @@ __all__ = [
     "normalize_name",
     "parse_index_page",
     "parse_project_page",
+    "project_of_filename",
+    "published_hashes",
     "render_index",
     "render_project",
     "safe_tail",
+    "verifying_hash",
 ]

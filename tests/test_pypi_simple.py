@@ -9,11 +9,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from yarl import URL
 
 from proxy.upstream import USER_AGENT
 from tests.conftest import RunningServer, StartServer, free_port
-from tests.upstreams.pypi_index import JSON_TYPE, PypiIndex, serve_index
+from tests.upstreams.pypi_index import JSON_TYPE, PypiIndex, serve_bytes, serve_index
 from tokenapi.issue import ensure_user, issue_token
 
 PIP_ACCEPT = (
@@ -330,7 +331,29 @@ async def test_simple_file__head_has_exact_length_and_no_body(
         assert resp.status == 200
         assert resp.headers["Content-Length"] == str(len(index.find(filename).dist.data))
         assert await resp.read() == b""
-    assert index.file_requests()[-1].method == "HEAD"
+    # A listed file is fetched whole once into the verified cache, then answered from disk.
+    assert [r.method for r in index.file_requests()] == ["GET"]
+    async with http.head(url) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Length"] == str(len(index.find(filename).dist.data))
+    assert len(index.file_requests()) == 1
+
+
+async def test_simple_file__unlisted_head_is_relayed_as_head(
+    server: RunningServer, index: PypiIndex, http: aiohttp.ClientSession
+) -> None:
+    data = b"unlisted bytes"
+
+    async def unlisted(request: web.Request) -> web.StreamResponse:
+        return serve_bytes(request, data, "application/octet-stream")
+
+    index.overrides[("files", "/packages/extra/unlisted-1.0-py3-none-any.whl")] = unlisted
+    url = f"{server.url}/pypi/files/1/packages/extra/unlisted-1.0-py3-none-any.whl"
+    async with http.head(url) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Length"] == str(len(data))
+        assert resp.headers["X-Cache"] == "BYPASS"
+    assert [r.method for r in index.file_requests()] == ["HEAD"]
 
 
 @pytest.mark.parametrize(
