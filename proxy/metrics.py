@@ -11,7 +11,8 @@ last-used recorder's flush count and last batch size.
 Per-request keys the handlers set (``web.RequestKey``s from ``proxy.keys``):
 - ``REQUEST_ECOSYSTEM``: ``npm`` or ``pypi``; set by the registry auth middleware.
 - ``REQUEST_CACHE``: ``request[REQUEST_CACHE] = "hit"``, ``"miss"`` or ``"stale"`` when the answer
-  came from, missed, or fell back to the metadata/artifact cache.
+  came from, missed, or fell back to the metadata/artifact cache; ``"revalidated"`` when the
+  upstream confirmed a cached entry, ``"bypass"`` when the answer could not be cached.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .errors import Handler
 from .keys import REQUEST_CACHE, REQUEST_ECOSYSTEM
 
 AUTH_OUTCOMES = ("ok", "missing", "invalid", "revoked")
-CACHE_OUTCOMES = ("hit", "miss", "stale")
+CACHE_OUTCOMES = ("hit", "miss", "stale", "revalidated", "bypass")
 # Status recorded when the client hung up before the answer was complete (nginx's convention).
 CLIENT_CLOSED = 499
 
@@ -126,7 +127,8 @@ class Metrics:
         )
         self.cache = Counter(
             "pkgate_cache",
-            "Cache lookups by outcome: hit, miss or stale (served stale after an upstream failure)",
+            "Cache lookups by outcome: hit, miss, revalidated (upstream said unchanged), "
+            "stale (served stale after an upstream failure) or bypass (not cacheable)",
             ["ecosystem", "outcome"],
             registry=reg,
         )

@@ -3,7 +3,8 @@
 ``build_wheel`` makes a real wheel (module, ``METADATA``, ``WHEEL``, ``RECORD`` with hashes) and
 ``build_sdist`` a real ``.tar.gz`` sdist with ``PKG-INFO``.  ``PypiIndex`` serves them on real
 loopback servers the way the public index does: project pages in PEP 503 HTML and PEP 691 JSON
-(negotiated on ``Accept``, gzip-encoded when asked for), files with exact lengths and byte ranges,
+(negotiated on ``Accept``, gzip-encoded when asked for, with an ETag and Last-Modified and 304
+answers to conditional requests), files with exact lengths and byte ranges,
 PEP 658 ``.metadata`` files.  Files live on the index's own origin (relative links), on a second
 "files" origin (absolute links, as on the public index) or on a "foreign" origin pkgate is not
 configured for.  Every request is recorded, and any carrying client credentials is refused and
@@ -37,6 +38,7 @@ JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 HTML_TYPE = "application/vnd.pypi.simple.v1+html"
 FORBIDDEN_HEADERS = ("authorization", "cookie", "proxy-authorization")
 UPLOAD_TIME = "2024-01-02T03:04:05.000000Z"
+PAGE_LAST_MODIFIED = "Tue, 02 Jan 2024 03:04:05 GMT"
 
 
 def normalize(name: str) -> str:
@@ -261,6 +263,8 @@ class PypiIndex:
     # "negotiate": JSON when the client lists it, else HTML; "html" or "json": always that.
     page_format: str = "negotiate"
     gzip_pages: bool = True
+    # Pages carry ETag/Last-Modified and answer matching conditional requests with 304.
+    page_validators: bool = True
     requests: list[Recorded] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     # (server, raw path without query) -> behaviour replacing the normal answer
@@ -412,8 +416,17 @@ class PypiIndex:
             return self.page_format == "json"
         return JSON_TYPE in request.headers.get("Accept", "")
 
+    def page_requests(self, path: str) -> list[Recorded]:
+        """Requests the index received for one page (e.g. ``/simple/tinydep/``)."""
+        return [r for r in self.requests if r.server == "index" and r.path == path]
+
     def _page(self, request: web.Request, body: bytes, content_type: str) -> web.Response:
         headers = {"Content-Type": content_type}
+        if self.page_validators:
+            etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+            headers.update({"ETag": etag, "Last-Modified": PAGE_LAST_MODIFIED})
+            if request.headers.get("If-None-Match") == etag:
+                return web.Response(status=304, headers={"ETag": etag})
         if self.gzip_pages and "gzip" in request.headers.get("Accept-Encoding", ""):
             body = gzip.compress(body)
             headers["Content-Encoding"] = "gzip"
