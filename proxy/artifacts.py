@@ -336,6 +336,7 @@ class ArtifactCache:
     ) -> web.StreamResponse:
         future = self._begin(name)
         outcome = _Outcome.FAILED
+        resp: web.StreamResponse | None = None
         try:
             async with open_upstream({hdrs.ACCEPT_ENCODING: "identity"}) as up:
                 raise_for_upstream_status(up, "artifact upstream")
@@ -359,6 +360,8 @@ class ArtifactCache:
                 await resp.prepare(request)
                 outcome = await self._store(up, name, digest, request, resp)
                 return resp
+        except UpstreamError as exc:
+            return _cut_short(request, resp, exc)
         finally:
             self._end(name, future, outcome)
 
@@ -450,16 +453,20 @@ class ArtifactCache:
             value = request.headers.get(name)
             if value is not None:
                 forwarded[name] = value
-        async with open_upstream(forwarded) as up:
-            raise_for_upstream_status(up, "artifact upstream")
-            self.stats.relayed += 1
-            resp = web.StreamResponse(status=up.status, headers=headers)
-            _copy_headers(up, resp, _RELAYED)
-            resp.content_type = content_type
-            await resp.prepare(request)
-            if request.method != hdrs.METH_HEAD:
-                await self._copy(up, resp)
-            await resp.write_eof()
+        resp: web.StreamResponse | None = None
+        try:
+            async with open_upstream(forwarded) as up:
+                raise_for_upstream_status(up, "artifact upstream")
+                self.stats.relayed += 1
+                resp = web.StreamResponse(status=up.status, headers=headers)
+                _copy_headers(up, resp, _RELAYED)
+                resp.content_type = content_type
+                await resp.prepare(request)
+                if request.method != hdrs.METH_HEAD:
+                    await self._copy(up, resp)
+                await resp.write_eof()
+        except UpstreamError as exc:
+            return _cut_short(request, resp, exc)
         return resp
 
     async def _copy(self, up: aiohttp.ClientResponse, resp: web.StreamResponse) -> None:
@@ -474,6 +481,19 @@ def _copy_headers(
         value = up.headers.get(name)
         if value is not None:
             resp.headers[name] = value
+
+
+def _cut_short(
+    request: web.BaseRequest, resp: web.StreamResponse | None, exc: UpstreamError
+) -> web.StreamResponse:
+    """After the upstream broke off: re-raise while nothing was sent, else cut the client short."""
+    if resp is None or not resp.prepared:
+        raise exc
+    # Headers (and a Content-Length) are gone; the only honest signal left is a short body.
+    log.warning("artifact download broke off: %s", exc.message)
+    if request.transport is not None:
+        request.transport.close()
+    return resp
 
 
 def _install(tmp: Path, path: Path) -> None:

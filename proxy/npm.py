@@ -1,27 +1,51 @@
-"""The npm registry endpoint under ``<public_url>/npm/``.
+"""The npm registry endpoint, at ``<public_url>/npm/`` and at the root of ``npm_host`` when set.
 
 Every request has already passed the registry auth middleware.  The data path reads top to
-bottom: route on the raw path (so ``@scope%2fname``, ``%2F`` and ``/`` all work) -> fetch from
-the upstream -> rewrite -> answer.  Packuments are rewritten so that every tarball is fetched
-through pkgate; tarballs are streamed byte-for-byte.  The registry is read-only.
+bottom: route on the raw path (so ``@scope%2fname``, ``%2F`` and ``/`` all work) -> metadata
+cache (on a miss: fetch from the upstream and rewrite) -> answer.  Packuments are cached after
+rewriting, per mount and per form (abbreviated or full, from the client's ``Accept``), and every
+tarball in them points at the mount that served them.  Tarballs go through the artifact cache,
+verified against the ``dist.integrity`` (else ``shasum``) their packument publishes; a tarball
+whose hash is not known is relayed byte-for-byte without being kept.  The registry is read-only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from functools import partial
 
+import aiohttp
 from aiohttp import hdrs, web
 from yarl import URL
 
 from tokenapi.keys import request_token
 
 from . import npmrewrite
+from .artifacts import Digest
 from .auth import NPM_CHALLENGE, unauthorized
 from .errors import json_error
-from .keys import upstream_key
-from .npmrewrite import BadPath, PackagePath
+from .keys import (
+    REQUEST_CACHE,
+    artifact_cache_key,
+    metadata_cache_key,
+    registry_base_key,
+    upstream_key,
+)
+from .metacache import (
+    ENTRY_OVERHEAD,
+    NOT_MODIFIED,
+    CacheKey,
+    MetaEntry,
+    NotModified,
+    Validators,
+    body_etag,
+    metadata_response,
+)
+from .npmrewrite import BadPath, PackagePath, Published
 from .settings import Settings
 from .upstream import Upstream, UpstreamError, raise_for_upstream_status
 
@@ -31,9 +55,17 @@ READ_ONLY = "This registry is read-only"
 # An audit payload lists package names and versions; this is far beyond any real project.
 AUDIT_MAX_DECODED = 32 * 1024 * 1024
 WHAT = "npm upstream"
-CHUNK = 64 * 1024
+CORGI = "application/vnd.npm.install-v1+json"
+TARBALL_TYPE = "application/octet-stream"
+# Rewriting parses and re-serialises JSON: above this size it runs off the event loop.
+OFF_LOOP_BYTES = 512 * 1024
+# Bytes charged per listed tarball on top of the body (file name and hashes kept in memory).
+FILE_OVERHEAD = 200
 
-PACKUMENT_CACHE_CONTROL = "private, max-age=300"
+PACKUMENT_HEADERS: Mapping[str, str] = {
+    hdrs.CACHE_CONTROL: "private, max-age=300",
+    hdrs.VARY: "Accept",
+}
 TARBALL_CACHE_CONTROL = "private, max-age=31536000, immutable"
 
 # POST endpoints clients use for `npm audit` (bulk, then the legacy quick fallback).
@@ -47,14 +79,22 @@ AUDIT_PATHS = frozenset(
 # Read-only JSON endpoints passed through as they are.
 JSON_GET_PATHS = frozenset({"-/npm/v1/keys", "-/v1/search"})
 
+ABBREVIATED = "abbreviated"
+FULL = "full"
+
 
 @dataclass(frozen=True, slots=True)
 class NpmConfig:
-    """Where the npm endpoint lives and where it fetches from."""
+    """Where one npm mount lives and where it fetches from."""
 
-    mount: str  # raw path of the npm root, e.g. "/npm"
-    public_root: str  # "<public_url>/npm", no trailing slash: base of every URL we write
+    mount: str  # raw path of the npm root without trailing slash: "/npm", "/base/npm" or ""
+    public_root: str  # absolute URL of the npm root, no trailing slash: base of every URL we write
     upstream_root: str  # upstream registry base URL, with a trailing slash
+
+    def packument_key(self, name: str, form: str) -> CacheKey:
+        """The metadata cache key of a packument as this mount rewrites it."""
+        # Entries hold URLs of this mount (a virtual host and the path mount differ).
+        return ("npm", name, f"{form} {self.public_root}")
 
 
 npm_config_key = web.AppKey("npm_config", NpmConfig)
@@ -69,24 +109,24 @@ class Fetched:
     content_type: str
 
 
-@dataclass(frozen=True, slots=True)
-class Packument:
-    """A rewritten packument, ready to serve."""
+@dataclass(slots=True)
+class PackumentEntry(MetaEntry):
+    """A rewritten packument and, by tarball file name, the hashes it publishes."""
 
-    body: bytes
-    content_type: str
-    etag: str
+    files: Mapping[str, Published] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + ENTRY_OVERHEAD + FILE_OVERHEAD * len(self.files)
 
 
-def npm_config(settings: Settings) -> NpmConfig:
-    """The endpoint's locations derived from settings (never from request headers)."""
+def npm_config(settings: Settings, base: URL) -> NpmConfig:
+    """The mount's locations: ``base`` is the absolute URL it answers at (never request headers)."""
     if settings.npm_upstream is None:
         raise ValueError("npm_upstream is not set")
-    base = settings.base_url
-    mount = base.raw_path.rstrip("/") + "/npm"
     return NpmConfig(
-        mount=mount,
-        public_root=str(base).rstrip("/") + "/npm",
+        mount=base.raw_path.rstrip("/"),
+        public_root=str(base).rstrip("/"),
         upstream_root=settings.npm_upstream,
     )
 
@@ -101,6 +141,11 @@ def upstream_url(config: NpmConfig, raw_path: str, query: str = "") -> URL:
 
 def read_only() -> web.Response:
     return json_error(405, READ_ONLY, headers={hdrs.ALLOW: "GET, HEAD"})
+
+
+def form_of(accept: str | None) -> str:
+    """Which packument form an ``Accept`` header asks for (npm's corgi media type or not)."""
+    return ABBREVIATED if accept is not None and CORGI in accept else FULL
 
 
 # -- handlers -------------------------------------------------------------------------------------
@@ -121,7 +166,7 @@ async def whoami(request: web.Request) -> web.Response:
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
     """Route one npm request on its raw path."""
-    config = request.config_dict[npm_config_key]
+    config = request.app[npm_config_key]
     raw = request.raw_path.split("?", 1)[0]
     if not raw.startswith(config.mount + "/"):
         raise web.HTTPNotFound()
@@ -153,40 +198,73 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 
 
 async def packument(request: web.Request, config: NpmConfig, package: PackagePath) -> web.Response:
-    """A package document, full or abbreviated as the client's Accept asks."""
-    upstream = request.config_dict[upstream_key]
-    fetched = await fetch_packument(upstream, config, package, request.headers.get(hdrs.ACCEPT))
-    doc = rewrite_packument(fetched, package, config)
-    headers: dict[str, str] = {
-        hdrs.CONTENT_TYPE: doc.content_type,
-        hdrs.ETAG: doc.etag,
-        hdrs.CACHE_CONTROL: PACKUMENT_CACHE_CONTROL,
-        hdrs.VARY: "Accept",
-    }
-    if npmrewrite.etag_matches(request.headers.get(hdrs.IF_NONE_MATCH), doc.etag):
-        headers.pop(hdrs.CONTENT_TYPE)
-        return web.Response(status=304, headers=headers)
-    return web.Response(body=doc.body, headers=headers)
+    """A package document, full or abbreviated as the client's Accept asks, from the cache."""
+    accept = request.headers.get(hdrs.ACCEPT)
+    key = config.packument_key(package.name, form_of(accept))
+    fetch = partial(fetch_packument, request.config_dict[upstream_key], config, package, accept)
+    cached = await request.config_dict[metadata_cache_key].get_or_fetch(key, fetch)
+    request[REQUEST_CACHE] = cached.state.value.lower()
+    return metadata_response(request, cached)
 
 
 async def fetch_packument(
-    upstream: Upstream, config: NpmConfig, package: PackagePath, accept: str | None
-) -> Fetched:
-    """Fetch and decode a packument from the upstream (the client's Accept picks the form)."""
-    headers: dict[str, str] = {hdrs.ACCEPT_ENCODING: "gzip, deflate"}
+    upstream: Upstream,
+    config: NpmConfig,
+    package: PackagePath,
+    accept: str | None,
+    validators: Validators,
+) -> PackumentEntry | NotModified:
+    """Fetch, decode and rewrite a packument (the metadata cache's fetch function)."""
+    headers: dict[str, str] = {hdrs.ACCEPT_ENCODING: "gzip, deflate", **validators.headers()}
     if accept:
         headers[hdrs.ACCEPT] = accept
     url = upstream_url(config, package.escaped_name)
-    return await fetch_json(upstream, "GET", url, headers)
+    async with upstream.request("GET", url, headers=headers, what=WHAT) as resp:
+        if resp.status == 304:
+            return NOT_MODIFIED
+        raise_for_upstream_status(resp, WHAT)
+        if resp.status != 200:
+            raise UpstreamError(502, f"{WHAT} answered unexpected status {resp.status}")
+        raw = await resp.read()
+        fetched = (
+            raw,
+            resp.headers.get(hdrs.CONTENT_ENCODING),
+            resp.headers.get(hdrs.CONTENT_TYPE, "application/json"),
+            resp.headers.get(hdrs.ETAG),
+            resp.headers.get(hdrs.LAST_MODIFIED),
+        )
+    build = partial(packument_entry, *fetched, package.name, config.public_root)
+    if len(raw) > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(build)
+    return build()
 
 
-def rewrite_packument(fetched: Fetched, package: PackagePath, config: NpmConfig) -> Packument:
-    """Point every tarball at pkgate and give the result its own ETag."""
+def packument_entry(
+    raw: bytes,
+    coding: str | None,
+    content_type: str,
+    etag: str | None,
+    last_modified: str | None,
+    name: str,
+    public_root: str,
+) -> PackumentEntry:
+    """The cache entry for an upstream packument: decoded, rewritten, with its files' hashes."""
     try:
-        body = npmrewrite.rewrite_packument(fetched.body, package.name, config.public_root)
+        decoded = npmrewrite.decode_body(raw, coding)
+    except ValueError as exc:
+        raise UpstreamError(502, f"{WHAT} sent an undecodable body ({exc})") from None
+    try:
+        rewritten = npmrewrite.rewrite(decoded, name, public_root)
     except ValueError as exc:
         raise UpstreamError(502, f"{WHAT} sent an unusable packument ({exc})") from None
-    return Packument(body, fetched.content_type, npmrewrite.etag_of(body, fetched.content_type))
+    return PackumentEntry(
+        body=rewritten.body,
+        content_type=content_type,
+        etag=body_etag(rewritten.body),
+        validators=Validators(etag, last_modified),
+        headers=PACKUMENT_HEADERS,
+        files=rewritten.files,
+    )
 
 
 async def fetch_json(
@@ -219,46 +297,70 @@ async def fetch_json(
     return Fetched(status, body, content_type)
 
 
+def published_digest(published: Published | None) -> Digest | None:
+    """The digest a tarball must match: its sha512 SRI integrity, else its sha1 shasum."""
+    if published is None:
+        return None
+    return Digest.from_sri(published.integrity) or Digest.from_hex("sha1", published.shasum)
+
+
+async def expected_digest(
+    request: web.Request, config: NpmConfig, package: PackagePath
+) -> Digest | None:
+    """What a tarball must hash to, per its package's packument; None when that is unknown."""
+    assert package.file is not None
+    cache = request.config_dict[metadata_cache_key]
+    for form in (ABBREVIATED, FULL):
+        entry = cache.peek(config.packument_key(package.name, form))
+        if isinstance(entry, PackumentEntry):
+            return published_digest(entry.files.get(package.file))
+    if not cache.enabled:
+        return None
+    # No packument here yet (another worker served it, or it was evicted): fetch the
+    # abbreviated one once; it lands in the cache for packument requests too.
+    fetch = partial(fetch_packument, request.config_dict[upstream_key], config, package, CORGI)
+    try:
+        cached = await cache.get_or_fetch(config.packument_key(package.name, ABBREVIATED), fetch)
+    except UpstreamError:
+        return None
+    entry = cached.entry
+    if not isinstance(entry, PackumentEntry):
+        return None
+    return published_digest(entry.files.get(package.file))
+
+
 async def tarball(
     request: web.Request, config: NpmConfig, package: PackagePath
 ) -> web.StreamResponse:
-    """Stream a tarball from the upstream byte-for-byte (npmjs layout upstream)."""
+    """A tarball from the verified artifact cache, or relayed byte-for-byte when unverifiable."""
     assert package.file is not None
-    upstream = request.config_dict[upstream_key]
+    artifacts = request.config_dict[artifact_cache_key]
     url = upstream_url(config, f"{package.name}/-/{package.file}")
-    out: web.StreamResponse | None = None
-    try:
-        # identity: the bytes must reach the client exactly as published, with their length.
-        async with upstream.request(
-            request.method, url, headers={hdrs.ACCEPT_ENCODING: "identity"}, what=WHAT
-        ) as resp:
-            raise_for_upstream_status(resp, WHAT)
-            if resp.status != 200:
-                raise UpstreamError(502, f"{WHAT} answered unexpected status {resp.status}")
-            out = web.StreamResponse(
-                headers={
-                    hdrs.CONTENT_TYPE: "application/octet-stream",
-                    hdrs.CACHE_CONTROL: TARBALL_CACHE_CONTROL,
-                }
-            )
-            if resp.content_length is not None:
-                out.content_length = resp.content_length
-            await out.prepare(request)
-            if request.method != hdrs.METH_HEAD:
-                # 64 KiB pieces keep per-download memory small (measured: whole received
-                # chunks via iter_any() double throughput but also double the RSS growth).
-                async for chunk in resp.content.iter_chunked(CHUNK):
-                    await out.write(chunk)
-            await out.write_eof()
-            return out
-    except UpstreamError as exc:
-        if out is None or not out.prepared:
-            raise
-        # Headers are gone; the only honest signal left is a connection cut short.
-        log.warning("npm tarball %s broke off: %s", package.name, exc.message)
-        if request.transport is not None:
-            request.transport.close()
-        return out
+    digest = await expected_digest(request, config, package) if artifacts.enabled else None
+    headers: dict[str, str] = {hdrs.CACHE_CONTROL: TARBALL_CACHE_CONTROL}
+    if digest is None:
+        headers["X-Cache"] = "BYPASS"
+    # A relayed HEAD stays a HEAD upstream; anything the cache stores is fetched with GET.
+    method = request.method if digest is None else hdrs.METH_GET
+    request[REQUEST_CACHE] = "bypass" if digest is None else "miss"
+    response = await artifacts.serve(
+        request,
+        key=str(url),
+        digest=digest,
+        open_upstream=partial(open_tarball, request.config_dict[upstream_key], method, url),
+        content_type=TARBALL_TYPE,
+        headers=headers,
+    )
+    if response.headers.get("X-Cache") == "HIT":
+        request[REQUEST_CACHE] = "hit"
+    return response
+
+
+def open_tarball(
+    upstream: Upstream, method: str, url: URL, headers: Mapping[str, str]
+) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+    """One upstream tarball request (the artifact cache's opener)."""
+    return upstream.request(method, url, headers=headers, what=WHAT)
 
 
 async def audit(request: web.Request, config: NpmConfig, rest: str) -> web.Response:
@@ -295,7 +397,13 @@ async def json_passthrough(request: web.Request, config: NpmConfig, rest: str) -
 
 def setup_routes(app: web.Application, settings: Settings) -> None:
     """Register the npm endpoint on its sub-application."""
-    app[npm_config_key] = npm_config(settings)
+    # Mounted under the public URL's path and possibly on its own host: each mount knows where
+    # it is reached and writes tarball URLs pointing there.
+    base = app.get(registry_base_key)
+    if base is None:
+        public = settings.base_url
+        base = public.with_path(public.path.rstrip("/") + "/npm/")
+    app[npm_config_key] = npm_config(settings, base)
     # One catch-all: aiohttp's router unquotes only some %2F spellings, so dispatch() routes
     # on the raw path itself.
     app.router.add_route("*", "/{path:.*}", dispatch)

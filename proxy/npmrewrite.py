@@ -8,7 +8,6 @@ fields are left exactly as they are: the bytes served are the upstream's bytes.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import zlib
 from dataclasses import dataclass
@@ -130,8 +129,24 @@ def decode_body(body: bytes, content_encoding: str | None, max_size: int = MAX_D
     return body
 
 
-def rewrite_packument(body: bytes, name: str, npm_root: str) -> bytes:
-    """The packument JSON with every tarball URL pointing at pkgate.
+@dataclass(frozen=True, slots=True)
+class Published:
+    """The hashes a packument publishes for one tarball (as written there, not yet checked)."""
+
+    integrity: str | None
+    shasum: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rewritten:
+    """A rewritten packument and, by served file name, what each tarball must hash to."""
+
+    body: bytes
+    files: dict[str, Published]
+
+
+def rewrite(body: bytes, name: str, npm_root: str) -> Rewritten:
+    """The packument JSON with every tarball URL pointing at pkgate, and its files' hashes.
 
     Raises ValueError when ``body`` is not a JSON object.
     """
@@ -142,6 +157,7 @@ def rewrite_packument(body: bytes, name: str, npm_root: str) -> bytes:
     if not isinstance(doc, dict):
         raise ValueError("packument is not a JSON object")
     unscoped = name.rpartition("/")[2]
+    files: dict[str, Published] = {}
     versions = doc.get("versions")
     if isinstance(versions, dict):
         for version, manifest in versions.items():
@@ -152,22 +168,14 @@ def rewrite_packument(body: bytes, name: str, npm_root: str) -> bytes:
                 continue
             file = tarball_file(dist["tarball"], unscoped, str(version))
             dist["tarball"] = tarball_url(npm_root, name, file)
-    return orjson.dumps(doc)
+            integrity, shasum = dist.get("integrity"), dist.get("shasum")
+            files[file] = Published(
+                integrity if isinstance(integrity, str) else None,
+                shasum if isinstance(shasum, str) else None,
+            )
+    return Rewritten(orjson.dumps(doc), files)
 
 
-def etag_of(body: bytes, content_type: str) -> str:
-    """A strong ETag for exactly these bytes served as this type."""
-    digest = hashlib.sha256(content_type.encode() + b"\0" + body).hexdigest()
-    return f'"{digest[:40]}"'
-
-
-def etag_matches(if_none_match: str | None, etag: str) -> bool:
-    """RFC 9110 weak comparison of an ``If-None-Match`` list against our ETag."""
-    if not if_none_match:
-        return False
-    wanted = etag.removeprefix("W/")
-    for candidate in if_none_match.split(","):
-        candidate = candidate.strip()
-        if candidate == "*" or candidate.removeprefix("W/") == wanted:
-            return True
-    return False
+def rewrite_packument(body: bytes, name: str, npm_root: str) -> bytes:
+    """The packument JSON with every tarball URL pointing at pkgate (see ``rewrite``)."""
+    return rewrite(body, name, npm_root).body

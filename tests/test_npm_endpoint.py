@@ -276,14 +276,17 @@ async def test_upstream__404_is_404(registry: NpmRegistry, http: aiohttp.ClientS
     assert resp.status == 404
 
 
-@pytest.mark.parametrize("path", ["/pkg-plain", "/pkg-plain/-/pkg-plain-1.0.0.tgz"])
+@pytest.mark.parametrize(
+    ("path", "what"),
+    [("/pkg-plain", "npm upstream"), ("/pkg-plain/-/pkg-plain-1.0.0.tgz", "artifact upstream")],
+)
 async def test_upstream__5xx_is_502(
-    registry: NpmRegistry, http: aiohttp.ClientSession, path: str
+    registry: NpmRegistry, http: aiohttp.ClientSession, path: str, what: str
 ) -> None:
     registry.overrides[path] = NpmRegistry.status(503)
     resp, body = await get_json(http, "/npm" + path)
     assert resp.status == 502
-    assert body == {"error": "npm upstream answered 503"}
+    assert body == {"error": f"{what} answered 503"}
 
 
 async def test_upstream__timeout_is_504(start_server: StartServer, registry: NpmRegistry) -> None:

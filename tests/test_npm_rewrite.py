@@ -1,4 +1,4 @@
-"""npm path parsing, body decoding, the packument rewrite and ETag matching (no server)."""
+"""npm path parsing, body decoding, the packument rewrite (no server)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 from proxy.npmrewrite import (
     BadPath,
     PackagePath,
+    Published,
     decode_body,
-    etag_matches,
-    etag_of,
     parse_package_path,
+    rewrite,
     rewrite_packument,
 )
 
@@ -120,12 +120,25 @@ def test_rewrite_packument__refuses_non_objects(body: bytes) -> None:
         rewrite_packument(body, "x", ROOT)
 
 
-def test_etag__depends_on_body_and_type_and_matches_lists() -> None:
-    etag = etag_of(b"{}", "application/json")
-    assert etag != etag_of(b"{}", "application/vnd.npm.install-v1+json")
-    assert etag != etag_of(b"{ }", "application/json")
-    assert etag_matches(f'"other", {etag}', etag)
-    assert etag_matches(f"W/{etag}", etag)
-    assert etag_matches("*", etag)
-    assert not etag_matches(None, etag)
-    assert not etag_matches('"other"', etag)
+def test_rewrite__lists_each_served_file_with_its_published_hashes() -> None:
+    doc = {
+        "versions": {
+            "2.0.0": {
+                "dist": {
+                    "tarball": "https://up.example.test/@acme/scoped/-/scoped-2.0.0.tgz",
+                    "integrity": "sha512-abc",
+                    "shasum": "def",
+                }
+            },
+            "1.0.0": {"dist": {"tarball": "https://up.example.test/odd", "integrity": 7}},
+            "0.1.0": {"dist": {"integrity": "sha512-none"}},
+        }
+    }
+    out = rewrite(json.dumps(doc).encode(), "@acme/scoped", ROOT)
+    assert out.files == {
+        "scoped-2.0.0.tgz": Published("sha512-abc", "def"),
+        "scoped-1.0.0.tgz": Published(None, None),
+    }
+    assert json.loads(out.body) == json.loads(
+        rewrite_packument(json.dumps(doc).encode(), "@acme/scoped", ROOT)
+    )
