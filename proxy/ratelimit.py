@@ -17,7 +17,7 @@ The client IP is the TCP peer, or ``X-Forwarded-For`` when the peer is a trusted
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
@@ -36,6 +36,19 @@ TOO_MANY = "Too many requests; try again later"
 TOO_MANY_FAILURES = "Too many failed authentications from this address; try again later"
 
 
+@dataclass(slots=True)
+class Attempt:
+    """Concurrent requests presenting the same unverified credentials from one address.
+
+    They share one reservation against the failure limit: a client firing a burst of requests
+    with a token that is not yet in the validation cache spends one unit, not one per request,
+    and gets it back unless one of them is refused.
+    """
+
+    requests: int = 0
+    failed: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class RegistryLimits:
     """The shared limiters of every registry mount; None where a limit is switched off."""
@@ -44,6 +57,8 @@ class RegistryLimits:
     per_token: RateLimiter | None
     auth_failures: RateLimiter | None
     trusted_proxies: tuple[Network, ...]
+    # Unverified credentials in flight, by (client IP, digest of what was presented).
+    attempts: dict[tuple[str, str], Attempt] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RegistryLimits:
@@ -94,33 +109,66 @@ def registry_ratelimit_middleware() -> Middleware:
             retry = limits.per_ip.hit(ip)
             if retry is not None:
                 return too_many(TOO_MANY, retry)
+        header = request.headers.get(hdrs.AUTHORIZATION)
         try:
-            secret = secret_from_header(request.headers.get(hdrs.AUTHORIZATION))
+            secret = secret_from_header(header)
         except MalformedCredentials:
             secret = ""  # presented but unreadable: the auth middleware answers 401
-        known = None
-        if secret:
-            known = request.config_dict[validator_key].cached(secret)
-        if limits.auth_failures is not None and secret is not None and known is None:
-            retry = limits.auth_failures.check(ip)
-            if retry is not None:
-                return too_many(TOO_MANY_FAILURES, retry)
+        if secret is None:
+            # Nothing presented, nothing guessed: only the request rates apply.
+            return await handler(request)
+        known = request.config_dict[validator_key].cached(secret) if secret else None
         if limits.per_token is not None and secret:
             key = _token_key(secret, known is not None)
             if key is not None:
                 retry = limits.per_token.hit(key)
                 if retry is not None:
                     return too_many(TOO_MANY, retry)
-        try:
+        if known is not None or limits.auth_failures is None:
+            # A cache hit costs no lookup and guesses nothing; it fails only if revoked since.
             response = await handler(request)
-        except web.HTTPUnauthorized:
-            _failed(limits, ip, secret)
-            raise
-        if response.status == 401:
-            _failed(limits, ip, secret)
-        return response
+            if response.status == 401 and limits.auth_failures is not None:
+                limits.auth_failures.hit(ip)
+            return response
+        return await _verified(request, handler, limits, limits.auth_failures, ip, header or "")
 
     return throttle
+
+
+async def _verified(
+    request: web.Request,
+    handler: Handler,
+    limits: RegistryLimits,
+    failures: RateLimiter,
+    ip: str,
+    header: str,
+) -> web.StreamResponse:
+    """Run a request whose credentials need a lookup, counted against the failure limit.
+
+    The failure is counted up front and given back once no request of the group was refused:
+    counting only after the 401 would let a concurrent burst of guesses all slip through.
+    """
+    key = (ip, tokens.digest(header))
+    attempt = limits.attempts.get(key)
+    if attempt is None:
+        retry = failures.hit(ip)
+        if retry is not None:
+            return too_many(TOO_MANY_FAILURES, retry)
+        attempt = limits.attempts[key] = Attempt()
+    attempt.requests += 1
+    try:
+        response = await handler(request)
+        attempt.failed |= response.status == 401
+        return response
+    except web.HTTPUnauthorized:
+        attempt.failed = True
+        raise
+    finally:
+        attempt.requests -= 1
+        if attempt.requests == 0:
+            del limits.attempts[key]
+            if not attempt.failed:
+                failures.refund(ip)
 
 
 def _token_key(secret: str, known: bool) -> str | None:
@@ -132,10 +180,3 @@ def _token_key(secret: str, known: bool) -> str | None:
     if known or tokens.is_well_formed(secret):
         return tokens.digest(secret)
     return None
-
-
-def _failed(limits: RegistryLimits, ip: str, secret: str | None) -> None:
-    # Only presented credentials count: a client probing without any (as some do before sending
-    # them) guesses nothing.
-    if limits.auth_failures is not None and secret is not None:
-        limits.auth_failures.hit(ip)

@@ -1,5 +1,6 @@
 """Registry rate limits: per token, per client IP, and failed authentications per client IP."""
 
+import asyncio
 import ipaddress
 import secrets
 from base64 import b64encode
@@ -13,6 +14,7 @@ from proxy.ratelimit import RegistryLimits, registry_limits_key
 from proxy.settings import Settings, SettingsError, load
 from tests.conftest import RunningServer, StartServer
 from tokenapi import tokens
+from tokenapi.ratelimit import RateLimiter
 
 UNREACHABLE = "http://127.0.0.1:9/"
 
@@ -312,3 +314,38 @@ async def test_registry_limits__random_burst_uses_one_key_per_address(
     # Unreadable secrets get no per-token bucket, so garbage cannot crowd out real tokens.
     assert limits.per_token is not None
     assert len(limits.per_token) == 0
+
+
+async def test_registry_limits__concurrent_burst_with_one_cold_token_is_not_throttled(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(npm_upstream=UNREACHABLE, registry_auth_failures=2)
+    secret = await server.token()
+    headers = {"Authorization": f"Bearer {secret}"}
+    async with aiohttp.ClientSession() as http:
+
+        async def one() -> int:
+            async with http.get(server.url / "npm" / "-" / "whoami", headers=headers) as resp:
+                await resp.read()
+                return resp.status
+
+        statuses = await asyncio.gather(*(one() for _ in range(50)))
+    assert statuses == [200] * 50
+    # Nothing was kept against the address: guesses still get their full allowance.
+    assert [(await whoami(server, random_token()))[0] for _ in range(3)] == [401, 401, 429]
+
+
+def test_ratelimit__refund_gives_back_one_event() -> None:
+    limiter = RateLimiter(2, 60)
+    assert limiter.hit("a") is None
+    assert limiter.hit("a") is None
+    assert limiter.hit("a") is not None
+    limiter.refund("a")
+    assert limiter.hit("a") is None
+    assert limiter.hit("a") is not None
+    limiter.refund("a")
+    limiter.refund("a")
+    limiter.refund("a")
+    assert len(limiter) == 0
+    limiter.refund("never-seen")
+    assert [limiter.hit("a"), limiter.hit("a")] == [None, None]

@@ -57,6 +57,18 @@ class RateLimiter:
             self._tat[key] = new_tat
         return retry
 
+    def refund(self, key: str) -> None:
+        """Give back one event counted by ``hit`` (an attempt reserved up front that did not
+        turn out to be a failure)."""
+        tat = self._tat.get(key)
+        if tat is None:
+            return
+        tat -= self._interval
+        if tat <= self._clock():
+            self._tat.pop(key, None)
+        else:
+            self._tat[key] = tat
+
     def reset(self, key: str) -> None:
         """Forget ``key`` (e.g. after a successful login)."""
         self._tat.pop(key, None)

@@ -58,15 +58,27 @@ async def login(request: web.Request) -> web.Response:
     config = request.config_dict[config_key]
     state = request.config_dict[api_state_key]
     ip = client_ip(request, config.trusted_proxies)
-    retry = state.login_ip.check(ip) or state.login_email.check(email)
+    # Each attempt is counted before its password is checked, so a concurrent burst cannot slip
+    # past the limit while earlier guesses are still hashing; an attempt that does not turn out
+    # to be a wrong password gives its count back.
+    retry = state.login_ip.hit(ip)
     if retry is not None:
         raise too_many(retry)
+    retry = state.login_email.hit(email)
+    if retry is not None:
+        state.login_ip.refund(ip)
+        raise too_many(retry)
     store = request.config_dict[store_key]
-    user = await store.get_user_by_email(email)
-    ok = await verify_password_async(password, user.password_hash if user else None)
+    wrong = False
+    try:
+        user = await store.get_user_by_email(email)
+        ok = await verify_password_async(password, user.password_hash if user else None)
+        wrong = user is None or not ok
+    finally:
+        if not wrong:
+            state.login_ip.refund(ip)
+            state.login_email.refund(email)
     if user is None or not ok:
-        state.login_ip.hit(ip)
-        state.login_email.hit(email)
         raise ApiError(401, BAD_LOGIN)
     state.login_email.reset(email)
     value = secrets.token_urlsafe(32)
