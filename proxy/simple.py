@@ -21,6 +21,7 @@ Caching (SPEC 10):
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import urllib.parse
 import zlib
@@ -46,6 +47,7 @@ from .keys import (
 from .metacache import (
     ENTRY_OVERHEAD,
     NOT_MODIFIED,
+    Cached,
     CacheKey,
     Fetch,
     MetadataCache,
@@ -54,6 +56,7 @@ from .metacache import (
     Validators,
     body_etag,
     metadata_response,
+    not_modified,
 )
 from .negotiate import choose
 from .settings import Settings
@@ -95,6 +98,9 @@ PAGE_HEADERS: Final[Mapping[str, str]] = {
     str(hdrs.VARY): "Accept",
     str(hdrs.CACHE_CONTROL): PAGE_CACHE_CONTROL,
 }
+X_CACHE: Final = "X-Cache"
+# Valid names and their normal form are memoised for the warm path, in a bounded memo.
+NAMES_REMEMBERED = 4096
 # Memory charged per remembered file hash on top of the page body.
 FILE_HASH_OVERHEAD: Final = 160
 
@@ -115,6 +121,8 @@ class PageEntry(MetaEntry):
     """A rendered page and, by files-route key, the digests its files were published with."""
 
     files: Mapping[str, Digest] = field(default_factory=dict)
+    # Every header of a 200 answer but X-Cache, built once: hits only copy it.
+    served_headers: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -128,13 +136,18 @@ def page_content_type(media_type: str) -> str:
 
 def page_entry(fetched: FetchedPage, body: bytes, media_type: str) -> PageEntry:
     """A cache entry for a page rendered from ``fetched``."""
-    return PageEntry(
+    entry = PageEntry(
         body=body,
         content_type=page_content_type(media_type),
         etag=body_etag(body),
         validators=Validators(fetched.etag, fetched.last_modified),
         headers=PAGE_HEADERS,
     )
+    served = {**PAGE_HEADERS, hdrs.ETAG: entry.etag, hdrs.CONTENT_TYPE: entry.content_type}
+    if fetched.last_modified:
+        served[hdrs.LAST_MODIFIED] = fetched.last_modified
+    entry.served_headers = served
+    return entry
 
 
 def file_digests(page: ProjectPage, links: FileLinks) -> dict[str, Digest]:
@@ -260,11 +273,26 @@ def not_acceptable() -> web.Response:
     )
 
 
-async def cached_page(request: web.Request, key: CacheKey, fetch: Fetch) -> web.Response:
-    """The page for ``key`` from the metadata cache (fetched on a miss), noted for logs/metrics."""
-    cached = await request.config_dict[metadata_cache_key].get_or_fetch(key, fetch)
-    request[REQUEST_CACHE] = cached.state.value.lower()
-    return metadata_response(request, cached)
+def page_response(request: web.Request, cached: Cached) -> web.Response:
+    """The answer for a cached page: 304 for the client's matching validators, else the body.
+
+    What ``metacache.metadata_response`` does, with the headers prepared when the page was
+    rendered, since this runs on every warm request.
+    """
+    entry = cached.entry
+    if not isinstance(entry, PageEntry) or not entry.served_headers:
+        return metadata_response(request, cached)
+    headers = {**entry.served_headers, X_CACHE: cached.state.value}
+    if not_modified(entry, request.headers):
+        del headers[hdrs.CONTENT_TYPE]
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=entry.body, headers=headers)
+
+
+@functools.lru_cache(maxsize=NAMES_REMEMBERED)
+def valid_normalized(name: str) -> str | None:
+    """The PEP 503 form of a project name, or None when it is not a valid name (memoised)."""
+    return normalize_name(name) if is_valid_name(name) else None
 
 
 def _redirect(location: str) -> web.HTTPMovedPermanently:
@@ -285,12 +313,29 @@ class SimpleIndex:
         self.files_prefix = base.raw_path + "files/"
         # Pages hold links to this mount (a virtual host and the path mount differ): each mount
         # keeps its own entries.
-        self._mount = str(base)
-        self._keys: dict[tuple[str, str], CacheKey] = {}
+        self._representations = {m: f"{m} {base}" for m in PAGE_OFFERS}
+        # The app's cache and upstream client, looked up on the first request (they are created
+        # at start-up, after the routes).
+        self._shared: tuple[MetadataCache, Upstream] | None = None
 
     def page_key(self, name: str, media_type: str) -> CacheKey:
         """The metadata cache key of a page (``name`` "" for the root) as this mount renders it."""
-        return (ECOSYSTEM, name, f"{media_type} {self._mount}")
+        return (ECOSYSTEM, name, self._representations[media_type])
+
+    def shared(self, request: web.Request) -> tuple[MetadataCache, Upstream]:
+        """The metadata cache and upstream client of the app serving ``request``."""
+        if self._shared is None:
+            config = request.config_dict
+            self._shared = (config[metadata_cache_key], config[upstream_key])
+        return self._shared
+
+    async def cached_page(
+        self, request: web.Request, cache: MetadataCache, key: CacheKey, fetch: Fetch
+    ) -> web.Response:
+        """The page for ``key`` from the cache (fetched on a miss), noted for logs and metrics."""
+        cached = await cache.get_or_fetch(key, fetch)
+        request[REQUEST_CACHE] = cached.state.value.lower()
+        return page_response(request, cached)
 
     def project_url(self, normalized: str) -> URL:
         return URL(str(self.index_url) + normalized + "/", encoded=True)
@@ -304,33 +349,32 @@ class SimpleIndex:
         media_type = negotiate(request)
         if media_type is None:
             return not_acceptable()
-        fetch = partial(
-            self._fetch_index, request.config_dict[upstream_key], self.index_url, media_type
-        )
-        return await cached_page(request, self.page_key(ROOT_KEY_NAME, media_type), fetch)
+        cache, upstream = self.shared(request)
+        fetch = partial(self._fetch_index, upstream, self.index_url, media_type)
+        key = self.page_key(ROOT_KEY_NAME, media_type)
+        return await self.cached_page(request, cache, key, fetch)
 
     async def project_no_slash(self, request: web.Request) -> web.StreamResponse:
         """``/pypi/simple/<name>`` -> ``/pypi/simple/<normalised>/``."""
-        name = request.match_info["name"]
-        if not is_valid_name(name):
+        normalized = valid_normalized(request.match_info["name"])
+        if normalized is None:
             return json_error(404, "Not a valid project name")
-        raise _redirect(f"{normalize_name(name)}/")
+        raise _redirect(f"{normalized}/")
 
     async def project(self, request: web.Request) -> web.StreamResponse:
         """One project's page."""
         name = request.match_info["name"]
-        if not is_valid_name(name):
+        normalized = valid_normalized(name)
+        if normalized is None:
             return json_error(404, "Not a valid project name")
-        normalized = normalize_name(name)
         if normalized != name:
             raise _redirect(f"../{normalized}/")
         media_type = negotiate(request)
         if media_type is None:
             return not_acceptable()
-        fetch = partial(
-            self._fetch_project, request.config_dict[upstream_key], normalized, media_type
-        )
-        return await cached_page(request, self.page_key(normalized, media_type), fetch)
+        cache, upstream = self.shared(request)
+        fetch = partial(self._fetch_project, upstream, normalized, media_type)
+        return await self.cached_page(request, cache, self.page_key(normalized, media_type), fetch)
 
     async def _fetch_index(
         self, upstream: Upstream, url: URL, media_type: str, validators: Validators
@@ -378,7 +422,7 @@ class SimpleIndex:
         project = project_of_filename(unquote_segment(tail))
         if project is None:
             return None
-        cache = request.config_dict[metadata_cache_key]
+        cache, upstream = self.shared(request)
         known = self._known_digest(cache, project, key)
         if known is not False:
             return known if isinstance(known, Digest) else None
@@ -386,7 +430,7 @@ class SimpleIndex:
             return None
         # No page in this process yet (another worker served it, or it was evicted): fetch the
         # JSON form once; it lands in the cache for the pages route too.
-        fetch = partial(self._fetch_project, request.config_dict[upstream_key], project, JSON_TYPE)
+        fetch = partial(self._fetch_project, upstream, project, JSON_TYPE)
         try:
             cached = await cache.get_or_fetch(self.page_key(project, JSON_TYPE), fetch)
         except UpstreamError:
@@ -414,7 +458,7 @@ class SimpleIndex:
             if request.method == hdrs.METH_HEAD and (digest is None or not artifacts.enabled)
             else hdrs.METH_GET
         )
-        opener = partial(_open_file, request.config_dict[upstream_key], method, url)
+        opener = partial(_open_file, self.shared(request)[1], method, url)
         request[REQUEST_CACHE] = "miss" if digest is not None else "bypass"
         response = await artifacts.serve(
             request,
