@@ -1,0 +1,89 @@
+"""Durability: kill -9 of a real server during a burst of token creations loses no token whose
+creation was answered 201, and the database opens cleanly afterwards."""
+
+import asyncio
+import signal
+import sqlite3
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import pkgate_cmd, run
+from tests.procs import ServerProcess
+from tokenapi.store import Store
+
+PASSWORD = "durable-password"
+CLIENTS = 24
+KILL_AFTER = 60  # answered creations before the kill
+
+
+@pytest.mark.slow
+async def test_durability__kill_9_mid_burst_keeps_every_answered_token(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    created = await run(
+        *pkgate_cmd("user", "create", "--email", "d@example.com", "--password-stdin"),
+        "--data-dir",
+        str(data),
+        input=PASSWORD.encode() + b"\n",
+    )
+    assert created.returncode == 0, created.output
+    server = ServerProcess(
+        data,
+        ["--npm-upstream", "http://127.0.0.1:9/", "--token-create-limit", "100000"],
+    )
+    await server.start()
+    answered: list[str] = []
+    refused_or_cut = 0
+    killed = asyncio.Event()
+    try:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            origin = {"Origin": str(server.url)}
+            async with http.post(
+                server.url / "api" / "session",
+                json={"email": "d@example.com", "password": PASSWORD},
+                headers=origin,
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+
+            async def creator(n: int) -> None:
+                nonlocal refused_or_cut
+                i = 0
+                while not killed.is_set():
+                    i += 1
+                    try:
+                        async with http.post(
+                            server.url / "api" / "tokens",
+                            json={"name": f"c{n}-{i}"},
+                            headers=origin,
+                        ) as resp:
+                            body = await resp.json()
+                            assert resp.status == 201, body
+                            answered.append(body["id"])
+                    except (aiohttp.ClientError, ConnectionError):
+                        refused_or_cut += 1
+                        return
+                    if len(answered) >= KILL_AFTER and not killed.is_set():
+                        killed.set()
+                        assert server.proc is not None
+                        server.proc.send_signal(signal.SIGKILL)
+
+            await asyncio.gather(*(creator(n) for n in range(CLIENTS)))
+    finally:
+        code = await server.stop(signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    assert len(answered) >= KILL_AFTER
+
+    db_path = data / "pkgate.db"
+    # The store opens (recovering the WAL) and the file is sound.
+    store = await Store.open(db_path)
+    try:
+        stored = {t.id for t in await store.list_tokens()}
+    finally:
+        await store.close()
+    missing = set(answered) - stored
+    assert missing == set(), f"{len(missing)} of {len(answered)} answered tokens lost"
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+    print(f"answered 201: {len(answered)}, stored: {len(stored)}, cut by kill: {refused_or_cut}")
