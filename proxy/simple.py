@@ -408,24 +408,24 @@ class SimpleIndex:
         number, _, tail = path.partition("/")
         return self.links.to_upstream(number, tail, raw_query)
 
-    def _known_digest(self, cache: MetadataCache, project: str, key: str) -> Digest | bool | None:
-        """The digest from any cached page of ``project``: False when no page is cached."""
+    def _any_cached_page(self, cache: MetadataCache, project: str) -> PageEntry | None:
+        """Any cached representation of ``project``'s page, however old (files do not change)."""
         for media_type in PAGE_OFFERS:
             entry = cache.peek(self.page_key(project, media_type))
             if isinstance(entry, PageEntry):
-                return entry.files.get(key)
-        return False
+                return entry
+        return None
 
     async def expected_digest(self, request: web.Request, key: str) -> Digest | None:
         """What the file named by ``key`` must hash to, per its project's page; None if unknown."""
         tail = key.partition("?")[0].rpartition("/")[2]
-        project = project_of_filename(unquote_segment(tail))
+        project = project_of_filename(urllib.parse.unquote(tail))
         if project is None:
             return None
         cache, upstream = self.shared(request)
-        known = self._known_digest(cache, project, key)
-        if known is not False:
-            return known if isinstance(known, Digest) else None
+        known = self._any_cached_page(cache, project)
+        if known is not None:
+            return known.files.get(key)
         if not cache.enabled:
             return None
         # No page in this process yet (another worker served it, or it was evicted): fetch the
@@ -451,13 +451,10 @@ class SimpleIndex:
             # Answered from a verified file on disk (FileResponse), which serves ranges.
             headers[hdrs.ACCEPT_RANGES] = "bytes"
         else:
-            headers["X-Cache"] = "BYPASS"
+            headers[X_CACHE] = "BYPASS"
         # A relayed HEAD stays a HEAD upstream; anything the cache stores is fetched with GET.
-        method = (
-            hdrs.METH_HEAD
-            if request.method == hdrs.METH_HEAD and (digest is None or not artifacts.enabled)
-            else hdrs.METH_GET
-        )
+        relayed_head = request.method == hdrs.METH_HEAD and digest is None
+        method = hdrs.METH_HEAD if relayed_head else hdrs.METH_GET
         opener = partial(_open_file, self.shared(request)[1], method, url)
         request[REQUEST_CACHE] = "miss" if digest is not None else "bypass"
         response = await artifacts.serve(
@@ -468,14 +465,9 @@ class SimpleIndex:
             content_type=FILE_TYPE,
             headers=headers,
         )
-        if response.headers.get("X-Cache") == "HIT":
+        if response.headers.get(X_CACHE) == "HIT":
             request[REQUEST_CACHE] = "hit"
         return response
-
-
-def unquote_segment(segment: str) -> str:
-    """A percent-encoded path segment decoded (file names on the index are often encoded)."""
-    return urllib.parse.unquote(segment)
 
 
 def _open_file(

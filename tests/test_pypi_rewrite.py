@@ -19,8 +19,11 @@ from proxy.simplerewrite import (
     normalize_name,
     parse_index_page,
     parse_project_page,
+    project_of_filename,
+    published_hashes,
     render_project,
     safe_tail,
+    verifying_hash,
 )
 from proxy.upstream import UpstreamError
 
@@ -194,7 +197,7 @@ def test_simplerewrite__json_to_html_escapes_attributes() -> None:
 
 
 def test_simplerewrite__json_claims_1_1_only_with_every_size() -> None:
-    files = [
+    files: list[dict[str, object]] = [
         {"filename": "a-1.tar.gz", "url": "https://files.test/a-1.tar.gz", "hashes": {}},
     ]
     doc = {"meta": {"api-version": "1.3"}, "name": "a", "files": files, "versions": ["1"]}
@@ -241,3 +244,66 @@ def test_simple__decode_body_refuses_bombs_and_unknown_encodings() -> None:
         decode_body(b"xx", "br")
     with pytest.raises(UpstreamError):
         decode_body(b"\x1f\x8bnot gzip", "gzip")
+
+
+def test_negotiate__remembered_choice_equals_fresh_choice() -> None:
+    accept = "text/html;q=0.5, application/vnd.pypi.simple.v1+json;q=0.6"
+    assert choose(accept, OFFERS) == JSON_TYPE
+    assert choose(accept, OFFERS) == JSON_TYPE  # from the memo
+    assert choose(accept, list(OFFERS)) == JSON_TYPE  # unhashable offers: computed
+    huge = "image/png, " * 200 + "text/html"
+    assert choose(huge, OFFERS) is None  # beyond MAX_ACCEPT_ITEMS; not remembered either
+
+
+@pytest.mark.parametrize(
+    ("filename", "project"),
+    [
+        ("demo_app-1.0.0-py3-none-any.whl", "demo-app"),
+        ("Demo.App-1.0.0-py3-none-any.whl", "demo-app"),
+        ("demo_app-1.0.0-py3-none-any.whl.metadata", "demo-app"),
+        ("tinydep-1.0.0.tar.gz", "tinydep"),
+        ("zope.interface-6.0.zip", "zope-interface"),
+        ("foo-bar-2.1.tar.gz", "foo-bar"),
+        ("Foo_Bar-1.0-py3.8.egg", "foo-bar"),
+        ("broken.whl", None),
+        ("README.txt", None),
+        ("-1.0.tar.gz", None),
+    ],
+)
+def test_simplerewrite__project_of_filename(filename: str, project: str | None) -> None:
+    assert project_of_filename(filename) == project
+
+
+def test_simplerewrite__published_hashes_keyed_as_the_files_route_names_them() -> None:
+    meta_sha = "b" * 64
+    doc = {
+        "files": [
+            {
+                "filename": "demo-1.0-py3-none-any.whl",
+                "url": "https://files.test/p/demo-1.0-py3-none-any.whl?x=1",
+                "hashes": {"md5": "c" * 32, "sha256": SHA},
+                "core-metadata": {"sha256": meta_sha},
+            },
+            {
+                "filename": "demo-1.0.tar.gz",
+                "url": "../../p/demo-1.0.tar.gz",
+                "hashes": {"md5": SHA[:32]},
+            },
+            {
+                "filename": "demo-0.9.tar.gz",
+                "url": "https://elsewhere.test/demo-0.9.tar.gz",
+                "hashes": {"sha256": SHA},
+            },
+        ]
+    }
+    page = parse_project_page(orjson.dumps(doc), JSON_TYPE, PAGE_URL, "demo")
+    assert published_hashes(page, LINKS) == {
+        "1/p/demo-1.0-py3-none-any.whl?x=1": ("sha256", SHA),
+        "1/p/demo-1.0-py3-none-any.whl.metadata?x=1": ("sha256", meta_sha),
+    }
+    located = LINKS.locate(URL("https://index.test/p/demo-1.0.tar.gz"))
+    assert located == "0/p/demo-1.0.tar.gz"
+    assert str(LINKS.to_proxy(URL("https://index.test/p/demo-1.0.tar.gz"))) == f"{PUBLIC}/{located}"
+    # md5 alone is not trusted to vouch for a cached file.
+    assert verifying_hash({"md5": SHA[:32]}) is None
+    assert verifying_hash({"sha512": "d" * 128, "sha256": SHA}) == ("sha256", SHA)
