@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import weakref
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Schema = Mapping[str, Any]
 
 MAX_BODY = 64 * 1024
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,23}")
 JSON_TYPE = "application/json"
 
 
@@ -105,9 +107,12 @@ async def read_json(request: web.Request, allowed: Collection[str]) -> dict[str,
         raise ApiError(400, "Request body must be a JSON object")
     unknown = sorted(k for k in data if k not in allowed)
     if unknown:
-        # The name is echoed, so bound it and strip anything unprintable.
-        name = "".join(c for c in unknown[0][:40] if c.isprintable())
-        raise ApiError(400, f"Unknown field: {name!r}")
+        # Echo only what looks like a field name: a pasted secret used as a key must not come
+        # back in an error message.
+        name = unknown[0]
+        if _FIELD_NAME.fullmatch(name) and not name.startswith("pkg_"):
+            raise ApiError(400, f"Unknown field: {name!r}")
+        raise ApiError(400, "Unknown field in the request body")
     return data
 
 
