@@ -134,7 +134,8 @@ async def test_secrets__reset_code_only_in_its_mail(server: RunningServer) -> No
     email = "dev@example.com"
     await call(server, "POST", "/api/v1/tokens", json={"email": email})
     await call(server, "POST", "/api/v1/tokens", json={"email": email})
-    code = code_in(outbox(server)[-1][1].replace("\r\n", "\n"))
+    (reset_mail,) = [text for _, text in outbox(server) if not tokens_in(text)]
+    code = code_in(reset_mail.replace("\r\n", "\n"))
     wrong = await call(
         server, "POST", "/api/v1/tokens/reset", json={"email": email, "code": code[:-1] + "Z"}
     )
