@@ -10,12 +10,11 @@ import signal
 import socket
 import sys
 
-from aiohttp import web
-
 from tokenapi.store import Store
 
 from .accesslog import access_log_class, access_logger
 from .app import create_app
+from .server import run_app
 from .settings import Settings
 
 log = logging.getLogger("pkgate")
@@ -51,14 +50,12 @@ def _run_worker(settings: Settings, sock: socket.socket) -> None:
     _install_loop_policy()
     # On SIGTERM run_app stops listening, waits up to shutdown_grace for in-flight requests
     # (downloads included), then runs the cleanup contexts: last-used flush, store close.
-    web.run_app(
+    run_app(
         create_app(settings),
         sock=sock,
-        print=None,
         access_log=access_logger() if settings.access_log else None,
         access_log_class=access_log_class(settings),
         shutdown_timeout=settings.shutdown_grace,
-        handle_signals=True,
     )
 
 

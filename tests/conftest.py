@@ -17,6 +17,7 @@ from aiohttp import web
 from yarl import URL
 
 from proxy.app import create_app
+from proxy.server import SafeAppRunner
 from proxy.settings import Settings
 from tokenapi.issue import ensure_user, issue_token
 from tokenapi.keys import recorder_key, store_key, validator_key
@@ -102,7 +103,7 @@ async def start_server(make_settings: Callable[..., Settings]) -> AsyncIterator[
         overrides.setdefault("public_url", f"http://127.0.0.1:{port}")
         settings = make_settings(port=port, **overrides)
         app = create_app(settings)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = SafeAppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.SockSite(runner, sock)
         await site.start()
@@ -118,7 +119,7 @@ async def start_server(make_settings: Callable[..., Settings]) -> AsyncIterator[
 async def serve_app(app: web.Application) -> tuple[web.AppRunner, URL]:
     """Serve any aiohttp app (fake upstreams, decoys) on a free loopback port."""
     sock = free_socket()
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = SafeAppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     await web.SockSite(runner, sock).start()
     return runner, URL(f"http://127.0.0.1:{sock.getsockname()[1]}")
