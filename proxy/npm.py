@@ -39,6 +39,7 @@ from .metacache import (
     ENTRY_OVERHEAD,
     NOT_MODIFIED,
     CacheKey,
+    CacheState,
     MetaEntry,
     NotModified,
     Validators,
@@ -114,6 +115,7 @@ class PackumentEntry(MetaEntry):
     """A rewritten packument and, by tarball file name, the hashes it publishes."""
 
     files: Mapping[str, Published] = field(default_factory=dict)
+    hit_headers: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -199,10 +201,25 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 
 async def packument(request: web.Request, config: NpmConfig, package: PackagePath) -> web.Response:
     """A package document, full or abbreviated as the client's Accept asks, from the cache."""
-    accept = request.headers.get(hdrs.ACCEPT)
+    headers = request.headers
+    accept = headers.get(hdrs.ACCEPT)
     key = config.packument_key(package.name, form_of(accept))
-    fetch = partial(fetch_packument, request.config_dict[upstream_key], config, package, accept)
+
+    async def fetch(validators: Validators) -> PackumentEntry | NotModified:
+        upstream = request.config_dict[upstream_key]
+        return await fetch_packument(upstream, config, package, accept, validators)
+
     cached = await request.config_dict[metadata_cache_key].get_or_fetch(key, fetch)
+    entry = cached.entry
+    if (
+        cached.state is CacheState.HIT
+        and isinstance(entry, PackumentEntry)
+        and hdrs.IF_NONE_MATCH not in headers
+        and hdrs.IF_MODIFIED_SINCE not in headers
+    ):
+        # The warm path: every header was computed when the entry was stored.
+        request[REQUEST_CACHE] = "hit"
+        return web.Response(body=entry.body, headers=entry.hit_headers)
     request[REQUEST_CACHE] = cached.state.value.lower()
     return metadata_response(request, cached)
 
@@ -257,13 +274,23 @@ def packument_entry(
         rewritten = npmrewrite.rewrite(decoded, name, public_root)
     except ValueError as exc:
         raise UpstreamError(502, f"{WHAT} sent an unusable packument ({exc})") from None
+    own_etag = body_etag(rewritten.body)
+    hit_headers = {
+        **PACKUMENT_HEADERS,
+        hdrs.CONTENT_TYPE: content_type,
+        hdrs.ETAG: own_etag,
+        "X-Cache": CacheState.HIT.value,
+    }
+    if last_modified:
+        hit_headers[hdrs.LAST_MODIFIED] = last_modified
     return PackumentEntry(
         body=rewritten.body,
         content_type=content_type,
-        etag=body_etag(rewritten.body),
+        etag=own_etag,
         validators=Validators(etag, last_modified),
         headers=PACKUMENT_HEADERS,
         files=rewritten.files,
+        hit_headers=hit_headers,
     )
 
 
