@@ -92,9 +92,15 @@ def safe_tail(raw: str) -> bool:
     for segment in raw.split("/"):
         if not segment:
             return False
-        decoded = unquote(segment)
-        if decoded in {".", ".."} or any(c in decoded for c in "/\\") or not decoded.isprintable():
-            return False
+        # Decoded twice: an upstream or a cache in front of it that decodes again must not find
+        # a dot segment or a separator either (``%252e%252e``).
+        for decoded in (unquote(segment), unquote(unquote(segment))):
+            if (
+                decoded in {".", ".."}
+                or any(c in decoded for c in "/\\")
+                or not decoded.isprintable()
+            ):
+                return False
     return True
 
 
