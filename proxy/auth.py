@@ -15,9 +15,10 @@ from tokenapi import tokens
 from tokenapi.credentials import MalformedCredentials, secret_from_header
 from tokenapi.errors import StoreUnavailable
 from tokenapi.keys import REQUEST_TOKEN, recorder_key, store_key, validator_key
+from tokenapi.store import Token
 
 from .errors import Handler, json_error
-from .keys import REQUEST_ECOSYSTEM, settings_key
+from .keys import REQUEST_ECOSYSTEM, REQUEST_PRESENTED, settings_key
 from .metrics import metrics_key
 
 NPM_CHALLENGE = 'Bearer realm="pkgate"'
@@ -56,22 +57,33 @@ def registry_auth_middleware(ecosystem: str, challenge: str) -> Middleware:
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         request[REQUEST_ECOSYSTEM] = ecosystem
-        try:
-            secret = secret_from_header(request.headers.get(hdrs.AUTHORIZATION))
-        except MalformedCredentials as exc:
-            count(request, "invalid")
-            return unauthorized(str(exc), challenge)
+        presented = request.get(REQUEST_PRESENTED)
+        if presented is not None and presented.cached is not None:
+            # The rate limiter resolved it from the cache with no await since: no work twice.
+            secret: str | None = presented.secret
+            token: Token | None = presented.cached
+        else:
+            try:
+                secret = secret_from_header(request.headers.get(hdrs.AUTHORIZATION))
+            except MalformedCredentials as exc:
+                count(request, "invalid")
+                return unauthorized(str(exc), challenge)
+            token = None
+        config = request.config_dict  # a new chain view per access: read it once
         if secret is None:
             count(request, "missing")
-            if request.config_dict[settings_key].anonymous == "allow":
+            if config[settings_key].anonymous == "allow":
                 return await handler(request)
             return unauthorized("Authentication required: send your pkgate token", challenge)
-        token = await request.config_dict[validator_key].validate(secret)
+        if token is None:
+            token = await config[validator_key].validate(secret)
         if token is None:
             count(request, await failure_outcome(request, secret))
             return unauthorized("Invalid or revoked token", challenge)
-        count(request, "ok")
-        request.config_dict[recorder_key].record(token.id, ecosystem)
+        metrics = config.get(metrics_key)
+        if metrics is not None:
+            metrics.auth_outcome(ecosystem, "ok")
+        config[recorder_key].record(token.id, ecosystem)
         request[REQUEST_TOKEN] = token
         return await handler(request)
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from aiohttp import web
 from yarl import URL
+
+from tokenapi.store import Token
 
 from .artifacts import ArtifactCache
 from .metacache import MetadataCache
@@ -22,3 +26,19 @@ registry_base_key = web.AppKey("registry_base", URL)
 REQUEST_ECOSYSTEM = web.RequestKey("pkgate_ecosystem", str)
 # Handlers that consult a cache set "hit", "miss" or "stale" (served stale after upstream failure).
 REQUEST_CACHE = web.RequestKey("pkgate_cache", str)
+
+
+@dataclass(frozen=True, slots=True)
+class Presented:
+    """The credentials a registry request presented, read once by the first middleware.
+
+    ``secret`` is None when no Authorization header came, "" when it was unreadable; ``cached``
+    is the validation-cache hit for it, if any, taken with no await since.
+    """
+
+    secret: str | None
+    cached: Token | None
+
+
+# Set by the rate-limit middleware, reused by the auth middleware that runs right after it.
+REQUEST_PRESENTED = web.RequestKey("pkgate_presented", Presented)

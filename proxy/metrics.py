@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -76,6 +77,7 @@ class Metrics:
     """Every pkgate metric, in a registry of its own."""
 
     __slots__ = (
+        "_children",
         "_scrape",
         "auth",
         "cache",
@@ -134,20 +136,31 @@ class Metrics:
         )
         self._scrape = _ScrapeTimeCollector()
         reg.register(self._scrape)
+        # Label children memoised: ``labels()`` validates and locks on every call, which shows up
+        # on the warm path; label values come from bounded sets, so this stays small.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Counter | Histogram, *values: str) -> Any:
+        """The labelled child of ``metric``, created once."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def auth_outcome(self, ecosystem: str, outcome: str) -> None:
         """Count one registry authentication outcome (one of AUTH_OUTCOMES)."""
-        self.auth.labels(ecosystem, outcome).inc()
+        self.child(self.auth, ecosystem, outcome).inc()
 
     def upstream_answered(self, origin: str, seconds: float, status: int) -> None:
         """Record one upstream response's header latency (and a 5xx as an error)."""
-        self.upstream_latency.labels(origin).observe(seconds)
+        self.child(self.upstream_latency, origin).observe(seconds)
         if status >= 500:
-            self.upstream_errors.labels(origin, "status").inc()
+            self.child(self.upstream_errors, origin, "status").inc()
 
     def upstream_failed(self, origin: str, kind: str) -> None:
         """Count one upstream request that got no response (``timeout`` or ``connection``)."""
-        self.upstream_errors.labels(origin, kind).inc()
+        self.child(self.upstream_errors, origin, kind).inc()
 
     async def render(self, app: web.Application) -> bytes:
         """The text exposition, with the scrape-time values read from ``app`` first."""
@@ -195,11 +208,11 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     finally:
         metrics.in_flight.dec()
         ecosystem = ecosystem_label(request)
-        metrics.requests.labels(ecosystem, route_label(request), str(status)).inc()
-        metrics.request_duration.labels(ecosystem).observe(time.perf_counter() - start)
+        metrics.child(metrics.requests, ecosystem, route_label(request), str(status)).inc()
+        metrics.child(metrics.request_duration, ecosystem).observe(time.perf_counter() - start)
         cache = request.get(REQUEST_CACHE)
         if cache in CACHE_OUTCOMES:
-            metrics.cache.labels(ecosystem, cache).inc()
+            metrics.child(metrics.cache, ecosystem, cache).inc()
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

@@ -29,6 +29,7 @@ from tokenapi.keys import validator_key
 from tokenapi.ratelimit import RateLimiter
 
 from .errors import Handler, json_error
+from .keys import REQUEST_PRESENTED, Presented
 from .settings import Network, Settings
 
 AUTH_FAILURE_WINDOW = 60.0
@@ -101,7 +102,8 @@ def registry_ratelimit_middleware() -> Middleware:
 
     @web.middleware
     async def throttle(request: web.Request, handler: Handler) -> web.StreamResponse:
-        limits = request.config_dict.get(registry_limits_key)
+        config = request.config_dict  # a new chain view per access: read it once
+        limits = config.get(registry_limits_key)
         if limits is None:
             return await handler(request)
         ip = client_ip(request, limits.trusted_proxies)
@@ -114,10 +116,11 @@ def registry_ratelimit_middleware() -> Middleware:
             secret = secret_from_header(header)
         except MalformedCredentials:
             secret = ""  # presented but unreadable: the auth middleware answers 401
+        known = config[validator_key].cached(secret) if secret else None
+        request[REQUEST_PRESENTED] = Presented(secret, known)
         if secret is None:
             # Nothing presented, nothing guessed: only the request rates apply.
             return await handler(request)
-        known = request.config_dict[validator_key].cached(secret) if secret else None
         if limits.per_token is not None and secret:
             key = _token_key(secret, known is not None)
             if key is not None:

@@ -8,6 +8,7 @@ client cannot choose the address its rate limits are counted under.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 
@@ -21,6 +22,7 @@ UNKNOWN = "unknown"
 MAX_HOPS = 20
 
 
+@functools.lru_cache(maxsize=4096)
 def _parse(text: str) -> Address | None:
     text = text.strip()
     if text.startswith("[") and "]" in text:  # "[v6]:port"

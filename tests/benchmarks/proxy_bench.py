@@ -221,8 +221,8 @@ def wrk(url: str, secret: str | None, duration: float, connections: int) -> WrkR
     if re.search(r"Non-2xx or 3xx responses: \d+", out):
         raise RuntimeError(f"errors under load on {url}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out)[1])  # type: ignore[index]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out)[1])  # type: ignore[index]
+    p50 = _ms(re.search(r"^\s*50%\s+(\S+)", out, re.M)[1])  # type: ignore[index]
+    p99 = _ms(re.search(r"^\s*99%\s+(\S+)", out, re.M)[1])  # type: ignore[index]
     return WrkResult(rps, p50, p99)
 
 
