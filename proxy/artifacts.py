@@ -23,6 +23,9 @@ How a handler uses it (the cache lives under ``keys.artifact_cache_key``)::
 - Concurrent requests for the same artifact wait for that download and are served from the finished
   file; if it failed they try again themselves (one of them leads the next download).  After a hash
   mismatch they get ``UpstreamError(502)``, never the upstream's bytes.
+- What is stored and verified are the bytes as the upstream sent them: a ``Content-Encoding`` it
+  adds although asked for ``identity`` is neither undone nor passed on (a host labelling a
+  ``.tar.gz`` "gzip" sends the file itself, which then matches; anything else is a mismatch).
 - HEAD and Range requests on a miss first fill the cache (no client attached), then use the file.
 - Without a usable ``digest``, for artifacts larger than the whole bound, or with the cache off
   (``max_bytes == 0``), bytes are relayed from the upstream without being stored (Range and
@@ -350,10 +353,8 @@ class ArtifactCache:
                 resp.headers["X-Cache"] = "MISS"
                 if length is not None:
                     resp.content_length = length
-                if up.headers.get(hdrs.CONTENT_ENCODING, "identity") != "identity" or (
-                    length is not None and length > self.max_bytes
-                ):
-                    # Not storable as it comes; pass it on untouched.
+                if length is not None and length > self.max_bytes:
+                    # Not storable; pass it on untouched.
                     self.stats.relayed += 1
                     _copy_headers(up, resp, (hdrs.CONTENT_ENCODING,))
                     await resp.prepare(request)

@@ -62,6 +62,9 @@ TARBALL_TYPE = "application/octet-stream"
 OFF_LOOP_BYTES = 512 * 1024
 # Bytes charged per listed tarball on top of the body (file name and hashes kept in memory).
 FILE_OVERHEAD = 200
+# The largest upstream JSON body read (as sent, before decoding); the biggest real packuments are
+# tens of megabytes.  Above it the upstream's answer is an error, not a memory hog.
+MAX_PACKUMENT_BYTES = npmrewrite.MAX_DECODED
 
 PACKUMENT_HEADERS: Mapping[str, str] = {
     hdrs.CACHE_CONTROL: "private, max-age=300",
@@ -242,7 +245,7 @@ async def fetch_packument(
         raise_for_upstream_status(resp, WHAT)
         if resp.status != 200:
             raise UpstreamError(502, f"{WHAT} answered unexpected status {resp.status}")
-        raw = await resp.read()
+        raw = await read_limited(resp)
         fetched = (
             raw,
             resp.headers.get(hdrs.CONTENT_ENCODING),
@@ -314,7 +317,7 @@ async def fetch_json(
             raise_for_upstream_status(resp, WHAT)
         if status != 200 and not (pass_client_errors and status >= 400):
             raise UpstreamError(502, f"{WHAT} answered unexpected status {status}")
-        raw = await resp.read()
+        raw = await read_limited(resp)
         content_type = resp.headers.get(hdrs.CONTENT_TYPE, "application/json")
         coding = resp.headers.get(hdrs.CONTENT_ENCODING)
     try:
@@ -322,6 +325,21 @@ async def fetch_json(
     except ValueError as exc:
         raise UpstreamError(502, f"{WHAT} sent an undecodable body ({exc})") from None
     return Fetched(status, body, content_type)
+
+
+async def read_limited(resp: aiohttp.ClientResponse) -> bytes:
+    """An upstream JSON body, refused (502) beyond ``MAX_PACKUMENT_BYTES``."""
+    limit = MAX_PACKUMENT_BYTES
+    if resp.content_length is not None and resp.content_length > limit:
+        raise UpstreamError(502, f"{WHAT} sent a body that is too large")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamError(502, f"{WHAT} sent a body that is too large")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def published_digest(published: Published | None) -> Digest | None:

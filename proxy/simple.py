@@ -179,6 +179,10 @@ def _inflate(data: bytes, wbits: int, limit: int) -> bytes:
         raise UpstreamError(502, "upstream index page is not validly compressed") from None
     if len(out) > limit or inflater.unconsumed_tail:
         raise UpstreamError(502, "upstream index page is too large")
+    if not inflater.eof:
+        # A cut-off stream inflates without complaint to a prefix of the page: a page with
+        # files missing must never be served or cached.
+        raise UpstreamError(502, "upstream index page is not validly compressed")
     return out
 
 
