@@ -207,18 +207,17 @@ class Store:
     # -- plumbing -------------------------------------------------------------------------
 
     async def _fetchone(self, sql: str, params: Iterable[Any] = ()) -> Any:
-        self.queries += 1
-        try:
-            async with self._reader.execute(sql, tuple(params)) as cur:
-                return await cur.fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        rows = await self._fetchall(sql, params)
+        return rows[0] if rows else None
 
     async def _fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         self.queries += 1
         try:
-            async with self._reader.execute(sql, tuple(params)) as cur:
-                return list(await cur.fetchall())
+            # One call on the reader's thread runs the statement to its end.  A cursor held open
+            # across an await would let concurrent reads overlap on this connection, and while
+            # any statement is active SQLite keeps the connection's read snapshot: under steady
+            # load it was never released, so revocations and new tokens stayed invisible.
+            return list(await self._reader.execute_fetchall(sql, tuple(params)))
         except sqlite3.DatabaseError as exc:
             raise StoreUnavailable(str(exc)) from exc
 
