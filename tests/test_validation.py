@@ -5,7 +5,7 @@ import pytest
 
 from tokenapi import tokens
 from tokenapi.issue import ensure_user, issue_token
-from tokenapi.store import Store
+from tokenapi.store import Store, Token
 from tokenapi.validation import TokenValidator
 
 
@@ -104,3 +104,38 @@ async def test_validate__lookup_racing_a_revocation_is_not_cached(store: Store) 
     validator.forget(tokens.digest(secret))
     await pending
     assert tokens.digest(secret) not in validator._positive
+
+
+class GatedStore:
+    """A store whose lookups wait for a gate, to hold one in flight deterministically."""
+
+    def __init__(self, token: Token | None) -> None:
+        self.token = token
+        self.gate = asyncio.Event()
+        self.lookups = 0
+
+    async def lookup_digest(self, digest: str) -> Token | None:
+        self.lookups += 1
+        answer = self.token
+        await self.gate.wait()
+        return answer
+
+
+async def test_validate__request_after_revocation_does_not_join_an_older_lookup(
+    store: Store,
+) -> None:
+    secret = await new_secret(store)
+    token = await store.lookup_digest(tokens.digest(secret))
+    gated = GatedStore(token)
+    validator = TokenValidator(gated, ttl=3600)  # type: ignore[arg-type]
+    earlier = asyncio.ensure_future(validator.validate(secret))
+    await asyncio.sleep(0)  # the earlier lookup has read the token and waits in flight
+    assert gated.lookups == 1
+    validator.forget(tokens.digest(secret))  # revoked meanwhile
+    gated.token = None
+    later = asyncio.ensure_future(validator.validate(secret))
+    await asyncio.sleep(0)
+    gated.gate.set()
+    assert await later is None
+    assert gated.lookups == 2
+    await earlier

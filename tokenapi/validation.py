@@ -84,7 +84,8 @@ class TokenValidator:
             future.exception()  # mark retrieved: waiters re-raise it themselves
             raise
         finally:
-            self._inflight.pop(digest, None)
+            if self._inflight.get(digest) is future:
+                del self._inflight[digest]
         if generation == self._generation:
             if token is None:
                 self._negative[digest] = True
@@ -98,6 +99,8 @@ class TokenValidator:
         self._generation += 1
         self._positive.pop(digest, None)
         self._negative.pop(digest, None)
+        # A lookup that started before the revocation must not answer requests made after it.
+        self._inflight.pop(digest, None)
 
     async def start_watching(self) -> None:
         """Remember where the database stands so that later changes can be detected."""
