@@ -29,8 +29,8 @@ def unauthorized(message: str, challenge: str) -> web.Response:
     return json_error(401, message, headers={hdrs.WWW_AUTHENTICATE: challenge})
 
 
-def registry_auth_middleware(ecosystem: str, challenge: str) -> Middleware:
-    """The middleware that guards one registry's routes."""
+def registry_auth_middleware(ecosystem: str, challenge: str, root: web.Application) -> Middleware:
+    """The middleware that guards one registry's routes; shared state is read from ``root``."""
 
     # Failure path only: remembers which rejected digests were revoked (rather than unknown), so
     # a client retrying a dead token costs one store query per minute, not one per request.
@@ -43,14 +43,14 @@ def registry_auth_middleware(ecosystem: str, challenge: str) -> Middleware:
         revoked = revoked_seen.get(digest)
         if revoked is None:
             try:
-                revoked = await request.config_dict[store_key].digest_revoked(digest)
+                revoked = await root[store_key].digest_revoked(digest)
             except StoreUnavailable:
                 return "invalid"
             revoked_seen[digest] = revoked
         return "revoked" if revoked else "invalid"
 
     def count(request: web.Request, outcome: str) -> None:
-        metrics = request.config_dict.get(metrics_key)
+        metrics = root.get(metrics_key)
         if metrics is not None:
             metrics.auth_outcome(ecosystem, outcome)
 
@@ -69,21 +69,21 @@ def registry_auth_middleware(ecosystem: str, challenge: str) -> Middleware:
                 count(request, "invalid")
                 return unauthorized(str(exc), challenge)
             token = None
-        config = request.config_dict  # a new chain view per access: read it once
+
         if secret is None:
             count(request, "missing")
-            if config[settings_key].anonymous == "allow":
+            if root[settings_key].anonymous == "allow":
                 return await handler(request)
             return unauthorized("Authentication required: send your pkgate token", challenge)
         if token is None:
-            token = await config[validator_key].validate(secret)
+            token = await root[validator_key].validate(secret)
         if token is None:
             count(request, await failure_outcome(request, secret))
             return unauthorized("Invalid or revoked token", challenge)
-        metrics = config.get(metrics_key)
+        metrics = root.get(metrics_key)
         if metrics is not None:
             metrics.auth_outcome(ecosystem, "ok")
-        config[recorder_key].record(token.id, ecosystem)
+        root[recorder_key].record(token.id, ecosystem)
         request[REQUEST_TOKEN] = token
         return await handler(request)
 

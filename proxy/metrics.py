@@ -19,12 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
-from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
@@ -73,11 +78,95 @@ class _ScrapeTimeCollector(Collector):
             yield active
 
 
+class _Counts:
+    """A labelled counter kept as plain integers; exposed by ``_HotCollector`` at scrape time.
+
+    The request path runs on one event loop thread, so a dict increment needs no lock, and costs
+    a fraction of a prometheus-client ``labels().inc()`` (validation, a lock, three calls).
+    """
+
+    __slots__ = ("doc", "labels", "name", "values")
+
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...]) -> None:
+        self.name = name
+        self.doc = doc
+        self.labels = labels
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, *values: str, amount: float = 1.0) -> None:
+        counts = self.values
+        counts[values] = counts.get(values, 0.0) + amount
+
+    def get(self, *values: str) -> float:
+        """The current count for one label combination (0 when never counted)."""
+        return self.values.get(values, 0.0)
+
+    def family(self) -> Metric:
+        metric = CounterMetricFamily(self.name, self.doc, labels=self.labels)
+        for values, count in sorted(self.values.items()):
+            metric.add_metric(list(values), count)
+        return metric
+
+
+class _Durations:
+    """A labelled histogram kept as plain bucket counts (see ``_Counts`` for why)."""
+
+    __slots__ = ("bounds", "doc", "label", "name", "series")
+
+    def __init__(self, name: str, doc: str, label: str, bounds: tuple[float, ...]) -> None:
+        self.name = name
+        self.doc = doc
+        self.label = label
+        self.bounds = bounds
+        # label value -> [count per bucket (last is +Inf)..., sum]
+        self.series: dict[str, list[float]] = {}
+
+    def observe(self, value: str, seconds: float) -> None:
+        series = self.series.get(value)
+        if series is None:
+            series = self.series[value] = [0.0] * (len(self.bounds) + 2)
+        series[bisect_left(self.bounds, seconds)] += 1
+        series[-1] += seconds
+
+    def count(self, value: str) -> float:
+        series = self.series.get(value)
+        return sum(series[:-1]) if series else 0.0
+
+    def family(self) -> Metric:
+        metric = HistogramMetricFamily(self.name, self.doc, labels=(self.label,))
+        for value, series in sorted(self.series.items()):
+            running = 0.0
+            buckets = []
+            for bound, n in zip((*self.bounds, float("inf")), series[:-1], strict=True):
+                running += n
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+            metric.add_metric([value], buckets, series[-1])
+        return metric
+
+
+class _HotCollector(Collector):
+    """Exposes the plain-integer series of a Metrics object."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        for counts in (m.requests, m.auth, m.cache, m.upstream_errors):
+            yield counts.family()
+        yield m.request_duration.family()
+        yield m.upstream_latency.family()
+        in_flight = GaugeMetricFamily(
+            "pkgate_requests_in_flight", "Requests being answered right now"
+        )
+        in_flight.add_metric([], m.in_flight)
+        yield in_flight
+
+
 class Metrics:
-    """Every pkgate metric, in a registry of its own."""
+    """Every pkgate metric, exposed from a registry of its own."""
 
     __slots__ = (
-        "_children",
         "_scrape",
         "auth",
         "cache",
@@ -91,76 +180,55 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        reg = self.registry
-        self.requests = Counter(
+        self.requests = _Counts(
             "pkgate_requests",
             "HTTP requests answered, by ecosystem, route template and status",
-            ["ecosystem", "route", "status"],
-            registry=reg,
+            ("ecosystem", "route", "status"),
         )
-        self.request_duration = Histogram(
+        self.request_duration = _Durations(
             "pkgate_request_duration_seconds",
             "Time to answer a request (to the end of the body for streamed answers)",
-            ["ecosystem"],
-            buckets=LATENCY_BUCKETS,
-            registry=reg,
+            "ecosystem",
+            LATENCY_BUCKETS,
         )
-        self.in_flight = Gauge(
-            "pkgate_requests_in_flight", "Requests being answered right now", registry=reg
+        self.in_flight = 0
+        self.auth = _Counts(
+            "pkgate_auth", "Registry authentication outcomes", ("ecosystem", "outcome")
         )
-        self.auth = Counter(
-            "pkgate_auth",
-            "Registry authentication outcomes",
-            ["ecosystem", "outcome"],
-            registry=reg,
-        )
-        self.upstream_latency = Histogram(
+        self.upstream_latency = _Durations(
             "pkgate_upstream_request_duration_seconds",
             "Time from sending an upstream request to its response headers",
-            ["origin"],
-            buckets=LATENCY_BUCKETS,
-            registry=reg,
+            "origin",
+            LATENCY_BUCKETS,
         )
-        self.upstream_errors = Counter(
+        self.upstream_errors = _Counts(
             "pkgate_upstream_errors",
             "Failed upstream requests: timeout, connection or 5xx status",
-            ["origin", "kind"],
-            registry=reg,
+            ("origin", "kind"),
         )
-        self.cache = Counter(
+        self.cache = _Counts(
             "pkgate_cache",
             "Cache lookups by outcome: hit, miss, revalidated (upstream said unchanged), "
             "stale (served stale after an upstream failure) or bypass (not cacheable)",
-            ["ecosystem", "outcome"],
-            registry=reg,
+            ("ecosystem", "outcome"),
         )
+        self.registry.register(_HotCollector(self))
         self._scrape = _ScrapeTimeCollector()
-        reg.register(self._scrape)
-        # Label children memoised: ``labels()`` validates and locks on every call, which shows up
-        # on the warm path; label values come from bounded sets, so this stays small.
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-
-    def child(self, metric: Counter | Histogram, *values: str) -> Any:
-        """The labelled child of ``metric``, created once."""
-        key = (id(metric), values)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*values)
-        return found
+        self.registry.register(self._scrape)
 
     def auth_outcome(self, ecosystem: str, outcome: str) -> None:
         """Count one registry authentication outcome (one of AUTH_OUTCOMES)."""
-        self.child(self.auth, ecosystem, outcome).inc()
+        self.auth.inc(ecosystem, outcome)
 
     def upstream_answered(self, origin: str, seconds: float, status: int) -> None:
         """Record one upstream response's header latency (and a 5xx as an error)."""
-        self.child(self.upstream_latency, origin).observe(seconds)
+        self.upstream_latency.observe(origin, seconds)
         if status >= 500:
-            self.child(self.upstream_errors, origin, "status").inc()
+            self.upstream_errors.inc(origin, "status")
 
     def upstream_failed(self, origin: str, kind: str) -> None:
         """Count one upstream request that got no response (``timeout`` or ``connection``)."""
-        self.child(self.upstream_errors, origin, kind).inc()
+        self.upstream_errors.inc(origin, kind)
 
     async def render(self, app: web.Application) -> bytes:
         """The text exposition, with the scrape-time values read from ``app`` first."""
@@ -194,7 +262,7 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     metrics = request.app[metrics_key]
     start = time.perf_counter()
     status = 500
-    metrics.in_flight.inc()
+    metrics.in_flight += 1
     try:
         response = await handler(request)
         status = response.status
@@ -206,13 +274,13 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = CLIENT_CLOSED
         raise
     finally:
-        metrics.in_flight.dec()
+        metrics.in_flight -= 1
         ecosystem = ecosystem_label(request)
-        metrics.child(metrics.requests, ecosystem, route_label(request), str(status)).inc()
-        metrics.child(metrics.request_duration, ecosystem).observe(time.perf_counter() - start)
+        metrics.requests.inc(ecosystem, route_label(request), str(status))
+        metrics.request_duration.observe(ecosystem, time.perf_counter() - start)
         cache = request.get(REQUEST_CACHE)
         if cache in CACHE_OUTCOMES:
-            metrics.child(metrics.cache, ecosystem, cache).inc()
+            metrics.cache.inc(ecosystem, cache)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

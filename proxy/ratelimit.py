@@ -97,13 +97,13 @@ def too_many(message: str, retry_after: int) -> web.Response:
     return json_error(429, message, headers={hdrs.RETRY_AFTER: str(int(retry_after))})
 
 
-def registry_ratelimit_middleware() -> Middleware:
+def registry_ratelimit_middleware(root: web.Application) -> Middleware:
     """The middleware that throttles one registry's routes (runs before authentication)."""
 
     @web.middleware
     async def throttle(request: web.Request, handler: Handler) -> web.StreamResponse:
-        config = request.config_dict  # a new chain view per access: read it once
-        limits = config.get(registry_limits_key)
+
+        limits = root.get(registry_limits_key)
         if limits is None:
             return await handler(request)
         ip = client_ip(request, limits.trusted_proxies)
@@ -116,7 +116,7 @@ def registry_ratelimit_middleware() -> Middleware:
             secret = secret_from_header(header)
         except MalformedCredentials:
             secret = ""  # presented but unreadable: the auth middleware answers 401
-        known = config[validator_key].cached(secret) if secret else None
+        known = root[validator_key].cached(secret) if secret else None
         request[REQUEST_PRESENTED] = Presented(secret, known)
         if secret is None:
             # Nothing presented, nothing guessed: only the request rates apply.

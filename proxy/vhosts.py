@@ -71,14 +71,23 @@ class YieldingHost(Domain):
 
 
 def registry_app(
-    ecosystem: str, challenge: str, setup_routes: RouteSetup, settings: Settings, base: URL
+    root: web.Application,
+    ecosystem: str,
+    challenge: str,
+    setup_routes: RouteSetup,
+    settings: Settings,
+    base: URL,
 ) -> web.Application:
-    """One registry's sub-application: its auth middleware, its routes, and where it lives."""
+    """One registry's sub-application: its auth middleware, its routes, and where it lives.
+
+    The middlewares read the shared state (validator, limiters, metrics) from ``root`` directly:
+    ``request.config_dict`` builds a new chain view on every access, which the warm path feels.
+    """
     # Throttles first: they refuse an address over its failed-auth limit before any token lookup.
     sub = web.Application(
         middlewares=[
-            registry_ratelimit_middleware(),
-            registry_auth_middleware(ecosystem, challenge),
+            registry_ratelimit_middleware(root),
+            registry_auth_middleware(ecosystem, challenge, root),
         ]
     )
     sub[registry_base_key] = base
@@ -97,10 +106,12 @@ def mount_registry(
 ) -> None:
     """Serve a registry at ``<public_url>/<name>/``, and at the root of ``host`` when set."""
     base = path_base(settings, name)
-    sub = registry_app(name, challenge, setup_routes, settings, base)
+    sub = registry_app(app, name, challenge, setup_routes, settings, base)
     app.add_subapp(base.path.rstrip("/"), sub)
     if host:
-        vhost = registry_app(name, challenge, setup_routes, settings, vhost_base(settings, host))
+        vhost = registry_app(
+            app, name, challenge, setup_routes, settings, vhost_base(settings, host)
+        )
         rule = YieldingHost(host, app)
         # Application.add_domain with our own rule: aiohttp takes no custom rule publicly.
         app._add_subapp(partial(MatchedSubAppResource, rule, vhost), vhost)

@@ -166,8 +166,8 @@ async def test_packument__concurrent_misses_make_one_upstream_request(
 
     registry.overrides["/pkg-plain"] = held
     waiting = [asyncio.ensure_future(fetch(http, "/npm/pkg-plain")) for _ in range(8)]
-    in_flight = server.app[metrics_key].in_flight
-    await until(lambda: in_flight._value.get() == 8)
+    metrics = server.app[metrics_key]
+    await until(lambda: metrics.in_flight == 8)
     gate.set()
     answers = await asyncio.gather(*waiting)
     assert {resp.status for resp, _ in answers} == {200}
@@ -334,8 +334,8 @@ async def test_metrics__cache_outcomes_are_counted(
     await fetch(http, "/npm" + TARBALL)
     await fetch(http, "/npm" + TARBALL)
     cache = server.app[metrics_key].cache
-    assert cache.labels("npm", "miss")._value.get() == 2
-    assert cache.labels("npm", "hit")._value.get() == 3
+    assert cache.get("npm", "miss") == 2
+    assert cache.get("npm", "hit") == 3
 
 
 async def test_vhost__packuments_cached_per_mount_with_their_own_urls(
