@@ -460,6 +460,9 @@ class ArtifactCache:
         resp: web.StreamResponse | None = None
         try:
             async with open_upstream(forwarded) as up:
+                if up.status == 416 and hdrs.RANGE in forwarded:
+                    # A range past the end is the client's mistake, not an upstream failure.
+                    return _unsatisfiable(up.headers.get(hdrs.CONTENT_RANGE))
                 raise_for_upstream_status(up, "artifact upstream")
                 self.stats.relayed += 1
                 resp = web.StreamResponse(status=up.status, headers=headers)
@@ -476,6 +479,13 @@ class ArtifactCache:
     async def _copy(self, up: aiohttp.ClientResponse, resp: web.StreamResponse) -> None:
         async for chunk in up.content.iter_chunked(self.chunk_size):
             await resp.write(chunk)
+
+
+def _unsatisfiable(content_range: str | None) -> web.Response:
+    headers = {hdrs.CONTENT_RANGE: content_range} if content_range else None
+    return web.json_response(
+        {"error": "Requested range not satisfiable"}, status=416, headers=headers
+    )
 
 
 def _copy_headers(

@@ -356,6 +356,22 @@ async def test_simple_file__unlisted_head_is_relayed_as_head(
     assert [r.method for r in index.file_requests()] == ["HEAD"]
 
 
+async def test_simple_file__unlisted_unsatisfiable_range_is_416(
+    server: RunningServer, index: PypiIndex, http: aiohttp.ClientSession
+) -> None:
+    data = b"unlisted bytes"
+
+    async def unlisted(request: web.Request) -> web.StreamResponse:
+        return serve_bytes(request, data, "application/octet-stream")
+
+    index.overrides[("files", "/packages/extra/unlisted-1.0-py3-none-any.whl")] = unlisted
+    url = f"{server.url}/pypi/files/1/packages/extra/unlisted-1.0-py3-none-any.whl"
+    async with http.get(url, headers={"Range": "bytes=9999-"}) as resp:
+        assert resp.status == 416
+        assert resp.headers["Content-Range"] == f"bytes */{len(data)}"
+        assert "error" in await resp.json()
+
+
 @pytest.mark.parametrize(
     ("range_header", "span"),
     [("bytes=0-9", (0, 9)), ("bytes=-22", (-22, None)), ("bytes=100-", (100, None))],
