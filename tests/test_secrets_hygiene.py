@@ -25,7 +25,7 @@ def wrappings(secret: str) -> list[str]:
     return [
         f"Token {secret}",
         f"Bearer {secret} trailing",
-        f"Bearer  {secret[:-1]}Z",
+        f"Bearer  {secret[:-1]}{'Y' if secret.endswith('Z') else 'Z'}",  # one character off
         f"Bearer {secret}{secret}",
         f"Basic {secret}",
         f"Basic {b64(secret)}",
