@@ -12,7 +12,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +33,6 @@ def _str(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("expected a string")
     return value
-
-
-def _opt_str(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    return _str(value)
 
 
 def _int(value: Any) -> int:
@@ -390,10 +384,3 @@ def load(
         except (ValueError, TypeError) as exc:
             raise SettingsError(f"{name} ({source}): {exc}") from None
     return Settings(**values)
-
-
-def from_args(argv: Sequence[str] | None = None) -> Settings:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    ns = parser.parse_args(argv)
-    return load(vars(ns))

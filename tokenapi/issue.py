@@ -1,4 +1,4 @@
-"""Issuing and revoking tokens: the operations shared by the CLI and the HTTP APIs."""
+"""Issuing tokens: the operations shared by the CLI, the HTTP APIs and the tests."""
 
 from __future__ import annotations
 
@@ -27,19 +27,3 @@ async def issue_token(
         prefix=tokens.display_prefix(secret),
     )
     return token, secret
-
-
-async def replace_token(
-    store: Store, user: User, old: Token | None, *, name: str, kind: str
-) -> tuple[Token, str, str | None]:
-    """Revoke ``old`` and issue its successor atomically; returns (token, secret, old digest)."""
-    secret = tokens.generate()
-    token, old_digest = await store.replace_token(
-        old.id if old else None,
-        user.id,
-        name=name,
-        kind=kind,
-        digest=tokens.digest(secret),
-        prefix=tokens.display_prefix(secret),
-    )
-    return token, secret, old_digest

@@ -160,10 +160,6 @@ class Mailer:
         self._timeout = config.smtp_timeout
         self.sent = 0
 
-    @property
-    def uses_outbox(self) -> bool:
-        return self._target is None
-
     async def send(self, message: EmailMessage) -> None:
         """Deliver ``message``; raises MailError when it could not be handed over."""
         to = message["To"]
