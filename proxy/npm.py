@@ -4,7 +4,9 @@ Every request has already passed the registry auth middleware.  The data path re
 bottom: route on the raw path (so ``@scope%2fname``, ``%2F`` and ``/`` all work) -> metadata
 cache (on a miss: fetch from the upstream and rewrite) -> answer.  Packuments are cached after
 rewriting, per mount and per form (abbreviated or full, from the client's ``Accept``), and every
-tarball in them points at the mount that served them.  Tarballs go through the artifact cache,
+tarball in them points at the mount that served them.  Version documents (``<name>/<version>``,
+a dist-tag too) and ``-/package/<name>/dist-tags`` are derived from the cached full packument and
+cached beside it.  Tarballs go through the artifact cache,
 verified against the ``dist.integrity`` (else ``shasum``) their packument publishes; a tarball
 whose hash is not known is relayed byte-for-byte without being kept.  The registry is read-only.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from functools import partial
@@ -70,6 +72,8 @@ PACKUMENT_HEADERS: Mapping[str, str] = {
     hdrs.CACHE_CONTROL: "private, max-age=300",
     hdrs.VARY: "Accept",
 }
+# Version documents and dist-tags come in one form whatever the client accepts.
+DERIVED_HEADERS: Mapping[str, str] = {hdrs.CACHE_CONTROL: "private, max-age=300"}
 TARBALL_CACHE_CONTROL = "private, max-age=31536000, immutable"
 
 # POST endpoints clients use for `npm audit` (bulk, then the legacy quick fallback).
@@ -99,6 +103,10 @@ class NpmConfig:
         """The metadata cache key of a packument as this mount rewrites it."""
         # Entries hold URLs of this mount (a virtual host and the path mount differ).
         return ("npm", name, f"{form} {self.public_root}")
+
+    def derived_key(self, name: str, what: str) -> CacheKey:
+        """The metadata cache key of an answer derived from the full packument, named ``what``."""
+        return ("npm", name, f"{what} {self.public_root}")
 
 
 npm_config_key = web.AppKey("npm_config", NpmConfig)
@@ -189,7 +197,9 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         return await whoami(request)
     if rest in JSON_GET_PATHS:
         return await json_passthrough(request, config, rest)
-    if rest == "" or rest.startswith("-/"):
+    if rest.startswith("-/"):
+        return await dist_tags(request, config, rest)
+    if rest == "":
         raise web.HTTPNotFound()
     try:
         package = npmrewrite.parse_package_path(rest)
@@ -197,9 +207,11 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         return json_error(400, str(exc))
     if package is None:
         raise web.HTTPNotFound()
-    if package.file is None:
-        return await packument(request, config, package)
-    return await tarball(request, config, package)
+    if package.file is not None:
+        return await tarball(request, config, package)
+    if package.version is not None:
+        return await version_document(request, config, package)
+    return await packument(request, config, package)
 
 
 async def packument(request: web.Request, config: NpmConfig, package: PackagePath) -> web.Response:
@@ -223,6 +235,70 @@ async def packument(request: web.Request, config: NpmConfig, package: PackagePat
         # The warm path: every header was computed when the entry was stored.
         request[REQUEST_CACHE] = "hit"
         return web.Response(body=entry.body, headers=entry.hit_headers)
+    request[REQUEST_CACHE] = cached.state.value.lower()
+    return metadata_response(request, cached)
+
+
+async def version_document(
+    request: web.Request, config: NpmConfig, package: PackagePath
+) -> web.Response:
+    """One version's manifest (an exact version or a dist-tag's), from the full packument."""
+    spec = package.version
+    assert spec is not None
+    derive = partial(npmrewrite.version_document, spec=spec)
+    missing = f"{package.name}@{spec}: not found"
+    return await derived(request, config, package, f"version {spec}", derive, missing)
+
+
+async def dist_tags(request: web.Request, config: NpmConfig, rest: str) -> web.Response:
+    """``-/package/<name>/dist-tags`` (``npm dist-tag ls``), from the full packument."""
+    try:
+        package = npmrewrite.parse_dist_tags_path(rest)
+    except BadPath as exc:
+        return json_error(400, str(exc))
+    if package is None:
+        raise web.HTTPNotFound()
+    return await derived(request, config, package, "dist-tags", npmrewrite.dist_tags)
+
+
+async def derived(
+    request: web.Request,
+    config: NpmConfig,
+    package: PackagePath,
+    what: str,
+    derive: Callable[[bytes], bytes | None],
+    missing: str = "not found",
+) -> web.Response:
+    """An answer ``derive`` computes from the full packument, cached beside it under ``what``.
+
+    ``derive`` returning None is a 404 with ``missing`` as its message (remembered like an
+    upstream 404).  A derived entry lives as long as any metadata entry, so it trails a changed
+    packument by at most one TTL.
+    """
+    cache = request.config_dict[metadata_cache_key]
+
+    async def fetch_full(validators: Validators) -> PackumentEntry | NotModified:
+        upstream = request.config_dict[upstream_key]
+        return await fetch_packument(upstream, config, package, "application/json", validators)
+
+    async def fetch(validators: Validators) -> MetaEntry:
+        # The derived entry has no upstream of its own: the packument's entry revalidates.
+        source = await cache.get_or_fetch(config.packument_key(package.name, FULL), fetch_full)
+        body = source.entry.body
+        if len(body) > OFF_LOOP_BYTES:
+            answer = await asyncio.to_thread(derive, body)
+        else:
+            answer = derive(body)
+        if answer is None:
+            raise UpstreamError(404, missing)
+        return MetaEntry.build(
+            answer,
+            "application/json",
+            upstream_last_modified=source.entry.validators.last_modified,
+            headers=DERIVED_HEADERS,
+        )
+
+    cached = await cache.get_or_fetch(config.derived_key(package.name, what), fetch)
     request[REQUEST_CACHE] = cached.state.value.lower()
     return metadata_response(request, cached)
 

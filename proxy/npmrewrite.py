@@ -21,6 +21,10 @@ _PART = r"(?![._])[A-Za-z0-9._~-]{1,214}"
 _UNSCOPED_RE = re.compile(_PART)
 _SCOPED_RE = re.compile(rf"@{_PART}/{_PART}")
 _FILE_RE = re.compile(r"(?!\.)[A-Za-z0-9._~+-]{1,300}\.tgz")
+# A version ("1.0.0-rc.1+build") or dist-tag ("latest", "next-2"); never a dot segment.
+_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~+-]{0,255}")
+DIST_TAGS_PREFIX = "-/package/"
+DIST_TAGS_SUFFIX = "/dist-tags"
 
 GZIP_MAGIC = b"\x1f\x8b"
 # Largest decoded JSON body accepted (big packuments reach tens of MB).
@@ -33,10 +37,11 @@ class BadPath(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class PackagePath:
-    """A packument (``file`` is None) or tarball request for one package."""
+    """A packument, tarball (``file``) or version document (``version``) request for a package."""
 
     name: str
     file: str | None = None
+    version: str | None = None  # an exact version or a dist-tag
 
     @property
     def escaped_name(self) -> str:
@@ -59,8 +64,8 @@ def parse_package_path(raw: str) -> PackagePath | None:
     """Parse the raw (still percent-encoded) path below the npm root, without its leading slash.
 
     ``@scope%2fname``, ``@scope%2Fname`` and ``@scope/name`` are the same package.  Returns None
-    for a well-formed path that is not a packument or tarball (e.g. a version document); raises
-    BadPath for names that cannot be npm names (which covers ``..``, ``%2e``, ``//host`` tricks).
+    for a well-formed path that is not a packument, tarball or version document; raises BadPath
+    for names (or versions) that cannot be npm's (which covers ``..``, ``%2e``, ``//host`` tricks).
     """
     try:
         decoded = unquote(raw, errors="strict")
@@ -81,7 +86,24 @@ def parse_package_path(raw: str) -> PackagePath | None:
         if _FILE_RE.fullmatch(tail[1]) is None:
             raise BadPath("Invalid tarball file name")
         return PackagePath(name, tail[1])
+    if len(tail) == 1:
+        if _VERSION_RE.fullmatch(tail[0]) is None:
+            raise BadPath("Invalid version")
+        return PackagePath(name, version=tail[0])
     return None
+
+
+def parse_dist_tags_path(rest: str) -> PackagePath | None:
+    """The package of a ``-/package/<name>/dist-tags`` path (raw, below the npm root), else None.
+
+    Raises BadPath for a name that cannot be npm's.
+    """
+    if not (rest.startswith(DIST_TAGS_PREFIX) and rest.endswith(DIST_TAGS_SUFFIX)):
+        return None
+    package = parse_package_path(rest[len(DIST_TAGS_PREFIX) : -len(DIST_TAGS_SUFFIX)])
+    if package is None or package.file is not None or package.version is not None:
+        return None
+    return package
 
 
 def tarball_file(original: Any, unscoped: str, version: str) -> str:
@@ -179,3 +201,28 @@ def rewrite(body: bytes, name: str, npm_root: str) -> Rewritten:
 def rewrite_packument(body: bytes, name: str, npm_root: str) -> bytes:
     """The packument JSON with every tarball URL pointing at pkgate (see ``rewrite``)."""
     return rewrite(body, name, npm_root).body
+
+
+def version_document(packument: bytes, spec: str) -> bytes | None:
+    """The manifest of version ``spec`` (or of the version dist-tag ``spec`` points at), or None.
+
+    ``packument`` is a body ``rewrite`` produced, so its tarball URLs already point at pkgate.
+    """
+    doc = orjson.loads(packument)
+    versions = doc.get("versions") if isinstance(doc, dict) else None
+    if not isinstance(versions, dict):
+        return None
+    manifest = versions.get(spec)
+    if manifest is None:
+        # An exact version wins over a dist-tag of the same spelling, as on the npm registry.
+        tags = doc.get("dist-tags")
+        target = tags.get(spec) if isinstance(tags, dict) else None
+        manifest = versions.get(target) if isinstance(target, str) else None
+    return orjson.dumps(manifest) if isinstance(manifest, dict) else None
+
+
+def dist_tags(packument: bytes) -> bytes:
+    """The packument's ``dist-tags`` object (an empty one when it has none)."""
+    doc = orjson.loads(packument)
+    tags = doc.get("dist-tags") if isinstance(doc, dict) else None
+    return orjson.dumps(tags if isinstance(tags, dict) else {})

@@ -257,7 +257,8 @@ async def test_paths__bad_names_are_400(
 
 
 @pytest.mark.parametrize(
-    "path", ["/npm/pkg-plain/1.0.0", "/npm/-/nothing", "/npm/", "/npm/pkg-plain/-/..%2fx.tgz"]
+    "path",
+    ["/npm/pkg-plain/1.0.0/x", "/npm/-/nothing", "/npm/", "/npm/pkg-plain/-/..%2fx.tgz"],
 )
 async def test_paths__unknown_shapes_are_404(
     registry: NpmRegistry, http: aiohttp.ClientSession, path: str

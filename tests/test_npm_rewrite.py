@@ -1,4 +1,4 @@
-"""npm path parsing, body decoding, the packument rewrite (no server)."""
+"""npm path parsing, body decoding, the packument rewrite and what is derived from it."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import gzip
 import json
 import zlib
 
+import orjson
 import pytest
 
 from proxy.npmrewrite import (
@@ -13,9 +14,12 @@ from proxy.npmrewrite import (
     PackagePath,
     Published,
     decode_body,
+    dist_tags,
+    parse_dist_tags_path,
     parse_package_path,
     rewrite,
     rewrite_packument,
+    version_document,
 )
 
 ROOT = "https://pkgate.example.test/base/npm"
@@ -32,7 +36,11 @@ ROOT = "https://pkgate.example.test/base/npm"
         ("lodash/-/lodash-4.17.21.tgz", PackagePath("lodash", "lodash-4.17.21.tgz")),
         ("@acme/scoped/-/scoped-2.0.0.tgz", PackagePath("@acme/scoped", "scoped-2.0.0.tgz")),
         ("@acme%2fscoped/-/scoped-2.0.0.tgz", PackagePath("@acme/scoped", "scoped-2.0.0.tgz")),
-        ("lodash/4.17.21", None),
+        ("lodash/4.17.21", PackagePath("lodash", version="4.17.21")),
+        ("lodash/1.0.0-rc.1+build.5", PackagePath("lodash", version="1.0.0-rc.1+build.5")),
+        ("@acme%2fscoped/latest", PackagePath("@acme/scoped", version="latest")),
+        ("@acme/scoped/next", PackagePath("@acme/scoped", version="next")),
+        ("lodash/4.17.21/x", None),
         ("lodash/-/a/b.tgz", None),
     ],
 )
@@ -47,6 +55,70 @@ def test_parse_package_path__accepts_npm_shapes(raw: str, expected: PackagePath 
 def test_parse_package_path__rejects_what_cannot_be_a_name(raw: str) -> None:
     with pytest.raises(BadPath):
         parse_package_path(raw)
+
+
+@pytest.mark.parametrize(
+    "raw", ["lodash/..", "lodash/%2e%2e", "lodash/-", "lodash/", "lodash/a%00"]
+)
+def test_parse_package_path__rejects_what_cannot_be_a_version(raw: str) -> None:
+    with pytest.raises(BadPath, match="Invalid version"):
+        parse_package_path(raw)
+
+
+@pytest.mark.parametrize(
+    ("rest", "expected"),
+    [
+        ("-/package/lodash/dist-tags", PackagePath("lodash")),
+        ("-/package/@acme%2fscoped/dist-tags", PackagePath("@acme/scoped")),
+        ("-/package/@acme%2Fscoped/dist-tags", PackagePath("@acme/scoped")),
+        ("-/package/@acme/scoped/dist-tags", PackagePath("@acme/scoped")),
+        ("-/package/lodash/1.0.0/dist-tags", None),
+        ("-/package/lodash/-/lodash-1.0.0.tgz/dist-tags", None),
+        ("-/package/lodash/dist-tags/latest", None),
+        ("-/package/lodash", None),
+        ("-/nothing", None),
+    ],
+)
+def test_parse_dist_tags_path__accepts_only_a_package(
+    rest: str, expected: PackagePath | None
+) -> None:
+    assert parse_dist_tags_path(rest) == expected
+
+
+def test_parse_dist_tags_path__rejects_bad_names() -> None:
+    with pytest.raises(BadPath):
+        parse_dist_tags_path("-/package/..%2f..%2fx/dist-tags")
+
+
+PACKUMENT = orjson.dumps(
+    {
+        "name": "p",
+        "dist-tags": {"latest": "1.1.0", "1.0.0": "1.1.0", "gone": "9.9.9"},
+        "versions": {"1.0.0": {"version": "1.0.0"}, "1.1.0": {"version": "1.1.0"}},
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("spec", "version"),
+    [("1.0.0", "1.0.0"), ("1.1.0", "1.1.0"), ("latest", "1.1.0"), ("gone", None), ("x", None)],
+)
+def test_version_document__exact_version_then_dist_tag(spec: str, version: str | None) -> None:
+    answer = version_document(PACKUMENT, spec)
+    if version is None:
+        assert answer is None
+    else:
+        assert answer is not None
+        assert orjson.loads(answer) == {"version": version}
+
+
+def test_dist_tags__the_object_or_an_empty_one() -> None:
+    assert orjson.loads(dist_tags(PACKUMENT)) == {
+        "latest": "1.1.0",
+        "1.0.0": "1.1.0",
+        "gone": "9.9.9",
+    }
+    assert orjson.loads(dist_tags(b'{"versions": {}}')) == {}
 
 
 def test_package_path__escaped_name_uses_lowercase_2f() -> None:
