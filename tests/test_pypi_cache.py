@@ -17,6 +17,7 @@ from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
+from proxy.keys import metadata_cache_key
 from proxy.metrics import metrics_key
 from tests.conftest import RunningServer, StartServer
 from tests.upstreams.pypi_index import (
@@ -46,6 +47,26 @@ async def start_pkgate(start_server: StartServer, index: PypiIndex, **extra: Any
         pypi_files_upstream=(str(index.files_url) + "/",),
         **extra,
     )
+
+
+class FakeClock:
+    """Stands in for the metadata cache's monotonic clock, so that tests move time on at will."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def fake_clock(server: RunningServer) -> FakeClock:
+    """Give the server's metadata cache a clock the test controls (entries age only when told)."""
+    clock = FakeClock()
+    server.app[metadata_cache_key]._clock = clock
+    return clock
 
 
 def basic(secret: str) -> dict[str, str]:
@@ -166,11 +187,11 @@ async def test_pypi_cache__client_etag_answered_304_from_cache(
 async def test_pypi_cache__revalidated_upstream_after_ttl(
     start_server: StartServer, index: PypiIndex
 ) -> None:
-    server = await start_pkgate(start_server, index, metadata_ttl=0.2)
+    server = await start_pkgate(start_server, index, metadata_ttl=120)
+    clock = fake_clock(server)
     async with aiohttp.ClientSession(headers=basic(await server.token())) as http:
         first = await get_page(http, page(server))
-        # TTL expiry is the behaviour under test.
-        await asyncio.sleep(0.3)
+        clock.advance(121)
         second = await get_page(http, page(server))
         third = await get_page(http, page(server))
     assert (first[1], second[1], third[1]) == ("MISS", "REVALIDATED", "HIT")
@@ -186,12 +207,13 @@ async def test_pypi_cache__revalidated_upstream_after_ttl(
 async def test_pypi_cache__changed_upstream_page_replaces_entry_after_ttl(
     start_server: StartServer, index: PypiIndex
 ) -> None:
-    server = await start_pkgate(start_server, index, metadata_ttl=0.2)
+    server = await start_pkgate(start_server, index, metadata_ttl=120)
+    clock = fake_clock(server)
     async with aiohttp.ClientSession(headers=basic(await server.token())) as http:
         before = json.loads((await get_page(http, page(server)))[2])
         index.published.append(Published(build_wheel("tinydep", "2.0.0")))
         assert json.loads((await get_page(http, page(server)))[2]) == before
-        await asyncio.sleep(0.3)
+        clock.advance(121)
         status, state, body, _ = await get_page(http, page(server))
     assert (status, state) == (200, "MISS")
     assert "tinydep-2.0.0-py3-none-any.whl" in {f["filename"] for f in json.loads(body)["files"]}
@@ -201,7 +223,8 @@ async def test_pypi_cache__changed_upstream_page_replaces_entry_after_ttl(
 async def test_pypi_cache__upstream_404_remembered_for_negative_ttl_only(
     start_server: StartServer, index: PypiIndex
 ) -> None:
-    server = await start_pkgate(start_server, index, metadata_negative_ttl=0.3)
+    server = await start_pkgate(start_server, index, metadata_negative_ttl=10)
+    clock = fake_clock(server)
     async with aiohttp.ClientSession(headers=basic(await server.token())) as http:
         assert (await get_page(http, page(server, "latecomer")))[0] == 404
         index.published.append(Published(build_wheel("latecomer", "1.0.0")))
@@ -209,8 +232,9 @@ async def test_pypi_cache__upstream_404_remembered_for_negative_ttl_only(
         assert status == 404
         assert "error" in json.loads(body)
         assert len(index.page_requests("/simple/latecomer/")) == 1
-        # Negative-TTL expiry is the behaviour under test.
-        await asyncio.sleep(0.4)
+        clock.advance(9)
+        assert (await get_page(http, page(server, "latecomer")))[0] == 404
+        clock.advance(2)
         status, state, body, _ = await get_page(http, page(server, "latecomer"))
     assert (status, state) == (200, "MISS")
     assert json.loads(body)["files"][0]["filename"] == "latecomer-1.0.0-py3-none-any.whl"
@@ -240,11 +264,12 @@ async def test_pypi_cache__concurrent_misses_make_one_upstream_request(
 async def test_pypi_cache__stale_page_served_when_upstream_fails(
     start_server: StartServer, index: PypiIndex
 ) -> None:
-    server = await start_pkgate(start_server, index, metadata_ttl=0.2)
+    server = await start_pkgate(start_server, index, metadata_ttl=120)
+    clock = fake_clock(server)
     async with aiohttp.ClientSession(headers=basic(await server.token())) as http:
         fresh = await get_page(http, page(server))
         index.overrides[("index", TINYDEP)] = index.status(503)
-        await asyncio.sleep(0.3)
+        clock.advance(121)
         stale = await get_page(http, page(server))
     assert (stale[0], stale[1]) == (200, "STALE")
     assert stale[2] == fresh[2]
@@ -255,11 +280,12 @@ async def test_pypi_cache__stale_page_served_when_upstream_fails(
 async def test_pypi_cache__stale_page_not_served_beyond_stale_max(
     start_server: StartServer, index: PypiIndex
 ) -> None:
-    server = await start_pkgate(start_server, index, metadata_ttl=0.1, metadata_stale_max=0.2)
+    server = await start_pkgate(start_server, index, metadata_ttl=120, metadata_stale_max=600)
+    clock = fake_clock(server)
     async with aiohttp.ClientSession(headers=basic(await server.token())) as http:
         assert (await get_page(http, page(server)))[0] == 200
         index.overrides[("index", TINYDEP)] = index.status(503)
-        await asyncio.sleep(0.3)
+        clock.advance(601)
         status, _, body, _ = await get_page(http, page(server))
     assert status == 502
     assert "error" in json.loads(body)
