@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -14,6 +13,7 @@ from yarl import URL
 
 from proxy.upstream import USER_AGENT
 from tests.conftest import RunningServer, StartServer, free_port
+from tests.pypi.conftest import start_pkgate
 from tests.upstreams.pypi_index import JSON_TYPE, PypiIndex, serve_bytes, serve_index
 from tokenapi.issue import ensure_user, issue_token
 
@@ -26,32 +26,6 @@ UV_ACCEPT = (
     "text/html;q=0.01"
 )
 POETRY_ACCEPT = "application/vnd.pypi.simple.v1+json, */*;q=0.1"
-
-
-@pytest.fixture
-async def index() -> AsyncIterator[PypiIndex]:
-    async with serve_index() as idx:
-        yield idx
-
-
-async def start_pkgate(start_server: StartServer, index: PypiIndex, **extra: Any) -> RunningServer:
-    return await start_server(
-        pypi_upstream=str(index.index_url),
-        pypi_files_upstream=(str(index.files_url) + "/",),
-        **extra,
-    )
-
-
-@pytest.fixture
-async def server(start_server: StartServer, index: PypiIndex) -> RunningServer:
-    return await start_pkgate(start_server, index)
-
-
-@pytest.fixture
-async def http(server: RunningServer) -> AsyncIterator[aiohttp.ClientSession]:
-    secret = await server.token()
-    async with aiohttp.ClientSession(headers=basic("token", secret)) as session:
-        yield session
 
 
 def basic(login: str, password: str = "") -> dict[str, str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -18,26 +18,6 @@ from tests.upstreams.npm_registry import CORGI, NpmRegistry, serve_registry
 from tokenapi.issue import ensure_user, issue_token
 
 TARBALL = "/pkg-plain/-/pkg-plain-1.0.0.tgz"
-
-
-@pytest.fixture
-async def registry() -> AsyncIterator[NpmRegistry]:
-    async with serve_registry() as reg:
-        yield reg
-
-
-@pytest.fixture
-async def server(start_server: StartServer, registry: NpmRegistry) -> RunningServer:
-    return await start_server(npm_upstream=str(registry.url) + "/")
-
-
-@pytest.fixture
-async def http(server: RunningServer) -> AsyncIterator[aiohttp.ClientSession]:
-    token = await server.token()
-    async with aiohttp.ClientSession(
-        base_url=server.url, headers={"Authorization": f"Bearer {token}"}
-    ) as session:
-        yield session
 
 
 async def fetch(

@@ -21,17 +21,6 @@ from tokenapi.issue import ensure_user, issue_token
 
 
 @pytest.fixture
-async def registry() -> AsyncIterator[NpmRegistry]:
-    async with serve_registry() as reg:
-        yield reg
-
-
-@pytest.fixture
-async def server(start_server: StartServer, registry: NpmRegistry) -> RunningServer:
-    return await start_server(npm_upstream=str(registry.url) + "/")
-
-
-@pytest.fixture
 async def http(server: RunningServer) -> AsyncIterator[aiohttp.ClientSession]:
     token = await server.token()
     async with aiohttp.ClientSession(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from yarl import URL
 
 from proxy.upstream import USER_AGENT
 from tests.conftest import Completed, RunningServer, StartServer, isolated_env, run
-from tests.upstreams.npm_registry import NpmRegistry, serve_registry
+from tests.upstreams.npm_registry import NpmRegistry
 from tokenapi.issue import ensure_user, issue_token
 
 pytestmark = pytest.mark.clients
@@ -23,17 +22,6 @@ DEPENDENCIES = {"pkg-deps": "^1.0.0", "pkg-big": "^1.0.0"}
 # How each client reports a 401 answer (yarn's YN0041 is its "Invalid authentication" for 401).
 UNAUTHORIZED = {"npm": "E401", "yarn": "YN0041", "pnpm": "ERR_PNPM_FETCH_401", "bun": "401"}
 INSTALLED = {"pkg-deps": "1.0.0", "pkg-plain": "1.1.0", "@acme/scoped": "2.0.0", "pkg-big": "1.0.0"}
-
-
-@pytest.fixture
-async def registry() -> AsyncIterator[NpmRegistry]:
-    async with serve_registry() as reg:
-        yield reg
-
-
-@pytest.fixture
-async def server(start_server: StartServer, registry: NpmRegistry) -> RunningServer:
-    return await start_server(npm_upstream=str(registry.url) + "/")
 
 
 @dataclass

@@ -9,33 +9,19 @@ every page, ``.metadata`` and file through pkgate and verify the published hashe
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from proxy.upstream import USER_AGENT
-from tests.conftest import Completed, RunningServer, StartServer, isolated_env, run
-from tests.upstreams.pypi_index import PypiIndex, serve_index
+from tests.conftest import Completed, RunningServer, isolated_env, run
+from tests.upstreams.pypi_index import PypiIndex
 from tokenapi.issue import ensure_user, issue_token
 
 pytestmark = pytest.mark.clients
 
 EXPECTED_WHEELS = {"demo_app-1.0.0-py3-none-any.whl", "tinydep-1.0.0-py3-none-any.whl"}
-
-
-@pytest.fixture
-async def index() -> AsyncIterator[PypiIndex]:
-    async with serve_index() as idx:
-        yield idx
-
-
-@pytest.fixture
-async def server(start_server: StartServer, index: PypiIndex) -> RunningServer:
-    return await start_server(
-        pypi_upstream=str(index.index_url),
-        pypi_files_upstream=(str(index.files_url) + "/",),
-    )
 
 
 def index_url(server: RunningServer, secret: str | None = None) -> str:

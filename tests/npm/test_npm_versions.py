@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -11,31 +10,11 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from tests.conftest import RunningServer, StartServer, isolated_env, run
-from tests.upstreams.npm_registry import NpmRegistry, serve_registry
+from tests.conftest import RunningServer, isolated_env, run
+from tests.upstreams.npm_registry import NpmRegistry
 from tokenapi.issue import ensure_user, issue_token
 
 SCOPED = ["@acme%2fscoped", "@acme%2Fscoped", "@acme/scoped"]
-
-
-@pytest.fixture
-async def registry() -> AsyncIterator[NpmRegistry]:
-    async with serve_registry() as reg:
-        yield reg
-
-
-@pytest.fixture
-async def server(start_server: StartServer, registry: NpmRegistry) -> RunningServer:
-    return await start_server(npm_upstream=str(registry.url) + "/")
-
-
-@pytest.fixture
-async def http(server: RunningServer) -> AsyncIterator[aiohttp.ClientSession]:
-    token = await server.token()
-    async with aiohttp.ClientSession(
-        base_url=server.url, headers={"Authorization": f"Bearer {token}"}
-    ) as session:
-        yield session
 
 
 async def get_json(

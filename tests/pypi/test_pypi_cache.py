@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -20,33 +18,19 @@ from yarl import URL
 from proxy.keys import metadata_cache_key
 from proxy.metrics import metrics_key
 from tests.conftest import RunningServer, StartServer
+from tests.pypi.conftest import basic, start_pkgate
 from tests.upstreams.pypi_index import (
     JSON_TYPE,
     Published,
     PypiIndex,
     build_wheel,
     serve_bytes,
-    serve_index,
 )
 from tokenapi.issue import ensure_user, issue_token
 
 TINYDEP = "/simple/tinydep/"
 WHEEL = "tinydep-1.0.0-py3-none-any.whl"
 DEMO_WHEEL = "demo_app-1.0.0-py3-none-any.whl"
-
-
-@pytest.fixture
-async def index() -> AsyncIterator[PypiIndex]:
-    async with serve_index() as idx:
-        yield idx
-
-
-async def start_pkgate(start_server: StartServer, index: PypiIndex, **extra: Any) -> RunningServer:
-    return await start_server(
-        pypi_upstream=str(index.index_url),
-        pypi_files_upstream=(str(index.files_url) + "/",),
-        **extra,
-    )
 
 
 class FakeClock:
@@ -67,21 +51,6 @@ def fake_clock(server: RunningServer) -> FakeClock:
     clock = FakeClock()
     server.app[metadata_cache_key]._clock = clock
     return clock
-
-
-def basic(secret: str) -> dict[str, str]:
-    return {"Authorization": aiohttp.encode_basic_auth("token", secret)}
-
-
-@pytest.fixture
-async def server(start_server: StartServer, index: PypiIndex) -> RunningServer:
-    return await start_pkgate(start_server, index)
-
-
-@pytest.fixture
-async def http(server: RunningServer) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(headers=basic(await server.token())) as session:
-        yield session
 
 
 def page(server: RunningServer, name: str = "tinydep") -> URL:

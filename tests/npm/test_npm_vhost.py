@@ -19,15 +19,9 @@ from yarl import URL
 from proxy.app import create_app
 from proxy.settings import Settings
 from tests.conftest import RunningServer, free_socket, isolated_env, run
-from tests.upstreams.npm_registry import NpmRegistry, serve_registry
+from tests.upstreams.npm_registry import NpmRegistry
 
 pytestmark = pytest.mark.clients
-
-
-@pytest.fixture
-async def registry() -> AsyncIterator[NpmRegistry]:
-    async with serve_registry() as reg:
-        yield reg
 
 
 @pytest.fixture
