@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +24,10 @@ from aiohttp import web
 
 from proxy import npm, simple
 from tests.conftest import RunningServer, StartServer
+from tests.upstreams.faults import Behaviour
 from tests.upstreams.npm_registry import CORGI, NpmRegistry, serve_registry
 from tests.upstreams.pypi_index import JSON_TYPE, PypiIndex, serve_index
 
-Behaviour = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # What the upstream would have sent for a request: (body, content type).
 Good = Callable[[web.Request], tuple[bytes, str]]
 

@@ -28,6 +28,7 @@ from aiohttp import web
 from yarl import URL
 
 from tests.conftest import serve_app
+from tests.upstreams.faults import Behaviour, Faults
 
 CORGI = "application/vnd.npm.install-v1+json"
 FORBIDDEN_HEADERS = ("authorization", "cookie", "npm-otp", "proxy-authorization")
@@ -125,11 +126,8 @@ class Recorded:
     headers: dict[str, str]
 
 
-Behaviour = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
 @dataclass
-class NpmRegistry:
+class NpmRegistry(Faults):
     """A fake npm registry; ``await start()`` serves it and sets ``url``."""
 
     packages: list[NpmPackage] = field(default_factory=standard_packages)
@@ -178,31 +176,6 @@ class NpmRegistry:
     def clear(self) -> None:
         self.requests.clear()
         self.audit_payloads.clear()
-
-    # -- behaviours tests switch on ----------------------------------------------------------------
-
-    async def hang(self, request: web.Request) -> web.StreamResponse:
-        """Answer nothing until ``release`` is set (or the server closes)."""
-        await self.release.wait()
-        return web.json_response({"error": "released"}, status=503)
-
-    @staticmethod
-    def status(code: int) -> Behaviour:
-        async def answer(request: web.Request) -> web.StreamResponse:
-            return web.json_response({"error": f"status {code}"}, status=code)
-
-        return answer
-
-    @staticmethod
-    async def broken_body(request: web.Request) -> web.StreamResponse:
-        """Promise 1 MB, send a little, then cut the connection."""
-        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-        resp.content_length = 1024 * 1024
-        await resp.prepare(request)
-        await resp.write(b"x" * 1000)
-        assert request.transport is not None
-        request.transport.close()
-        return resp
 
     # -- serving ----------------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from aiohttp import web
 from yarl import URL
 
 from tests.conftest import serve_app
+from tests.upstreams.faults import Behaviour, Faults
 
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 HTML_TYPE = "application/vnd.pypi.simple.v1+html"
@@ -219,9 +220,6 @@ class Recorded:
     headers: dict[str, str]
 
 
-Behaviour = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
 def _parse_range(header: str, size: int) -> tuple[int, int] | None:
     """(start, end inclusive) of a single ``bytes=`` range, or None if unsatisfiable."""
     unit, _, spec = header.partition("=")
@@ -256,7 +254,7 @@ def serve_bytes(request: web.Request, data: bytes, content_type: str) -> web.Res
 
 
 @dataclass
-class PypiIndex:
+class PypiIndex(Faults):
     """A fake simple index on three origins; ``await start()`` serves them."""
 
     published: list[Published] = field(default_factory=standard_projects)
@@ -327,31 +325,6 @@ class PypiIndex:
 
     def clear(self) -> None:
         self.requests.clear()
-
-    # -- behaviours tests switch on ----------------------------------------------------------------
-
-    async def hang(self, request: web.Request) -> web.StreamResponse:
-        """Answer nothing until ``release`` is set (or the server closes)."""
-        await self.release.wait()
-        return web.json_response({"error": "released"}, status=503)
-
-    @staticmethod
-    def status(code: int) -> Behaviour:
-        async def answer(request: web.Request) -> web.StreamResponse:
-            return web.json_response({"error": f"status {code}"}, status=code)
-
-        return answer
-
-    @staticmethod
-    async def broken_body(request: web.Request) -> web.StreamResponse:
-        """Promise 1 MB, send a little, then cut the connection."""
-        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-        resp.content_length = 1024 * 1024
-        await resp.prepare(request)
-        await resp.write(b"x" * 1000)
-        assert request.transport is not None
-        request.transport.close()
-        return resp
 
     # -- pages ------------------------------------------------------------------------------------
 
