@@ -111,6 +111,10 @@ class MetaEntry:
     validators: Validators = Validators()
     headers: Mapping[str, str] = field(default_factory=dict)
     fetched_at: float = 0.0
+    # The headers of a 200 answer per cache state, built once: warm requests only copy them.
+    _answer_headers: dict[CacheState, dict[str, str]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @classmethod
     def build(
@@ -134,6 +138,21 @@ class MetaEntry:
     @property
     def size(self) -> int:
         return len(self.body) + ENTRY_OVERHEAD
+
+    def answer_headers(self, state: CacheState) -> Mapping[str, str]:
+        """Every header of a 200 answer of this entry in ``state``: extras, type, validators."""
+        found = self._answer_headers.get(state)
+        if found is None:
+            found = {
+                **self.headers,
+                hdrs.CONTENT_TYPE: self.content_type,
+                hdrs.ETAG: self.etag,
+                "X-Cache": state.value,
+            }
+            if self.validators.last_modified:
+                found[hdrs.LAST_MODIFIED] = self.validators.last_modified
+            self._answer_headers[state] = found
+        return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,17 +345,22 @@ def metadata_response(
     """The answer for ``cached``: 304 when the client's validators match, else the body.
 
     Carries ETag, Last-Modified (the upstream's), X-Cache and the entry's extra headers; HEAD
-    requests get the headers only (aiohttp drops the body).
+    requests get the headers only (aiohttp drops the body).  This is the warm path of every
+    metadata request: the headers come prepared from the entry.
     """
     entry = cached.entry
-    out = {**entry.headers, hdrs.ETAG: entry.etag, "X-Cache": cached.state.value}
-    if entry.validators.last_modified:
-        out[hdrs.LAST_MODIFIED] = entry.validators.last_modified
+    out = entry.answer_headers(cached.state)
     if headers:
-        out.update(headers)
-    if request.method in (hdrs.METH_GET, hdrs.METH_HEAD) and not_modified(entry, request.headers):
-        return web.Response(status=304, headers=out)
-    out[hdrs.CONTENT_TYPE] = entry.content_type
+        out = {**out, **headers}
+    request_headers = request.headers
+    if (
+        (hdrs.IF_NONE_MATCH in request_headers or hdrs.IF_MODIFIED_SINCE in request_headers)
+        and request.method in (hdrs.METH_GET, hdrs.METH_HEAD)
+        and not_modified(entry, request_headers)
+    ):
+        return web.Response(
+            status=304, headers={k: v for k, v in out.items() if k != hdrs.CONTENT_TYPE}
+        )
     return web.Response(body=entry.body, headers=out)
 
 

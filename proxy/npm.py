@@ -41,7 +41,6 @@ from .metacache import (
     ENTRY_OVERHEAD,
     NOT_MODIFIED,
     CacheKey,
-    CacheState,
     MetaEntry,
     NotModified,
     Validators,
@@ -126,7 +125,6 @@ class PackumentEntry(MetaEntry):
     """A rewritten packument and, by tarball file name, the hashes it publishes."""
 
     files: Mapping[str, Published] = field(default_factory=dict)
-    hit_headers: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -225,16 +223,6 @@ async def packument(request: web.Request, config: NpmConfig, package: PackagePat
         return await fetch_packument(upstream, config, package, accept, validators)
 
     cached = await request.config_dict[metadata_cache_key].get_or_fetch(key, fetch)
-    entry = cached.entry
-    if (
-        cached.state is CacheState.HIT
-        and isinstance(entry, PackumentEntry)
-        and hdrs.IF_NONE_MATCH not in headers
-        and hdrs.IF_MODIFIED_SINCE not in headers
-    ):
-        # The warm path: every header was computed when the entry was stored.
-        request[REQUEST_CACHE] = "hit"
-        return web.Response(body=entry.body, headers=entry.hit_headers)
     request[REQUEST_CACHE] = cached.state.value.lower()
     return metadata_response(request, cached)
 
@@ -353,23 +341,13 @@ def packument_entry(
         rewritten = npmrewrite.rewrite(decoded, name, public_root)
     except ValueError as exc:
         raise UpstreamError(502, f"{WHAT} sent an unusable packument ({exc})") from None
-    own_etag = body_etag(rewritten.body)
-    hit_headers = {
-        **PACKUMENT_HEADERS,
-        hdrs.CONTENT_TYPE: content_type,
-        hdrs.ETAG: own_etag,
-        "X-Cache": CacheState.HIT.value,
-    }
-    if last_modified:
-        hit_headers[hdrs.LAST_MODIFIED] = last_modified
     return PackumentEntry(
         body=rewritten.body,
         content_type=content_type,
-        etag=own_etag,
+        etag=body_etag(rewritten.body),
         validators=Validators(etag, last_modified),
         headers=PACKUMENT_HEADERS,
         files=rewritten.files,
-        hit_headers=hit_headers,
     )
 
 

@@ -47,7 +47,6 @@ from .keys import (
 from .metacache import (
     ENTRY_OVERHEAD,
     NOT_MODIFIED,
-    Cached,
     CacheKey,
     Fetch,
     MetadataCache,
@@ -56,7 +55,6 @@ from .metacache import (
     Validators,
     body_etag,
     metadata_response,
-    not_modified,
 )
 from .negotiate import choose
 from .settings import Settings
@@ -121,8 +119,6 @@ class PageEntry(MetaEntry):
     """A rendered page and, by files-route key, the digests its files were published with."""
 
     files: Mapping[str, Digest] = field(default_factory=dict)
-    # Every header of a 200 answer but X-Cache, built once: hits only copy it.
-    served_headers: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -136,18 +132,13 @@ def page_content_type(media_type: str) -> str:
 
 def page_entry(fetched: FetchedPage, body: bytes, media_type: str) -> PageEntry:
     """A cache entry for a page rendered from ``fetched``."""
-    entry = PageEntry(
+    return PageEntry(
         body=body,
         content_type=page_content_type(media_type),
         etag=body_etag(body),
         validators=Validators(fetched.etag, fetched.last_modified),
         headers=PAGE_HEADERS,
     )
-    served = {**PAGE_HEADERS, hdrs.ETAG: entry.etag, hdrs.CONTENT_TYPE: entry.content_type}
-    if fetched.last_modified:
-        served[hdrs.LAST_MODIFIED] = fetched.last_modified
-    entry.served_headers = served
-    return entry
 
 
 def file_digests(page: ProjectPage, links: FileLinks) -> dict[str, Digest]:
@@ -277,22 +268,6 @@ def not_acceptable() -> web.Response:
     )
 
 
-def page_response(request: web.Request, cached: Cached) -> web.Response:
-    """The answer for a cached page: 304 for the client's matching validators, else the body.
-
-    What ``metacache.metadata_response`` does, with the headers prepared when the page was
-    rendered, since this runs on every warm request.
-    """
-    entry = cached.entry
-    if not isinstance(entry, PageEntry) or not entry.served_headers:
-        return metadata_response(request, cached)
-    headers = {**entry.served_headers, X_CACHE: cached.state.value}
-    if not_modified(entry, request.headers):
-        del headers[hdrs.CONTENT_TYPE]
-        return web.Response(status=304, headers=headers)
-    return web.Response(body=entry.body, headers=headers)
-
-
 @functools.lru_cache(maxsize=NAMES_REMEMBERED)
 def valid_normalized(name: str) -> str | None:
     """The PEP 503 form of a project name, or None when it is not a valid name (memoised)."""
@@ -339,7 +314,7 @@ class SimpleIndex:
         """The page for ``key`` from the cache (fetched on a miss), noted for logs and metrics."""
         cached = await cache.get_or_fetch(key, fetch)
         request[REQUEST_CACHE] = cached.state.value.lower()
-        return page_response(request, cached)
+        return metadata_response(request, cached)
 
     def project_url(self, normalized: str) -> URL:
         return URL(str(self.index_url) + normalized + "/", encoded=True)
