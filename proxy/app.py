@@ -9,17 +9,18 @@ from aiohttp import web
 import tokenapi.http
 from tokenapi.config import TokenApiConfig
 
-from . import npm, simple
-from .artifacts import ArtifactCache
 from .auth import NPM_CHALLENGE, PYPI_CHALLENGE
 from .errors import error_middleware
 from .keys import artifact_cache_key, metadata_cache_key, settings_key, upstream_key
-from .metacache import MetadataCache
 from .metrics import metrics_key, metrics_middleware, setup_metrics
+from .npm import routes as npm
 from .ops import setup_ops
+from .pypi import routes as simple
 from .ratelimit import setup_registry_limits
+from .registry.artifacts import ArtifactCache
+from .registry.metacache import MetadataCache
+from .registry.upstream import Upstream
 from .settings import Settings
-from .upstream import Upstream
 from .vhosts import mount_registry
 
 CLIENT_MAX_SIZE = 1024 * 1024

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from tokenapi.errors import InvalidInput, StoreUnavailable
 
-from .upstream import UpstreamError
+from .registry.upstream import UpstreamError
 
 log = logging.getLogger(__name__)
 

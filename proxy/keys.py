@@ -9,10 +9,10 @@ from yarl import URL
 
 from tokenapi.store import Token
 
-from .artifacts import ArtifactCache
-from .metacache import MetadataCache
+from .registry.artifacts import ArtifactCache
+from .registry.metacache import MetadataCache
+from .registry.upstream import Upstream
 from .settings import Settings
-from .upstream import Upstream
 
 settings_key = web.AppKey("settings", Settings)
 upstream_key = web.AppKey("upstream", Upstream)

@@ -8,7 +8,7 @@ from yarl import URL
 from proxy.errors import error_middleware
 from proxy.keys import REQUEST_CACHE, REQUEST_ECOSYSTEM
 from proxy.metrics import Metrics, metrics_key, metrics_middleware, setup_metrics
-from proxy.upstream import Upstream, UpstreamError
+from proxy.registry.upstream import Upstream, UpstreamError
 from tests.conftest import RunningServer, StartServer, free_port, serve_app
 
 UNREACHABLE = "http://127.0.0.1:9/"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from yarl import URL
 
-from proxy.upstream import USER_AGENT
+from proxy.registry.upstream import USER_AGENT
 from tests.conftest import Completed, RunningServer, StartServer, isolated_env, run
 from tests.upstreams.npm_registry import NpmRegistry
 from tokenapi.issue import ensure_user, issue_token

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from proxy.upstream import USER_AGENT
+from proxy.registry.upstream import USER_AGENT
 from tests.conftest import RunningServer, StartServer, free_port
 from tests.upstreams.npm_registry import CORGI, NpmRegistry, serve_registry
 from tokenapi.issue import ensure_user, issue_token

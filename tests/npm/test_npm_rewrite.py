@@ -9,7 +9,7 @@ import zlib
 import orjson
 import pytest
 
-from proxy.npmrewrite import (
+from proxy.npm.rewrite import (
     BadPath,
     PackagePath,
     Published,

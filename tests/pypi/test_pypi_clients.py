@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.upstream import USER_AGENT
+from proxy.registry.upstream import USER_AGENT
 from tests.conftest import Completed, RunningServer, isolated_env, run
 from tests.upstreams.pypi_index import PypiIndex
 from tokenapi.issue import ensure_user, issue_token

@@ -9,9 +9,8 @@ import orjson
 import pytest
 from yarl import URL
 
-from proxy.negotiate import choose
-from proxy.simple import decode_body
-from proxy.simplerewrite import (
+from proxy.pypi.negotiate import choose
+from proxy.pypi.rewrite import (
     JSON_TYPE,
     TEXT_HTML,
     FileLinks,
@@ -25,7 +24,8 @@ from proxy.simplerewrite import (
     safe_tail,
     verifying_hash,
 )
-from proxy.upstream import UpstreamError
+from proxy.pypi.routes import decode_body
+from proxy.registry.upstream import UpstreamError
 
 OFFERS = (TEXT_HTML, "application/vnd.pypi.simple.v1+html", JSON_TYPE)
 PUBLIC = "https://proxy.test/prefix/pypi/files"

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from proxy.upstream import USER_AGENT
+from proxy.registry.upstream import USER_AGENT
 from tests.conftest import RunningServer, StartServer, free_port
 from tests.pypi.conftest import start_pkgate
 from tests.upstreams.pypi_index import JSON_TYPE, PypiIndex, serve_bytes, serve_index

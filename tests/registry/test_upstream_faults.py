@@ -22,7 +22,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy import npm, simple
+from proxy.npm import routes as npm
+from proxy.pypi import routes as simple
 from tests.conftest import RunningServer, StartServer
 from tests.upstreams.faults import Behaviour
 from tests.upstreams.npm_registry import CORGI, NpmRegistry, serve_registry

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.metacache import (
+from proxy.registry.metacache import (
     ENTRY_OVERHEAD,
     NOT_MODIFIED,
     CacheKey,
@@ -21,8 +21,8 @@ from proxy.metacache import (
     metadata_response,
     not_modified,
 )
+from proxy.registry.upstream import UpstreamError
 from proxy.settings import SettingsError, load
-from proxy.upstream import UpstreamError
 from tests.conftest import serve_app
 
 KEY: CacheKey = ("npm", "left-pad", "abbreviated")

@@ -17,9 +17,9 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from proxy.artifacts import ArtifactCache, Digest
 from proxy.errors import error_middleware
-from proxy.upstream import Upstream
+from proxy.registry.artifacts import ArtifactCache, Digest
+from proxy.registry.upstream import Upstream
 from tests.conftest import serve_app
 
 

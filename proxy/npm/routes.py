@@ -26,18 +26,17 @@ from yarl import URL
 
 from tokenapi.keys import request_token
 
-from . import npmrewrite
-from .artifacts import Digest
-from .auth import NPM_CHALLENGE, unauthorized
-from .errors import json_error
-from .keys import (
+from ..auth import NPM_CHALLENGE, unauthorized
+from ..errors import json_error
+from ..keys import (
     REQUEST_CACHE,
     artifact_cache_key,
     metadata_cache_key,
     registry_base_key,
     upstream_key,
 )
-from .metacache import (
+from ..registry.artifacts import Digest
+from ..registry.metacache import (
     ENTRY_OVERHEAD,
     NOT_MODIFIED,
     CacheKey,
@@ -47,9 +46,10 @@ from .metacache import (
     body_etag,
     metadata_response,
 )
-from .npmrewrite import BadPath, PackagePath, Published
-from .settings import Settings
-from .upstream import Upstream, UpstreamError, raise_for_upstream_status
+from ..registry.upstream import Upstream, UpstreamError, raise_for_upstream_status
+from ..settings import Settings
+from . import rewrite as npmrewrite
+from .rewrite import BadPath, PackagePath, Published
 
 log = logging.getLogger(__name__)
 

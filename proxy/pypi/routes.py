@@ -35,16 +35,16 @@ import aiohttp
 from aiohttp import StreamReader, hdrs, web
 from yarl import URL
 
-from .artifacts import Digest
-from .errors import json_error
-from .keys import (
+from ..errors import json_error
+from ..keys import (
     REQUEST_CACHE,
     artifact_cache_key,
     metadata_cache_key,
     registry_base_key,
     upstream_key,
 )
-from .metacache import (
+from ..registry.artifacts import Digest
+from ..registry.metacache import (
     ENTRY_OVERHEAD,
     NOT_MODIFIED,
     CacheKey,
@@ -56,9 +56,10 @@ from .metacache import (
     body_etag,
     metadata_response,
 )
+from ..registry.upstream import Upstream, UpstreamError, raise_for_upstream_status
+from ..settings import Settings
 from .negotiate import choose
-from .settings import Settings
-from .simplerewrite import (
+from .rewrite import (
     HTML_TYPE,
     JSON_TYPE,
     TEXT_HTML,
@@ -75,7 +76,6 @@ from .simplerewrite import (
     render_index,
     render_project,
 )
-from .upstream import Upstream, UpstreamError, raise_for_upstream_status
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The machinery both registries share: upstream client, metadata cache, artifact store, policy."""
