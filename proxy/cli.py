@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import getpass
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from tokenapi.issue import ensure_user, issue_token
 from tokenapi.passwords import hash_password_async
 from tokenapi.store import Store, Token
 
+from . import discover
 from . import settings as settings_mod
 from .settings import Settings, SettingsError
 
@@ -126,6 +128,11 @@ def _serve(ns: argparse.Namespace) -> int:
     from .serve import serve
 
     settings = settings_mod.load(vars(ns))
+    for line in settings_mod.unknown_env():
+        print(f"pkgate: warning: {line}", file=sys.stderr, flush=True)
+    settings = discover.fill_upstreams(
+        settings, os.environ, lambda line: print(f"pkgate: {line}", file=sys.stderr, flush=True)
+    )
     settings.require_upstream()
     return serve(settings)
 
@@ -138,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve_p = sub.add_parser("serve", help="run the server")
     settings_mod.add_arguments(serve_p)
+    serve_p.add_argument(
+        "--no-discover",
+        dest="discover",
+        action="store_const",
+        const="false",
+        help="do not look for upstreams on this machine (npm and pip configuration)",
+    )
     serve_p.set_defaults(func=_serve)
 
     def store_args(p: argparse.ArgumentParser) -> None:

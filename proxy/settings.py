@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import ipaddress
 import os
 import re
@@ -35,10 +36,23 @@ def _str(value: Any) -> str:
     return value
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
 def _int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("expected an integer")
-    return int(value)
+    """A whole number: an int (TOML) or its decimal digits; never a float, rounded or not."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        return int(value.strip())
+    raise ValueError(f"expected an integer, not {_shown(value)}")
+
+
+def _shown(value: Any) -> str:
+    """A bad value as it may appear in a one-line error (short, one line)."""
+    text = repr(value) if isinstance(value, str) else str(value)
+    text = text.replace("\n", " ").replace("\r", " ")
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _positive_int(value: Any) -> int:
@@ -98,17 +112,26 @@ _BYTE_UNITS = {
 
 def _byte_size(value: Any) -> int:
     """A non-negative number of bytes: 1048576, "64MiB", "10 GB"."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size in bytes")
-    if isinstance(value, int):
-        number, unit = float(value), ""
-    else:
-        text = _str(value).strip().lower().replace(" ", "")
-        digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
-        number, unit = float(digits or "nan"), text[len(digits) :]
+    usage = f"expected a whole number of bytes or a size such as 64MiB or 10GB, not {_shown(value)}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(usage)
+        return value
+    if not isinstance(value, str):
+        raise ValueError(usage)
+    text = value.strip().lower().replace(" ", "")
+    digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(digits) :]
+    try:
+        number = float(digits)
+    except ValueError:
+        raise ValueError(usage) from None
     if unit not in _BYTE_UNITS or not number >= 0 or number == float("inf"):
-        raise ValueError("expected a size such as 67108864, 64MiB or 10GB")
-    return int(number * _BYTE_UNITS[unit])
+        raise ValueError(usage)
+    size = number * _BYTE_UNITS[unit]
+    if size != int(size):
+        raise ValueError(usage)
+    return int(size)
 
 
 def _bool(value: Any) -> bool:
@@ -288,6 +311,9 @@ class Settings:
     pypi_host: str | None = setting(
         None, _vhost, "also serve the index at the root of this host name (/simple/)"
     )
+    discover: bool = setting(
+        True, _bool, "with neither upstream set, find both on this machine (npm and pip config)"
+    )
     shutdown_grace: float = setting(
         30.0, _positive_seconds, "seconds in-flight requests may take to finish on SIGTERM"
     )
@@ -330,6 +356,22 @@ class Settings:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+# PKGATE_* variables that are not settings but are still pkgate's own.
+OTHER_ENV = frozenset({ENV_PREFIX + "CONFIG", ENV_PREFIX + "TOOLS"})
+
+
+def unknown_env(env: Mapping[str, str] | None = None) -> list[str]:
+    """One warning line per ``PKGATE_*`` variable that names no setting (a typo is ignored
+    otherwise), with the closest setting's variable when one is close."""
+    env = os.environ if env is None else env
+    known = {ENV_PREFIX + name.upper() for name in FIELDS} | OTHER_ENV
+    lines = []
+    for name in sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known):
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        lines.append(f"unknown environment variable {name} is ignored{hint}")
+    return lines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

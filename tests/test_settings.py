@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.settings import Settings, SettingsError, load
+from proxy.settings import Settings, SettingsError, load, unknown_env
 from tests.conftest import pkgate_cmd, run
 
 
@@ -73,10 +73,82 @@ def test_describe__masks_smtp_credentials() -> None:
 
 
 async def test_serve__without_upstream_fails_with_one_line(tmp_path: Path) -> None:
-    result = await run(*pkgate_cmd("serve", "--data-dir", str(tmp_path)), env={"PATH": "/usr/bin"})
+    result = await run(
+        *pkgate_cmd("serve", "--no-discover", "--data-dir", str(tmp_path)),
+        env={"PATH": "/usr/bin"},
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "npm_upstream" in lines[0]
     assert "npm config get registry" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("line", "named"),
+    [
+        ("port = 8080.9", "port"),
+        ("workers = 2.7", "workers"),
+        ("workers = 2.0", "workers"),
+        ("registry_auth_failures = 1e3", "registry_auth_failures"),
+        ("metadata_cache_bytes = 1048576.5", "metadata_cache_bytes"),
+        ("metadata_cache_bytes = 1048576.0", "metadata_cache_bytes"),
+        ('artifact_cache_bytes = "0.5"', "artifact_cache_bytes"),
+        ("port = true", "port"),
+    ],
+)
+def test_load__non_integers_are_refused_in_one_line(tmp_path: Path, line: str, named: str) -> None:
+    cfg = tmp_path / "pkgate.toml"
+    cfg.write_text(line + "\n")
+    with pytest.raises(SettingsError) as err:
+        load({"config": str(cfg)}, env={})
+    message = str(err.value)
+    assert message.startswith(f"{named} ({named} in {cfg}): expected ")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("value", ["8080.9", "80 80", "0x50", ""])
+def test_load__non_integer_port_from_environment_is_refused(value: str) -> None:
+    if value == "":
+        assert load({}, env={"PKGATE_PORT": value}).port == 8080  # empty means unset
+        return
+    with pytest.raises(SettingsError, match=r"^port \(PKGATE_PORT\): expected an integer"):
+        load({}, env={"PKGATE_PORT": value})
+
+
+def test_load__whole_sizes_in_any_unit(tmp_path: Path) -> None:
+    cfg = tmp_path / "pkgate.toml"
+    cfg.write_text('metadata_cache_bytes = 1048576\nartifact_cache_bytes = "1.5GiB"\n')
+    s = load({"config": str(cfg)}, env={"PKGATE_WORKERS": " 3 "})
+    assert (s.metadata_cache_bytes, s.artifact_cache_bytes, s.workers) == (1048576, 1610612736, 3)
+
+
+def test_unknown_env__every_unknown_pkgate_variable_with_a_hint() -> None:
+    env = {
+        "PKGATE_PORT": "1",
+        "PKGATE_CONFIG": "x.toml",
+        "PKGATE_BLOKLIST_FEEDS": "x",
+        "PKGATE_LOGLEVEL": "debug",
+        "PKGATE_ZZZ": "1",
+        "OTHER_PORT": "1",
+    }
+    lines = unknown_env(env)
+    assert lines[0].startswith("unknown environment variable PKGATE_BLOKLIST_FEEDS is ignored")
+    assert lines[1] == (
+        "unknown environment variable PKGATE_LOGLEVEL is ignored (did you mean PKGATE_LOG_LEVEL?)"
+    )
+    assert lines[2] == "unknown environment variable PKGATE_ZZZ is ignored"
+    assert len(lines) == 3
+
+
+async def test_serve__warns_about_a_mistyped_variable_at_start_up(tmp_path: Path) -> None:
+    result = await run(
+        *pkgate_cmd("serve", "--no-discover", "--data-dir", str(tmp_path)),
+        env={"PATH": "/usr/bin", "PKGATE_LOGLEVEL": "debug"},
+    )
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == (
+        "pkgate: warning: unknown environment variable PKGATE_LOGLEVEL is ignored "
+        "(did you mean PKGATE_LOG_LEVEL?)"
+    )
