@@ -18,7 +18,7 @@ from tokenapi.keys import REQUEST_TOKEN, recorder_key, store_key, validator_key
 from tokenapi.store import Token
 
 from .errors import Handler, json_error
-from .keys import REQUEST_ECOSYSTEM, REQUEST_PRESENTED, settings_key
+from .keys import REQUEST_AUTH_FAILURE, REQUEST_ECOSYSTEM, REQUEST_PRESENTED, settings_key
 from .metrics import metrics_key
 
 NPM_CHALLENGE = 'Bearer realm="pkgate"'
@@ -66,6 +66,7 @@ def registry_auth_middleware(ecosystem: str, challenge: str, root: web.Applicati
             try:
                 secret = secret_from_header(request.headers.get(hdrs.AUTHORIZATION))
             except MalformedCredentials as exc:
+                request[REQUEST_AUTH_FAILURE] = "invalid"
                 count(request, "invalid")
                 return unauthorized(str(exc), challenge)
             token = None
@@ -78,7 +79,9 @@ def registry_auth_middleware(ecosystem: str, challenge: str, root: web.Applicati
         if token is None:
             token = await root[validator_key].validate(secret)
         if token is None:
-            count(request, await failure_outcome(request, secret))
+            outcome = await failure_outcome(request, secret)
+            request[REQUEST_AUTH_FAILURE] = outcome
+            count(request, outcome)
             return unauthorized("Invalid or revoked token", challenge)
         metrics = root.get(metrics_key)
         if metrics is not None:

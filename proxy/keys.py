@@ -42,3 +42,8 @@ class Presented:
 
 # Set by the rate-limit middleware, reused by the auth middleware that runs right after it.
 REQUEST_PRESENTED = web.RequestKey("pkgate_presented", Presented)
+
+# Set by the auth middleware on a refused request that presented credentials: "invalid" (unknown,
+# malformed or unreadable: a guess) or "revoked" / "expired" (a token pkgate issued, now dead).
+# The rate-limit middleware charges only guesses to the client address's failure budget.
+REQUEST_AUTH_FAILURE = web.RequestKey("pkgate_auth_failure", str)

@@ -6,18 +6,22 @@ share the same budgets.  Three independent throttles:
 
 - requests per client IP and requests per token, each a steady rate with a burst allowance,
   generous enough that installing hundreds of packages never meets them;
-- failed authentications per client IP: counted from the 401 answers of the auth middleware for
-  requests that presented credentials.  Once an address is over it, its requests are refused with
-  429 *before* authentication, so a burst of guessed tokens never reaches the store.  A token that
-  is already a validation-cache hit still passes: guessing gains nothing from it, and honest users
-  behind the same NAT keep working.
+- failed authentications per client IP, a budget for *guesses*: counted from the 401 answers of
+  the auth middleware for credentials pkgate never issued (unknown, malformed, bad checksum).  Once
+  an address is over it, its further guesses get 429 instead of 401.  The budget never refuses
+  anything else: a valid token is served whatever other tokens from the same address did (behind
+  a NAT or a shared CI runner one bad actor must not lock everyone out), and a token pkgate issued
+  that is now revoked or expired always gets a fast 401 (clients retry 429s for minutes, a 401 ends
+  them at once) and spends nothing.  Telling a valid token from a guess takes its one indexed
+  lookup (coalesced and negatively cached by the validator); strings failing the shape or
+  checksum never reach the store, and the per-IP request rate bounds the rest.
 
 The client IP is the TCP peer, or ``X-Forwarded-For`` when the peer is a trusted proxy.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
@@ -29,25 +33,12 @@ from tokenapi.keys import validator_key
 from tokenapi.ratelimit import RateLimiter
 
 from .errors import Handler, json_error
-from .keys import REQUEST_PRESENTED, Presented
+from .keys import REQUEST_AUTH_FAILURE, REQUEST_PRESENTED, Presented
 from .settings import Network, Settings
 
 AUTH_FAILURE_WINDOW = 60.0
 TOO_MANY = "Too many requests; try again later"
 TOO_MANY_FAILURES = "Too many failed authentications from this address; try again later"
-
-
-@dataclass(slots=True)
-class Attempt:
-    """Concurrent requests presenting the same unverified credentials from one address.
-
-    They share one reservation against the failure limit: a client firing a burst of requests
-    with a token that is not yet in the validation cache spends one unit, not one per request,
-    and gets it back unless one of them is refused.
-    """
-
-    requests: int = 0
-    failed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +49,6 @@ class RegistryLimits:
     per_token: RateLimiter | None
     auth_failures: RateLimiter | None
     trusted_proxies: tuple[Network, ...]
-    # Unverified credentials in flight, by (client IP, digest of what was presented).
-    attempts: dict[tuple[str, str], Attempt] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RegistryLimits:
@@ -127,51 +116,19 @@ def registry_ratelimit_middleware(root: web.Application) -> Middleware:
                 retry = limits.per_token.hit(key)
                 if retry is not None:
                     return too_many(TOO_MANY, retry)
-        if known is not None or limits.auth_failures is None:
-            # A cache hit costs no lookup and guesses nothing; it fails only if revoked since.
-            response = await handler(request)
-            if response.status == 401 and limits.auth_failures is not None:
-                limits.auth_failures.hit(ip)
-            return response
-        return await _verified(request, handler, limits, limits.auth_failures, ip, header or "")
+        response = await handler(request)
+        if (
+            limits.auth_failures is not None
+            and response.status == 401
+            and request.get(REQUEST_AUTH_FAILURE) == "invalid"
+        ):
+            # A guess: spend one unit of the address's budget; once it is gone, say so.
+            retry = limits.auth_failures.hit(ip)
+            if retry is not None:
+                return too_many(TOO_MANY_FAILURES, retry)
+        return response
 
     return throttle
-
-
-async def _verified(
-    request: web.Request,
-    handler: Handler,
-    limits: RegistryLimits,
-    failures: RateLimiter,
-    ip: str,
-    header: str,
-) -> web.StreamResponse:
-    """Run a request whose credentials need a lookup, counted against the failure limit.
-
-    The failure is counted up front and given back once no request of the group was refused:
-    counting only after the 401 would let a concurrent burst of guesses all slip through.
-    """
-    key = (ip, tokens.digest(header))
-    attempt = limits.attempts.get(key)
-    if attempt is None:
-        retry = failures.hit(ip)
-        if retry is not None:
-            return too_many(TOO_MANY_FAILURES, retry)
-        attempt = limits.attempts[key] = Attempt()
-    attempt.requests += 1
-    try:
-        response = await handler(request)
-        attempt.failed |= response.status == 401
-        return response
-    except web.HTTPUnauthorized:
-        attempt.failed = True
-        raise
-    finally:
-        attempt.requests -= 1
-        if attempt.requests == 0:
-            del limits.attempts[key]
-            if not attempt.failed:
-                failures.refund(ip)
 
 
 def _token_key(secret: str, known: bool) -> str | None:

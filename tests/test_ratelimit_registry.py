@@ -73,7 +73,7 @@ def assert_429(status: int, headers: dict[str, str], body: Any) -> int:
     return int(retry)
 
 
-async def test_registry_limits__random_tokens_trip_the_failure_limit_and_stop_reaching_the_store(
+async def test_registry_limits__random_tokens_trip_the_failure_limit(
     start_server: StartServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = await start_server(npm_upstream=UNREACHABLE, registry_auth_failures=5)
@@ -86,9 +86,9 @@ async def test_registry_limits__random_tokens_trip_the_failure_limit_and_stop_re
             assert_429(status, headers, body)
     assert statuses[:5] == [401] * 5
     assert statuses[5:] == [429] * 35
-    # Only the guesses let through before the limit tripped were looked up.
-    assert calls["lookup_digest"] == 5
-    assert server.validator.store_lookups == 5
+    # Each guess costs its one indexed lookup (it might have been a valid token), never more.
+    assert calls["lookup_digest"] == 40
+    assert server.validator.store_lookups == 40
 
 
 async def test_registry_limits__bad_checksums_never_reach_the_store(
@@ -147,19 +147,66 @@ async def test_registry_limits__known_token_passes_from_a_blocked_address(
         await whoami(server, random_token())
     assert (await whoami(server, random_token()))[0] == 429
     assert (await whoami(server, secret))[0] == 200
-    # A valid token not yet validated is refused with the rest: it would need a store lookup.
+    # A valid token not yet validated is served too: other tokens' failures never refuse it.
     cold = await server.token("other@example.com")
-    assert (await whoami(server, cold))[0] == 429
+    status, _, body = await whoami(server, cold)
+    assert (status, body) == (200, {"username": "other@example.com"})
+    assert (await whoami(server, random_token()))[0] == 429  # guesses stay refused
 
 
-async def test_registry_limits__revoked_token_is_a_failure(start_server: StartServer) -> None:
+async def test_registry_limits__many_valid_cold_tokens_from_a_blocked_address_all_pass(
+    start_server: StartServer,
+) -> None:
+    # A shared CI runner: one job guesses, fifty others start with fresh (uncached) tokens.
+    server = await start_server(npm_upstream=UNREACHABLE, registry_auth_failures=2)
+    secrets_ = [await server.token(f"ci{i}@example.com") for i in range(50)]
+    async with aiohttp.ClientSession() as http:
+
+        async def one(secret: str) -> int:
+            headers = {"Authorization": f"Bearer {secret}"}
+            async with http.get(server.url / "npm" / "-" / "whoami", headers=headers) as resp:
+                await resp.read()
+                return resp.status
+
+        guesses = await asyncio.gather(*(one(random_token()) for _ in range(20)))
+        assert guesses.count(429) == 18
+        statuses = await asyncio.gather(*(one(s) for s in secrets_), one(random_token()))
+    assert statuses == [200] * 50 + [429]
+
+
+async def test_registry_limits__revoked_token_always_gets_a_fast_401_and_spends_nothing(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # npm retries 429s for minutes (10 s / 60 s) and gives up at once on a 401.
     server = await start_server(npm_upstream=UNREACHABLE, registry_auth_failures=2)
     secret = await server.token()
     assert (await whoami(server, secret))[0] == 200
     (token,) = await server.store.list_tokens()
-    server.validator.forget(tokens.digest(secret))
     await server.store.revoke_token(token.id)
-    assert [(await whoami(server, secret))[0] for _ in range(4)] == [401, 401, 429, 429]
+    server.validator.forget(tokens.digest(secret))
+    calls = count_store_calls(server, monkeypatch)
+    statuses = [(await whoami(server, secret))[0] for _ in range(100)]
+    assert statuses == [401] * 100
+    # Known dead: one check that it was revoked, then answered from memory.
+    assert calls["digest_revoked"] == 1
+    # The address's budget for guesses is untouched.
+    assert [(await whoami(server, random_token()))[0] for _ in range(3)] == [401, 401, 429]
+    # And once guesses used it up, the revoked token still gets 401, never 429.
+    assert [(await whoami(server, secret))[0] for _ in range(5)] == [401] * 5
+
+
+async def test_registry_limits__revoked_while_cached_gets_401_not_429(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(npm_upstream=UNREACHABLE, registry_auth_failures=1)
+    secret = await server.token()
+    assert (await whoami(server, secret))[0] == 200  # cached
+    await whoami(server, random_token())
+    assert (await whoami(server, random_token()))[0] == 429  # budget gone
+    (token,) = await server.store.list_tokens()
+    await server.store.revoke_token(token.id)
+    server.validator.forget(tokens.digest(secret))
+    assert [(await whoami(server, secret))[0] for _ in range(5)] == [401] * 5
 
 
 async def test_registry_limits__per_token_rate(start_server: StartServer) -> None:
