@@ -29,12 +29,12 @@ def _iso(ts: float | None) -> str | None:
 
 
 def _store_settings(ns: argparse.Namespace) -> Settings:
-    flags = {"config": ns.config, "data_dir": ns.data_dir}
+    flags = {"config": ns.config, "data_dir": ns.data_dir, "database_url": ns.database_url}
     return settings_mod.load(flags)
 
 
 async def _with_store(settings: Settings) -> Store:
-    return await Store.open(settings.db_path)
+    return await Store.open(settings.database)
 
 
 async def _token_create(ns: argparse.Namespace) -> int:
@@ -157,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     def store_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", metavar="FILE", help="TOML settings file")
         p.add_argument("--data-dir", dest="data_dir", help="data directory [env PKGATE_DATA_DIR]")
+        p.add_argument(
+            "--database-url",
+            dest="database_url",
+            help="sqlite:///PATH or postgresql://... [env PKGATE_DATABASE_URL]",
+        )
 
     token_p = sub.add_parser("token", help="manage tokens").add_subparsers(
         dest="action", required=True

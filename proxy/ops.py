@@ -16,12 +16,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """The store answers; 503 when it does not."""
+    """Ready when tokens can be validated: the token lookup answers and, on PostgreSQL, the
+    revocation listener is connected; otherwise 503 saying what is wrong (never a secret)."""
     try:
         await request.app[store_key].ping()
-    except StoreUnavailable:
+    except StoreUnavailable as exc:
         return web.json_response(
-            {"status": "unavailable", "error": "store unreachable"}, status=503
+            {"status": "unavailable", "error": "store unreachable", "detail": str(exc)},
+            status=503,
         )
     return web.json_response({"status": "ready"})
 

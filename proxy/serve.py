@@ -59,12 +59,16 @@ def _run_worker(settings: Settings, sock: socket.socket) -> None:
     )
 
 
+async def _migrate(settings: Settings) -> None:
+    store = await Store.open(settings.database)
+    await store.close()
+
+
 def serve(settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit status."""
     configure_logging(settings)
     # Migrate once before any worker starts, and fail early on an unusable data directory.
-    store = asyncio.run(Store.open(settings.db_path))
-    asyncio.run(store.close())
+    asyncio.run(_migrate(settings))
     sock = _listen(settings)
     host, port = sock.getsockname()[:2]
     log.info(

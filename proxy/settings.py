@@ -227,6 +227,18 @@ def _vhost(value: Any) -> str | None:
     return text
 
 
+def _database_url(value: Any) -> str:
+    text = _str(value).strip()
+    if text.startswith("sqlite:///") and len(text) > len("sqlite:///"):
+        return text
+    if text.startswith(("postgresql://", "postgres://")):
+        url = URL(text)
+        if not url.host:
+            raise ValueError("a postgresql:// URL needs a host, e.g. postgresql://u:p@db:5432/pkgate")
+        return text
+    raise ValueError("expected sqlite:///PATH or postgresql://user:password@host:port/dbname")
+
+
 def setting(default: Any, parse: Callable[[Any], Any], help: str, *, secret: bool = False) -> Any:
     return field(default=default, metadata={"parse": parse, "help": help, "secret": secret})
 
@@ -241,6 +253,12 @@ class Settings:
         None, _public_url, "origin (and optional path) clients use; default http://HOST:PORT"
     )
     data_dir: Path = setting(Path("pkgate-data"), lambda v: Path(_str(v)), "data directory")
+    database_url: str | None = setting(
+        None,
+        _database_url,
+        "sqlite:///PATH or postgresql://user:pass@host:port/db; default DATA_DIR/pkgate.db",
+        secret=True,
+    )
     npm_upstream: str | None = setting(None, _opt_upstream, "upstream npm registry base URL")
     pypi_upstream: str | None = setting(
         None, _opt_upstream, "upstream simple index URL (ends in /simple/)"
@@ -325,7 +343,17 @@ class Settings:
 
     @property
     def db_path(self) -> Path:
+        """The SQLite file (when the store is SQLite)."""
+        if self.database_url is not None and self.database_url.startswith("sqlite:///"):
+            return Path(self.database_url[len("sqlite:///") :])
         return self.data_dir / "pkgate.db"
+
+    @property
+    def database(self) -> Path | str:
+        """What the store opens: the SQLite file, or the PostgreSQL URL."""
+        if self.database_url is None or self.database_url.startswith("sqlite:///"):
+            return self.db_path
+        return self.database_url
 
     @property
     def outbox_dir(self) -> Path:

@@ -7,7 +7,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from yarl import URL
 from proxy.app import create_app
 from proxy.server import SafeAppRunner
 from proxy.settings import Settings
+from tests import pg
 from tokenapi.issue import ensure_user, issue_token
 from tokenapi.keys import recorder_key, store_key, validator_key
 from tokenapi.lastused import UsageRecorder
@@ -123,6 +124,37 @@ async def serve_app(app: web.Application) -> tuple[web.AppRunner, URL]:
     await runner.setup()
     await web.SockSite(runner, sock).start()
     return runner, URL(f"http://127.0.0.1:{sock.getsockname()[1]}")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[pg.PostgresServer]:
+    """One throwaway PostgreSQL server for the session (see tests/pg.py).
+
+    Skipped when PostgreSQL is not installed, except under tests/run.sh or CI, where it fails.
+    """
+    server = pg.start_server()
+    if server is None:
+        message = "PostgreSQL is not installed (tests/run.sh installs it)"
+        if pg.required():
+            pytest.fail(message)
+        pytest.skip(message)
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def postgres_url(postgres: pg.PostgresServer) -> str:
+    """A fresh, empty PostgreSQL database for one test."""
+    return postgres.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store URL of a fresh database, once per backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'db' / 'pkgate.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# PostgreSQL for the store tests (SPEC §17): the distribution's server package; the tests start a
+# throwaway cluster themselves (tests/pg.py) as an unprivileged user. Under run.sh they never skip.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get -o DPkg::Lock::Timeout=300 update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
+      --no-install-recommends postgresql
+  else
+    echo "tests/run.sh: PostgreSQL is missing and cannot be installed (not root or no apt-get)" >&2
+    exit 1
+  fi
+fi
+export PKGATE_REQUIRE_POSTGRES=1
+
 .venv/bin/ruff check .
 .venv/bin/mypy
 exec .venv/bin/pytest "$@"

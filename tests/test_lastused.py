@@ -1,15 +1,15 @@
-from pathlib import Path
 
 import pytest
 
+from tokenapi.errors import StoreUnavailable
 from tokenapi.issue import ensure_user, issue_token
 from tokenapi.lastused import UsageRecorder
 from tokenapi.store import Store
 
 
 @pytest.fixture
-async def store(tmp_path: Path):
-    s = await Store.open(tmp_path / "pkgate.db")
+async def store(database_url: str):
+    s = await Store.open(database_url)
     yield s
     await s.close()
 
@@ -64,15 +64,15 @@ async def test_running__final_flush_on_exit(store: Store) -> None:
     assert token.last_used_at == 123.0
 
 
-async def test_flush__failure_keeps_pending_uses(tmp_path: Path) -> None:
-    broken = await Store.open(tmp_path / "f.db")
+async def test_flush__failure_keeps_pending_uses(database_url: str) -> None:
+    broken = await Store.open(database_url)
     token_id = await make_token_id(broken)
     recorder = UsageRecorder(broken, 3600)
     recorder.record(token_id, "npm", now=5.0)
     await broken.close()
-    with pytest.raises(ValueError, match="no active connection"):
+    with pytest.raises(StoreUnavailable):
         await recorder.flush()
-    healthy = await Store.open(tmp_path / "f.db")
+    healthy = await Store.open(database_url)
     try:
         recorder._store = healthy
         assert await recorder.flush() == 1

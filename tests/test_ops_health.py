@@ -5,10 +5,10 @@ from proxy.ops import setup_ops
 from tests.conftest import StartServer, serve_app
 from tokenapi.errors import StoreUnavailable
 from tokenapi.keys import store_key
-from tokenapi.store import Store
+from tokenapi.store import SqliteStore
 
 
-class UnreachableStore(Store):
+class UnreachableStore(SqliteStore):
     """A store whose database does not answer (a failed disk, a lock held past busy_timeout)."""
 
     def __init__(self) -> None:

@@ -1,16 +1,18 @@
+import asyncio
+import os
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from tokenapi import tokens
-from tokenapi.errors import Conflict, NotFound
-from tokenapi.store import SCHEMA_VERSION, Store, UsageUpdate
+from tokenapi.errors import Conflict, NotFound, StoreUnavailable
+from tokenapi.store import MIGRATIONS, SCHEMA_VERSION, Store, UsageUpdate
 
 
 @pytest.fixture
-async def store(tmp_path: Path):
-    s = await Store.open(tmp_path / "db" / "pkgate.db")
+async def store(database_url: str):
+    s = await Store.open(database_url)
     yield s
     await s.close()
 
@@ -110,3 +112,70 @@ async def test_record_usage__ignores_deleted_tokens(store: Store) -> None:
     written = await store.record_usage([UsageUpdate("no-such-id", 1.0, {"npm": (1, 1.0)})])
     assert written == 1
     assert await store.usage("no-such-id") == []
+
+
+async def test_open__instances_starting_together_migrate_once(database_url: str) -> None:
+    stores = await asyncio.gather(*(Store.open(database_url) for _ in range(4)))
+    try:
+        for s in stores:
+            assert await s.schema_version() == SCHEMA_VERSION
+        user = await stores[0].create_user("a@example.com")
+        assert await stores[3].get_user(user.id) == user
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_open__every_migration_exists_for_both_backends() -> None:
+    for number, migration in enumerate(MIGRATIONS, start=1):
+        assert migration.sqlite.strip(), f"migration {number} has no SQLite text"
+        assert migration.postgresql.strip(), f"migration {number} has no PostgreSQL text"
+
+
+async def test_open__both_backends_have_the_same_columns(tmp_path: Path, postgres_url: str) -> None:
+    lite = await Store.open(tmp_path / "p.db")
+    pg = await Store.open(postgres_url)
+    try:
+        assert await lite.tables() == await pg.tables()
+        with sqlite3.connect(tmp_path / "p.db") as db:
+            for table in await lite.tables():
+                cols = [r[1] for r in db.execute(f"PRAGMA table_info({table})")]
+                pg_cols = [
+                    r[0]
+                    for r in await pg._fetchall(
+                        "SELECT column_name FROM information_schema.columns"
+                        " WHERE table_schema = current_schema() AND table_name = ?"
+                        " ORDER BY ordinal_position",
+                        (table,),
+                    )
+                ]
+                assert cols == pg_cols, table
+    finally:
+        await lite.close()
+        await pg.close()
+
+
+async def test_open__a_damaged_file_stops_start_up(tmp_path: Path) -> None:
+    path = tmp_path / "p.db"
+    s = await Store.open(path)
+    user = await s.create_user("a@example.com")
+    for n in range(200):
+        await _token(s, user.id)
+        await s.create_user(f"u{n}@example.com")
+    await s.close()
+    with sqlite3.connect(path) as db:
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        assert db.execute("PRAGMA page_count").fetchone()[0] > 6
+    with path.open("r+b") as fh:  # pages 3-6 overwritten with random bytes
+        fh.seek(2 * page_size)
+        fh.write(os.urandom(4 * page_size))
+    with pytest.raises(StoreUnavailable, match="damaged"):
+        await Store.open(path)
+
+
+async def test_close__twice_is_harmless(database_url: str) -> None:
+    s = await Store.open(database_url)
+    await s.close()
+    await s.close()
+    with pytest.raises(StoreUnavailable):
+        await s.get_user("x")

@@ -1,5 +1,4 @@
 import asyncio
-from pathlib import Path
 
 import pytest
 
@@ -10,8 +9,8 @@ from tokenapi.validation import TokenValidator
 
 
 @pytest.fixture
-async def store(tmp_path: Path):
-    s = await Store.open(tmp_path / "pkgate.db")
+async def store(database_url: str):
+    s = await Store.open(database_url)
     yield s
     await s.close()
 
@@ -78,9 +77,9 @@ async def test_forget__revocation_in_process_is_immediate(store: Store) -> None:
     assert await validator.validate(secret) is None
 
 
-async def test_check_foreign_revocations__sees_another_connection(tmp_path: Path) -> None:
-    server_store = await Store.open(tmp_path / "pkgate.db")
-    shell_store = await Store.open(tmp_path / "pkgate.db")
+async def test_check_foreign_revocations__sees_another_connection(database_url: str) -> None:
+    server_store = await Store.open(database_url)
+    shell_store = await Store.open(database_url)
     try:
         secret = await new_secret(server_store)
         validator = TokenValidator(server_store, ttl=3600)

@@ -11,7 +11,7 @@ from yarl import URL
 
 @dataclass(frozen=True, slots=True)
 class TokenApiConfig:
-    db_path: Path
+    database: Path | str  # the SQLite file, or a postgresql:// URL
     public_url: URL
     outbox_dir: Path
     token_cache_ttl: float = 60.0

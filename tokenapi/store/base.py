@@ -1,89 +1,59 @@
-"""The SQLite store: schema migrations, users, tokens, usage, revocations, reset codes and sessions.
+"""The store interface: every query pkgate makes, written once for both backends.
 
-All access goes through one aiosqlite connection in autocommit mode; every change that must be
-atomic runs inside an explicit ``BEGIN IMMEDIATE`` transaction.  SQLite errors that mean the file
-cannot be used (read-only, full, I/O error, locked too long) surface as ``StoreUnavailable``.
+``Store`` holds the domain methods (users, tokens, usage, revocations, reset codes, sessions);
+a backend (``sqlite.SqliteStore``, ``postgres.PostgresStore``) supplies connections, transactions,
+error mapping and the few spellings that differ (``Dialect``).  SQL here is portable:
+
+- placeholders are ``?`` (the PostgreSQL backend numbers them ``$1, $2, ...``; never put ``?``
+  inside a string literal);
+- case-blind comparison is ``{d.nocase('col')} = {d.nocase('?')}``; the larger of two values is
+  ``{d.greatest('a', 'b')}``;
+- a read whose rows the same transaction then changes ends in ``{d.for_update}`` (PostgreSQL runs
+  writers concurrently; SQLite serialises them with ``BEGIN IMMEDIATE``);
+- a parameter in a ``SELECT`` list gets a ``CAST(? AS ...)`` (PostgreSQL cannot infer its type);
+- in ``ON CONFLICT ... DO UPDATE`` qualify the old row's columns with the table name.
+
+Errors that mean the database cannot be used right now surface as ``StoreUnavailable`` (with a
+message that names no secret), constraint violations as ``Conflict``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
-import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import asynccontextmanager, suppress
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import aiosqlite
+from ..errors import NotFound
 
-from .errors import Conflict, NotFound, StoreUnavailable
 
-BUSY_TIMEOUT_MS = 5000
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """The spellings that differ between the backends."""
 
-# Numbered migrations; index + 1 is the schema version recorded in PRAGMA user_version.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE users (
-        id TEXT PRIMARY KEY,
-        email TEXT NOT NULL,
-        language TEXT NOT NULL DEFAULT 'en',
-        is_admin INTEGER NOT NULL DEFAULT 0,
-        password_hash TEXT,
-        created_at REAL NOT NULL
-    );
-    CREATE UNIQUE INDEX users_email ON users (email COLLATE NOCASE);
-    CREATE TABLE tokens (
-        id TEXT PRIMARY KEY,
-        user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
-        name TEXT NOT NULL,
-        kind TEXT NOT NULL CHECK (kind IN ('email', 'api')),
-        digest TEXT NOT NULL,
-        prefix TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        last_used_at REAL,
-        revoked_at REAL
-    );
-    CREATE UNIQUE INDEX tokens_digest ON tokens (digest);
-    CREATE INDEX tokens_user ON tokens (user_id);
-    CREATE UNIQUE INDEX tokens_one_active_email ON tokens (user_id)
-        WHERE kind = 'email' AND revoked_at IS NULL;
-    CREATE TABLE token_usage (
-        token_id TEXT NOT NULL REFERENCES tokens (id) ON DELETE CASCADE,
-        ecosystem TEXT NOT NULL,
-        requests INTEGER NOT NULL DEFAULT 0,
-        last_used_at REAL NOT NULL,
-        PRIMARY KEY (token_id, ecosystem)
-    );
-    CREATE TABLE revocations (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        digest TEXT NOT NULL,
-        revoked_at REAL NOT NULL
-    );
-    CREATE TABLE reset_codes (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
-        digest TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        expires_at REAL NOT NULL,
-        failed_attempts INTEGER NOT NULL DEFAULT 0,
-        used_at REAL
-    );
-    CREATE INDEX reset_codes_user ON reset_codes (user_id);
-    CREATE TABLE sessions (
-        digest TEXT PRIMARY KEY,
-        user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
-        created_at REAL NOT NULL,
-        expires_at REAL NOT NULL
-    );
-    CREATE INDEX sessions_user ON sessions (user_id);
-    """,
+    name: str
+    nocase: Callable[[str], str]
+    greatest: Callable[[str, str], str]
+    for_update: str
+
+
+SQLITE = Dialect(
+    "sqlite",
+    nocase=lambda expr: f"{expr} COLLATE NOCASE",
+    greatest=lambda a, b: f"max({a}, {b})",
+    for_update="",
 )
-
-SCHEMA_VERSION = len(MIGRATIONS)
+POSTGRESQL = Dialect(
+    "postgresql",
+    nocase=lambda expr: f"lower({expr})",
+    greatest=lambda a, b: f"GREATEST({a}, {b})",
+    for_update=" FOR UPDATE",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,114 +112,123 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-class Store:
-    """Async facade over the SQLite database file."""
+class Cursor:
+    """The outcome of one statement: its rows (if any) and how many rows it changed."""
 
-    def __init__(self, db: aiosqlite.Connection, reader: aiosqlite.Connection, path: Path) -> None:
-        self._db = db  # writes, each in an explicit transaction
-        self._reader = reader  # reads; WAL lets it run beside a write and never see one half-done
-        self.path = path
-        self._write_lock = asyncio.Lock()
-        self.queries = 0  # incremented per statement; tests use it to prove the cache works
+    __slots__ = ("rowcount", "rows")
 
-    @classmethod
-    async def open(cls, path: Path) -> Store:
-        """Open (creating if needed) the database and apply pending migrations."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        opened: list[aiosqlite.Connection] = []
-        try:
-            for _ in range(2):
-                conn = await aiosqlite.connect(path, isolation_level=None)
-                opened.append(conn)
-                await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                await conn.execute("PRAGMA foreign_keys = ON")
-            db, reader = opened
-            await db.execute("PRAGMA journal_mode = WAL")
-            await db.execute("PRAGMA synchronous = FULL")
-            store = cls(db, reader, path)
-            await store._migrate()
-        except sqlite3.Error as exc:
-            for conn in opened:
-                await conn.close()
-            raise StoreUnavailable(f"cannot open database {path}: {exc}") from exc
-        except BaseException:
-            for conn in opened:
-                await conn.close()
-            raise
-        return store
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self.rows = rows
+        self.rowcount = rowcount
 
+    async def fetchone(self) -> Any:
+        return self.rows[0] if self.rows else None
+
+    async def fetchall(self) -> list[Any]:
+        return list(self.rows)
+
+
+class Execution:
+    """``await tx.execute(...)`` or ``async with tx.execute(...) as cur`` (as aiosqlite)."""
+
+    __slots__ = ("_awaitable",)
+
+    def __init__(self, awaitable: Awaitable[Cursor]) -> None:
+        self._awaitable = awaitable
+
+    def __await__(self) -> Generator[Any, None, Cursor]:
+        return self._awaitable.__await__()
+
+    async def __aenter__(self) -> Cursor:
+        return await self._awaitable
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+class Tx(ABC):
+    """One open write transaction."""
+
+    @abstractmethod
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> Execution: ...
+
+    @abstractmethod
+    async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None: ...
+
+
+class Store(ABC):
+    """Every query pkgate makes; a backend subclass supplies the connections."""
+
+    dialect: ClassVar[Dialect]
+    queries: int  # incremented per statement; tests use it to prove the cache works
+
+    @staticmethod
+    async def open(target: Path | str) -> Store:
+        """Open (creating and migrating if needed) the store a path or database URL names."""
+        from . import open_store
+
+        return await open_store(target)
+
+    # -- what a backend provides ----------------------------------------------------------
+
+    @property
+    def d(self) -> Dialect:
+        return self.dialect
+
+    @abstractmethod
     async def close(self) -> None:
-        await self._reader.close()
-        await self._db.close()
+        """Close every connection; safe to call twice, and never leaves one open on error."""
 
-    async def _migrate(self) -> None:
-        for number, script in enumerate(MIGRATIONS, start=1):
-            if await self._schema_version() >= number:
-                continue
-            # executescript commits any open transaction first, so the whole migration,
-            # version bump included, is one script; BEGIN IMMEDIATE serialises processes.
-            try:
-                await self._db.executescript(
-                    f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
-                )
-            except sqlite3.Error:
-                if self._db.in_transaction:
-                    await self._db.execute("ROLLBACK")
-                # Another process may have applied it between our check and our BEGIN.
-                if await self._schema_version() < number:
-                    raise
+    @abstractmethod
+    async def _fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        """Run one read to its end outside any transaction."""
 
-    async def _schema_version(self) -> int:
-        async with self._db.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+    @abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Tx]:
+        """One write transaction; rolled back whole on any error."""
+
+    @abstractmethod
+    async def data_version(self) -> int:
+        """A number that changes whenever another connection may have revoked something.
+
+        SQLite: ``PRAGMA data_version``.  PostgreSQL: a counter bumped by each notification on the
+        revocation channel and by every (re)connection of the listener, so that a watcher re-reads
+        the revocation log after any gap.
+        """
+
+    async def _notify_revoked(self, tx: Tx) -> None:
+        """Tell other instances that the revocation log grew (PostgreSQL: NOTIFY)."""
+        return None
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless tokens can be validated: the token lookup answers."""
+        await self._fetchone(
+            "SELECT t.id FROM tokens t JOIN users u ON u.id = t.user_id"
+            " WHERE t.digest = ? AND t.revoked_at IS NULL",
+            ("-",),
+        )
+
+    async def table_counts(self) -> dict[str, int]:
+        """Rows per table (``pkgate db copy`` checks them)."""
+        return {t: await self.count_rows(t) for t in await self.tables()}
+
+    @abstractmethod
+    async def schema_version(self) -> int:
+        """The number of the last migration applied."""
+
+    @abstractmethod
+    async def tables(self) -> list[str]:
+        """pkgate's tables, each after the tables its foreign keys point at."""
+
+    async def count_rows(self, table: str) -> int:
+        row = await self._fetchone(f'SELECT count(*) FROM "{table}"')
+        return int(row[0])
 
     # -- plumbing -------------------------------------------------------------------------
 
     async def _fetchone(self, sql: str, params: Iterable[Any] = ()) -> Any:
         rows = await self._fetchall(sql, params)
         return rows[0] if rows else None
-
-    async def _fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
-        self.queries += 1
-        try:
-            # One call on the reader's thread runs the statement to its end.  A cursor held open
-            # across an await would let concurrent reads overlap on this connection, and while
-            # any statement is active SQLite keeps the connection's read snapshot: under steady
-            # load it was never released, so revocations and new tokens stayed invisible.
-            return list(await self._reader.execute_fetchall(sql, tuple(params)))
-        except sqlite3.DatabaseError as exc:
-            raise StoreUnavailable(str(exc)) from exc
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction; rolled back whole on any error."""
-        async with self._write_lock:
-            self.queries += 1
-            try:
-                await self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.DatabaseError as exc:
-                raise StoreUnavailable(str(exc)) from exc
-            try:
-                yield self._db
-                await self._db.execute("COMMIT")
-            except BaseException as exc:
-                with suppress(sqlite3.Error):
-                    await self._db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.IntegrityError):
-                    raise Conflict(str(exc)) from exc
-                if isinstance(exc, sqlite3.DatabaseError):
-                    raise StoreUnavailable(str(exc)) from exc
-                raise
-
-    async def ping(self) -> None:
-        """Raise StoreUnavailable unless the database answers a trivial read."""
-        await self._fetchone("SELECT 1")
-
-    async def data_version(self) -> int:
-        """SQLite's counter of commits made by other connections (other processes included)."""
-        row = await self._fetchone("PRAGMA data_version")
-        return int(row[0])
 
     # -- users ----------------------------------------------------------------------------
 
@@ -264,7 +243,7 @@ class Store:
     async def get_user_by_email(self, email: str) -> User | None:
         row = await self._fetchone(
             "SELECT id, email, language, is_admin, password_hash, created_at FROM users"
-            " WHERE email = ? COLLATE NOCASE",
+            f" WHERE {self.d.nocase('email')} = {self.d.nocase('?')}",
             (email,),
         )
         return _user(row) if row else None
@@ -309,7 +288,7 @@ class Store:
             return
         async with self.transaction() as db:
             cur = await db.execute(
-                f"UPDATE users SET {', '.join(sets)} WHERE id = ?",  # noqa: S608 - fixed columns
+                f"UPDATE users SET {', '.join(sets)} WHERE id = ?",
                 (*params, user_id),
             )
             if cur.rowcount == 0:
@@ -325,7 +304,7 @@ class Store:
             return await self._insert_token(db, user_id, name, kind, digest, prefix)
 
     async def _insert_token(
-        self, db: aiosqlite.Connection, user_id: str, name: str, kind: str, digest: str, prefix: str
+        self, db: Tx, user_id: str, name: str, kind: str, digest: str, prefix: str
     ) -> Token:
         now = time.time()
         token_id = new_id()
@@ -341,7 +320,7 @@ class Store:
     async def lookup_digest(self, digest: str) -> Token | None:
         """The active token with this digest, or None (unknown or revoked)."""
         row = await self._fetchone(
-            f"SELECT {_TOKEN_COLUMNS} FROM tokens t JOIN users u ON u.id = t.user_id"  # noqa: S608
+            f"SELECT {_TOKEN_COLUMNS} FROM tokens t JOIN users u ON u.id = t.user_id"
             " WHERE t.digest = ? AND t.revoked_at IS NULL",
             (digest,),
         )
@@ -356,7 +335,7 @@ class Store:
 
     async def get_token(self, token_id: str) -> Token | None:
         row = await self._fetchone(
-            f"SELECT {_TOKEN_COLUMNS} FROM tokens t JOIN users u ON u.id = t.user_id"  # noqa: S608
+            f"SELECT {_TOKEN_COLUMNS} FROM tokens t JOIN users u ON u.id = t.user_id"
             " WHERE t.id = ?",
             (token_id,),
         )
@@ -364,7 +343,7 @@ class Store:
 
     async def active_email_token(self, user_id: str) -> Token | None:
         row = await self._fetchone(
-            f"SELECT {_TOKEN_COLUMNS} FROM tokens t JOIN users u ON u.id = t.user_id"  # noqa: S608
+            f"SELECT {_TOKEN_COLUMNS} FROM tokens t JOIN users u ON u.id = t.user_id"
             " WHERE t.user_id = ? AND t.kind = 'email' AND t.revoked_at IS NULL",
             (user_id,),
         )
@@ -380,13 +359,13 @@ class Store:
             where.append("t.user_id = ?")
             params.append(user_id)
         if email is not None:
-            where.append("u.email = ? COLLATE NOCASE")
+            where.append(f"{self.d.nocase('u.email')} = {self.d.nocase('?')}")
             params.append(email)
         if kind is not None:
             where.append("t.kind = ?")
             params.append(kind)
         rows = await self._fetchall(
-            f"SELECT {_TOKEN_COLUMNS} FROM tokens t JOIN users u ON u.id = t.user_id"  # noqa: S608
+            f"SELECT {_TOKEN_COLUMNS} FROM tokens t JOIN users u ON u.id = t.user_id"
             f" WHERE {' AND '.join(where)} ORDER BY t.created_at DESC, t.id",
             params,
         )
@@ -396,9 +375,10 @@ class Store:
         row = await self._fetchone("SELECT count(*) FROM tokens WHERE revoked_at IS NULL")
         return int(row[0])
 
-    async def _revoke_in(self, db: aiosqlite.Connection, token_id: str, now: float) -> str | None:
+    async def _revoke_in(self, db: Tx, token_id: str, now: float) -> str | None:
         async with db.execute(
-            "SELECT digest FROM tokens WHERE id = ? AND revoked_at IS NULL", (token_id,)
+            "SELECT digest FROM tokens WHERE id = ? AND revoked_at IS NULL" + self.d.for_update,
+            (token_id,),
         ) as cur:
             row = await cur.fetchone()
         if row is None:
@@ -407,6 +387,7 @@ class Store:
         await db.execute(
             "INSERT INTO revocations (digest, revoked_at) VALUES (?, ?)", (row[0], now)
         )
+        await self._notify_revoked(db)
         return str(row[0])
 
     async def revoke_token(self, token_id: str, *, user_id: str | None = None) -> str:
@@ -417,7 +398,8 @@ class Store:
         async with self.transaction() as db:
             if user_id is not None:
                 async with db.execute(
-                    "SELECT 1 FROM tokens WHERE id = ? AND user_id = ?", (token_id, user_id)
+                    "SELECT 1 FROM tokens WHERE id = ? AND user_id = ?" + self.d.for_update,
+                    (token_id, user_id),
                 ) as cur:
                     if await cur.fetchone() is None:
                         raise NotFound("token not found")
@@ -469,20 +451,19 @@ class Store:
             return 0
         async with self.transaction() as db:
             await db.executemany(
-                "UPDATE tokens SET last_used_at = max(coalesce(last_used_at, 0), ?) WHERE id = ?",
+                "UPDATE tokens SET last_used_at ="
+                f" {self.d.greatest('coalesce(last_used_at, 0)', '?')} WHERE id = ?",
                 [(u.last_used_at, u.token_id) for u in batch],
             )
             await db.executemany(
                 "INSERT INTO token_usage (token_id, ecosystem, requests, last_used_at)"
-                " SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM tokens WHERE id = ?)"
+                " SELECT id, CAST(? AS TEXT), CAST(? AS INTEGER), CAST(? AS DOUBLE PRECISION)"
+                " FROM tokens WHERE id = ?"
                 " ON CONFLICT (token_id, ecosystem) DO UPDATE SET"
-                " requests = requests + excluded.requests,"
-                " last_used_at = max(last_used_at, excluded.last_used_at)",
-                [
-                    (u.token_id, eco, n, last, u.token_id)
-                    for u in batch
-                    for eco, (n, last) in u.counts.items()
-                ],
+                " requests = token_usage.requests + excluded.requests,"
+                " last_used_at ="
+                f" {self.d.greatest('token_usage.last_used_at', 'excluded.last_used_at')}",
+                [(eco, n, last, u.token_id) for u in batch for eco, (n, last) in u.counts.items()],
             )
         return len(batch)
 
@@ -542,7 +523,7 @@ class Store:
         async with self.transaction() as db:
             async with db.execute(
                 "SELECT id, digest FROM reset_codes WHERE user_id = ? AND used_at IS NULL"
-                " AND expires_at > ? AND failed_attempts < ?",
+                " AND expires_at > ? AND failed_attempts < ?" + self.d.for_update,
                 (user_id, now, max_attempts),
             ) as cur:
                 live = list(await cur.fetchall())
@@ -557,7 +538,8 @@ class Store:
                 return None
             await db.execute("UPDATE reset_codes SET used_at = ? WHERE id = ?", (now, match[0]))
             async with db.execute(
-                "SELECT id FROM tokens WHERE user_id = ? AND kind = 'email' AND revoked_at IS NULL",
+                "SELECT id FROM tokens WHERE user_id = ? AND kind = 'email' AND revoked_at IS NULL"
+                + self.d.for_update,
                 (user_id,),
             ) as cur:
                 old = await cur.fetchone()
