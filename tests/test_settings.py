@@ -152,3 +152,35 @@ async def test_serve__warns_about_a_mistyped_variable_at_start_up(tmp_path: Path
         "pkgate: warning: unknown environment variable PKGATE_LOGLEVEL is ignored "
         "(did you mean PKGATE_LOG_LEVEL?)"
     )
+
+
+def test_database_url__default_is_the_sqlite_file_in_data_dir(tmp_path) -> None:
+    from proxy.settings import load
+
+    s = load({"data_dir": str(tmp_path)}, env={})
+    assert s.database == tmp_path / "pkgate.db"
+
+
+def test_database_url__postgresql_is_kept_and_masked_in_describe() -> None:
+    from proxy.settings import load
+
+    s = load({"database_url": "postgresql://u:hunter2secret@db:5432/pkgate"}, env={})
+    assert s.database == "postgresql://u:hunter2secret@db:5432/pkgate"
+    assert "hunter2secret" not in str(s.describe())
+
+
+def test_database_url__sqlite_url_names_the_file(tmp_path) -> None:
+    from proxy.settings import load
+
+    s = load({"database_url": f"sqlite:///{tmp_path}/x.db"}, env={})
+    assert s.database == tmp_path / "x.db"
+    assert s.db_path == tmp_path / "x.db"
+
+
+def test_database_url__other_schemes_are_refused() -> None:
+    import pytest
+
+    from proxy.settings import SettingsError, load
+
+    with pytest.raises(SettingsError, match="database_url"):
+        load({"database_url": "mysql://u:p@h/db"}, env={})

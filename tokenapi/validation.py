@@ -2,8 +2,10 @@
 
 Positive and negative results are cached (cachetools TTL caches, bounded).  Concurrent misses for
 one digest share one store query.  Revocations made in this process evict immediately; those made
-by other processes sharing the database are noticed by polling ``PRAGMA data_version`` (a
-commit-counter read that costs no disk I/O) and reading the revocation log only when it moved.
+by other processes sharing the database are noticed by polling the store's ``data_version``
+(SQLite: ``PRAGMA data_version``, a commit counter that costs no disk I/O; PostgreSQL: a counter
+moved by LISTEN/NOTIFY and by every reconnection) and reading the revocation log only when it moved,
+from the last sequence number seen.
 """
 
 from __future__ import annotations
@@ -112,8 +114,9 @@ class TokenValidator:
         version = await self._store.data_version()
         if version == self._data_version:
             return 0
-        self._data_version = version
         seq, digests = await self._store.revocations_since(self._revocation_seq)
+        # Only now: a failed read leaves the version unseen, so the next check reads again.
+        self._data_version = version
         self._revocation_seq = seq
         for digest in digests:
             self.forget(digest)
