@@ -125,7 +125,7 @@ class TokenValidator:
     async def watch(self, interval: float = WATCH_INTERVAL) -> None:
         """Poll for revocations made by other processes until cancelled."""
         while True:
-            await asyncio.sleep(interval)
+            await self._store.wait_for_change(interval)
             try:
                 await self.check_foreign_revocations()
             except StoreUnavailable as exc:

@@ -19,6 +19,7 @@ message that names no secret), constraint violations as ``Conflict``.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 import uuid
@@ -195,6 +196,10 @@ class Store(ABC):
         revocation channel and by every (re)connection of the listener, so that a watcher re-reads
         the revocation log after any gap.
         """
+
+    async def wait_for_change(self, at_most: float) -> None:
+        """Return after ``at_most`` seconds, or earlier when the backend is told of a change."""
+        await asyncio.sleep(at_most)
 
     async def _notify_revoked(self, tx: Tx) -> None:
         """Tell other instances that the revocation log grew (PostgreSQL: NOTIFY)."""

@@ -137,6 +137,7 @@ class PostgresStore(Store):
         self._listener: asyncio.Task[None] | None = None
         self._listen_conn: asyncpg.Connection | None = None
         self.listening = asyncio.Event()
+        self._changed = asyncio.Event()
         self.listen_problem: str | None = None
         self._closed = False
 
@@ -273,6 +274,12 @@ class PostgresStore(Store):
 
     def _notified(self, *_: object) -> None:
         self._version += 1
+        self._changed.set()
+
+    async def wait_for_change(self, at_most: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), at_most)
+        self._changed.clear()
 
     async def _listen(self) -> None:
         delay = 0.05
@@ -295,6 +302,7 @@ class PostgresStore(Store):
                 await conn.add_listener(CHANNEL, self._notified)
                 # Listening from here on; bump so the watcher reads what happened meanwhile.
                 self._version += 1
+                self._changed.set()
                 self.listen_problem = None
                 self.listening.set()
                 delay = 0.05
@@ -317,6 +325,7 @@ class PostgresStore(Store):
         self.listening.clear()
         self.listen_problem = problem
         self._version += 1
+        self._changed.set()
 
     async def ping(self) -> None:
         await super().ping()
