@@ -21,6 +21,8 @@ from .registry.artifacts import ArtifactCache
 from .registry.metacache import MetadataCache
 from .registry.upstream import Upstream
 from .settings import Settings
+from .supplychain import admin as supplychain_admin
+from .supplychain import service as supplychain
 from .vhosts import mount_registry
 
 CLIENT_MAX_SIZE = 1024 * 1024
@@ -97,9 +99,10 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[settings_key] = settings
     setup_metrics(app)
-    tokenapi.http.setup(app, token_api_config(settings))
+    tokenapi.http.setup(app, token_api_config(settings), supplychain_admin.ENDPOINTS)
     app.cleanup_ctx.append(upstream_ctx)
     app.cleanup_ctx.append(cache_ctx)
+    supplychain.setup(app, settings, app[metrics_key].registry)
     setup_ops(app)
     setup_registry_limits(app, settings)
 

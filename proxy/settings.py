@@ -76,13 +76,42 @@ def _port(value: Any) -> int:
     return n
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
 def _seconds(value: Any) -> float:
+    """A duration: a number with ``s``, ``m``, ``h`` or ``d`` (``2s``, ``3d``); bare = seconds."""
     if isinstance(value, bool):
         raise ValueError("expected a number of seconds")
-    n = float(value)
+    unit = 1
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text[-1:] in _DURATION_UNITS:
+            unit, text = _DURATION_UNITS[text[-1]], text[:-1].strip()
+        value = text
+    try:
+        n = float(value) * unit
+    except (TypeError, ValueError):
+        raise ValueError("expected a duration such as 30, 2s, 10m, 72h or 3d") from None
     if not n >= 0 or n == float("inf"):
-        raise ValueError("expected a non-negative number of seconds")
+        raise ValueError("expected a non-negative duration")
     return n
+
+
+def _opt_seconds(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    return _seconds(value)
+
+
+def _paths(value: Any) -> tuple[str, ...]:
+    return tuple(_list(value))
+
+
+def _opt_path(value: Any) -> Path | None:
+    if value is None or value == "":
+        return None
+    return Path(_str(value))
 
 
 def _positive_seconds(value: Any) -> float:
@@ -334,6 +363,29 @@ class Settings:
     )
     shutdown_grace: float = setting(
         30.0, _positive_seconds, "seconds in-flight requests may take to finish on SIGTERM"
+    )
+    # Supply-chain policy (SPEC 15; proxy/supplychain/).
+    blocklist_feeds: tuple[str, ...] = setting(
+        (), _paths, "OSV sources, comma-separated: http(s) URLs or local files/directories/zips"
+    )
+    blocklist_file: Path | None = setting(
+        None, _opt_path, "TOML file of manual [[block]] entries and [[allow]] exceptions"
+    )
+    blocklist_kinds: str = setting(
+        "malicious", _choice("malicious", "all"), "malicious: only MAL- records; all: every record"
+    )
+    blocklist_refresh: float = setting(3600.0, _positive_seconds, "how often feeds are re-read")
+    min_release_age: float = setting(
+        0.0, _seconds, "withhold versions published less than this long ago (72h, 3d; 0 = off)"
+    )
+    npm_min_release_age: float | None = setting(
+        None, _opt_seconds, "npm override of min_release_age"
+    )
+    pypi_min_release_age: float | None = setting(
+        None, _opt_seconds, "PyPI override of min_release_age"
+    )
+    min_release_age_exempt: tuple[str, ...] = setting(
+        (), _paths, "package-name globs exempt from the age rule, comma-separated (@mycorp/*)"
     )
 
     @property

@@ -7,6 +7,8 @@ root application so that the registry routes share them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aiohttp import web
 
 from . import admin_api, email_api, named_api, session_api
@@ -18,13 +20,18 @@ from .openapi import openapi_handler
 from .webio import ApiState, Endpoint, api_errors
 
 
-def endpoints() -> list[Endpoint]:
-    """Every endpoint of the API, the OpenAPI document included."""
+def endpoints(extra: Sequence[Endpoint] = ()) -> list[Endpoint]:
+    """Every endpoint of the API, the OpenAPI document included.
+
+    ``extra`` are endpoints the embedding server declares itself (e.g. the proxy's admin
+    blocklist routes), documented and routed like the token API's own.
+    """
     found: list[Endpoint] = [
         *email_api.ENDPOINTS,
         *named_api.ENDPOINTS,
         *session_api.ENDPOINTS,
         *admin_api.ENDPOINTS,
+        *extra,
     ]
     found.append(
         Endpoint(
@@ -40,18 +47,20 @@ def endpoints() -> list[Endpoint]:
     return found
 
 
-def api_app() -> web.Application:
+def api_app(extra: Sequence[Endpoint] = ()) -> web.Application:
     """The API sub-application with every declared route."""
     app = web.Application(middlewares=[api_errors])
-    for endpoint in endpoints():
+    for endpoint in endpoints(extra):
         app.router.add_route(endpoint.method, endpoint.path, endpoint.handler)
     return app
 
 
-def setup(app: web.Application, config: TokenApiConfig) -> None:
-    """Open the identity resources with the app and add the token API routes."""
+def setup(
+    app: web.Application, config: TokenApiConfig, extra: Sequence[Endpoint] = ()
+) -> None:
+    """Open the identity resources with the app and add the token API routes (and ``extra``)."""
     app[config_key] = config
     app[mailer_key] = Mailer(config)
     app[api_state_key] = ApiState.from_config(config)
     app.cleanup_ctx.append(identity_ctx)
-    app.add_subapp(f"{config.public_url.path.rstrip('/')}/api", api_app())
+    app.add_subapp(f"{config.public_url.path.rstrip('/')}/api", api_app(extra))

@@ -230,7 +230,14 @@ class Blocklist:
             return
         await asyncio.to_thread(self._load_disk)
         self._session = aiohttp.ClientSession(auto_decompress=False)
-        await self.refresh()
+        if all(s.loaded for s in self.states):
+            # Every feed has its last good copy in force: refresh without holding start-up.
+            await self._read_manual()
+            self.index = Index(self._in_force(), self.manual.allows)
+            self.generation += 1
+            self._wake.set()
+        else:
+            await self.refresh()
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def close(self) -> None:

@@ -312,8 +312,11 @@ async def test_a_broken_feed_keeps_its_last_good_copy_across_restarts(tmp_path: 
     restarted = Blocklist([str(feed)], data_dir=data)
     await restarted.start()
     try:
+        assert restarted.verdict("npm", "evil", "1.0.0") is not None  # before any refresh
+        status = await restarted.refresh()
+        assert status["sources"][0]["outcome"] == "error"
+        assert status["sources"][0]["serving"] == "last-good"
         assert restarted.verdict("npm", "evil", "1.0.0") is not None
-        assert restarted.status()["sources"][0]["outcome"] == "error"
     finally:
         await restarted.close()
 
