@@ -76,7 +76,7 @@ async def test_user_create__password_from_stdin_and_admin(tmp_path: Path) -> Non
             "SELECT is_admin, password_hash FROM users WHERE email = 'root@example.com'"
         ).fetchone()
     assert is_admin == 1
-    assert pw.startswith("scrypt$")
+    assert pw.startswith("$argon2id$")
     assert "correct horse" not in pw
 
 

@@ -8,18 +8,21 @@ Failed logins are counted per address and per client IP; over the limit, logins 
 
 from __future__ import annotations
 
+import logging
 import secrets
 
 from aiohttp import hdrs, web
 
 from . import inputs
 from .clientip import client_ip
-from .errors import InvalidInput
+from .errors import InvalidInput, NotFound, StoreUnavailable
 from .keys import api_state_key, config_key, store_key
-from .passwords import verify_password_async
+from .passwords import hash_password_async, needs_rehash, verify_password_async
 from .store import User
 from .webauth import SESSION_COOKIE, authenticate, check_origin, session_digest
 from .webio import ApiError, Endpoint, iso, json_response, read_json, too_many
+
+log = logging.getLogger(__name__)
 
 BAD_LOGIN = "Invalid email or password"
 MAX_PASSWORD_LEN = 1024
@@ -81,6 +84,12 @@ async def login(request: web.Request) -> web.Response:
     if user is None or not ok:
         raise ApiError(401, BAD_LOGIN)
     state.login_email.reset(email)
+    if needs_rehash(user.password_hash):
+        # An old (scrypt) hash: the password is at hand only now, so upgrade it to Argon2id.
+        try:
+            await store.update_user(user.id, password_hash=await hash_password_async(password))
+        except (StoreUnavailable, NotFound) as exc:
+            log.warning("password hash upgrade skipped: %s", type(exc).__name__)
     value = secrets.token_urlsafe(32)
     expires_at = await store.create_session(
         session_digest(value), user.id, lifetime=config.session_lifetime
