@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector
 from tokenapi.keys import recorder_key, store_key
 from tokenapi.lastused import UsageRecorder
 
+from .accesslog import AccessLogSink, access_log_key
 from .errors import Handler
 from .keys import REQUEST_CACHE, REQUEST_ECOSYSTEM
 
@@ -54,6 +55,7 @@ class _ScrapeTimeCollector(Collector):
     def __init__(self) -> None:
         self.recorder: UsageRecorder | None = None
         self.tokens_active: int | None = None
+        self.access_log: AccessLogSink | None = None
 
     def collect(self) -> Iterator[Metric]:
         flushes = CounterMetricFamily(
@@ -72,6 +74,21 @@ class _ScrapeTimeCollector(Collector):
         yield flushes
         yield batch
         yield written
+        sink = self.access_log
+        if sink is not None:
+            for name, doc, value in (
+                ("written", "Access log lines written", sink.lines_written),
+                ("dropped", "Access log lines not kept: the buffer was full", sink.lines_dropped),
+                ("lost", "Access log lines that could not be written", sink.lines_lost),
+            ):
+                lines = CounterMetricFamily(f"pkgate_access_log_lines_{name}", doc)
+                lines.add_metric([], value)
+                yield lines
+            pending = GaugeMetricFamily(
+                "pkgate_access_log_pending_bytes", "Access log bytes waiting to be written"
+            )
+            pending.add_metric([], sink.pending_bytes)
+            yield pending
         if self.tokens_active is not None:
             active = GaugeMetricFamily("pkgate_tokens_active", "Tokens that are not revoked")
             active.add_metric([], self.tokens_active)
@@ -233,6 +250,7 @@ class Metrics:
     async def render(self, app: web.Application) -> bytes:
         """The text exposition, with the scrape-time values read from ``app`` first."""
         self._scrape.recorder = app.get(recorder_key)
+        self._scrape.access_log = app.get(access_log_key)
         store = app.get(store_key)
         self._scrape.tokens_active = await store.count_active_tokens() if store else None
         return generate_latest(self.registry)

@@ -12,7 +12,7 @@ import sys
 
 from tokenapi.store import Store
 
-from .accesslog import access_log_class, access_logger
+from .accesslog import AccessLogSink, access_log_class, access_log_key, access_logger
 from .app import create_app
 from .server import run_app
 from .settings import Settings
@@ -48,15 +48,25 @@ def _install_loop_policy() -> None:
 
 def _run_worker(settings: Settings, sock: socket.socket) -> None:
     _install_loop_policy()
+    # Opened in the worker (after the fork): its writer thread belongs to this process.
+    sink = AccessLogSink.for_settings(settings)
+    app = create_app(settings)
+    if sink is not None:
+        app[access_log_key] = sink
     # On SIGTERM run_app stops listening, waits up to shutdown_grace for in-flight requests
     # (downloads included), then runs the cleanup contexts: last-used flush, store close.
-    run_app(
-        create_app(settings),
-        sock=sock,
-        access_log=access_logger() if settings.access_log else None,
-        access_log_class=access_log_class(settings),
-        shutdown_timeout=settings.shutdown_grace,
-    )
+    # The access log is written out last, once no request can add a line.
+    try:
+        run_app(
+            app,
+            sock=sock,
+            access_log=access_logger() if sink is not None else None,
+            access_log_class=access_log_class(settings, sink),
+            shutdown_timeout=settings.shutdown_grace,
+        )
+    finally:
+        if sink is not None:
+            sink.close()
 
 
 async def _migrate(settings: Settings) -> None:

@@ -174,6 +174,12 @@ def _bool(value: Any) -> bool:
     raise ValueError("expected true or false")
 
 
+def _opt_path(value: Any) -> Path | None:
+    if value is None or value == "":
+        return None
+    return Path(_str(value))
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = _str(value).strip().lower()
@@ -352,6 +358,12 @@ class Settings:
     )
     log_level: str = setting("info", _choice("debug", "info", "warning", "error"), "log level")
     access_log: bool = setting(True, _bool, "write one JSON access log line per request")
+    access_log_file: Path | None = setting(
+        None, _opt_path, "append the access log to this file (default: stderr)"
+    )
+    access_log_flush: float = setting(
+        0.5, _positive_seconds, "seconds between batched access log writes"
+    )
     npm_host: str | None = setting(
         None, _vhost, "also serve the npm registry at the root of this host name (virtual host)"
     )

@@ -1,7 +1,6 @@
 """pkgate behind a real nginx built from deploy/nginx.conf, over TLS, with a real npm client."""
 
 import asyncio
-import io
 import json
 import shutil
 import ssl
@@ -15,7 +14,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from proxy.accesslog import access_log_class, access_logger
+from proxy.accesslog import AccessLogSink, access_log_class, access_logger
 from proxy.app import create_app
 from proxy.settings import Settings
 from tests.conftest import free_port, free_socket, isolated_env, run
@@ -84,7 +83,8 @@ class Stack:
     url: URL
     cert: Path
     app: web.Application
-    log: io.StringIO
+    log: AccessLogSink
+    log_path: Path
     registry: NpmRegistry
 
     async def token(self) -> tuple[str, str]:
@@ -93,7 +93,11 @@ class Stack:
         return token.id, secret
 
     def log_lines(self) -> list[dict[str, object]]:
-        return [json.loads(line) for line in self.log.getvalue().splitlines()]
+        return [json.loads(line) for line in self.log_text().splitlines()]
+
+    def log_text(self) -> str:
+        assert self.log.flush()
+        return self.log_path.read_text()
 
 
 @pytest.fixture
@@ -113,13 +117,13 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
             trusted_proxies=(ip_network("127.0.0.1/32"),),
             last_used_flush=0.2,
         )
-        log = io.StringIO()
-        logger = access_logger(log)
+        log_path = tmp_path / "pkgate-access.log"
+        log = AccessLogSink(path=log_path)
         app = create_app(settings)
         runner = web.AppRunner(
             app,
-            access_log=logger,
-            access_log_class=access_log_class(settings),
+            access_log=access_logger(),
+            access_log_class=access_log_class(settings, log),
             handle_signals=False,
         )
         await runner.setup()
@@ -146,14 +150,13 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
                     writer.close()
                     await writer.wait_closed()
                     break
-            yield Stack(URL(f"https://127.0.0.1:{https_port}"), cert, app, log, registry)
+            yield Stack(URL(f"https://127.0.0.1:{https_port}"), cert, app, log, log_path, registry)
         finally:
             if nginx.returncode is None:
                 nginx.terminate()
             await nginx.wait()
             await runner.cleanup()
-            for handler in list(logger.handlers):
-                logger.removeHandler(handler)
+            log.close()
 
 
 async def test_deploy_nginx__config_passes_nginx_t(stack: Stack) -> None:
@@ -188,7 +191,7 @@ async def test_deploy_nginx__large_download_streams_through_with_forwarded_clien
     # nginx replaced the client's forged X-Forwarded-For with the address it saw.
     assert line["client_ip"] == CLIENT_ADDRESS
     assert line["token_id"] == token_id
-    assert secret not in stack.log.getvalue()
+    assert secret not in stack.log_text()
 
 
 @pytest.mark.clients

@@ -1,11 +1,13 @@
 import asyncio
-import io
+import fcntl
 import json
-import logging
+import os
+import signal
 from base64 import b64encode
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from ipaddress import ip_network
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,9 +16,9 @@ from aiohttp import web
 from yarl import URL
 
 from proxy.accesslog import (
-    LOGGER_NAME,
-    JsonAccessLogger,
+    AccessLogSink,
     access_log_class,
+    access_log_key,
     access_logger,
     safe_path,
 )
@@ -24,6 +26,8 @@ from proxy.app import create_app
 from proxy.keys import REQUEST_CACHE
 from proxy.settings import Settings
 from tests.conftest import free_socket
+from tests.procs import ServerProcess
+from tests.test_shutdown import make_token
 from tokenapi.issue import ensure_user, issue_token
 from tokenapi.keys import store_key
 
@@ -34,13 +38,15 @@ UNREACHABLE = "http://127.0.0.1:9/"
 class Logged:
     url: URL
     app: web.Application
-    stream: io.StringIO
+    sink: AccessLogSink
+    path: Path
 
     def lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.stream.getvalue().splitlines()]
+        return [json.loads(line) for line in self.text().splitlines()]
 
     def text(self) -> str:
-        return self.stream.getvalue()
+        assert self.sink.flush()
+        return self.path.read_text()
 
     async def token(self, email: str = "dev@example.com") -> tuple[str, str]:
         user = await ensure_user(self.app[store_key], email)
@@ -52,35 +58,43 @@ Start = Callable[..., Awaitable[Logged]]
 
 
 @pytest.fixture
-async def logged(make_settings: Callable[..., Settings]) -> AsyncIterator[Start]:
-    """A pkgate server whose access log goes to a string buffer."""
+async def logged(make_settings: Callable[..., Settings], tmp_path: Path) -> AsyncIterator[Start]:
+    """A pkgate server whose access log goes to a file (or to the sink given)."""
     runners: list[web.AppRunner] = []
-    stream = io.StringIO()
-    logger = access_logger(stream)
+    sinks: list[AccessLogSink] = []
 
-    async def start(**overrides: Any) -> Logged:
+    async def start(sink: AccessLogSink | None = None, **overrides: Any) -> Logged:
         sock = free_socket()
         port = sock.getsockname()[1]
+        path = tmp_path / f"access-{port}.log"
         settings = make_settings(
-            port=port, public_url=f"http://127.0.0.1:{port}", npm_upstream=UNREACHABLE, **overrides
+            port=port,
+            public_url=f"http://127.0.0.1:{port}",
+            npm_upstream=UNREACHABLE,
+            access_log_file=path,
+            **overrides,
         )
+        sink = sink or AccessLogSink.for_settings(settings)
+        assert sink is not None
+        sinks.append(sink)
         app = create_app(settings)
+        app[access_log_key] = sink
         runner = web.AppRunner(
             app,
-            access_log=logger,
-            access_log_class=access_log_class(settings),
+            access_log=access_logger(),
+            access_log_class=access_log_class(settings, sink),
             handle_signals=False,
         )
         await runner.setup()
         await web.SockSite(runner, sock).start()
         runners.append(runner)
-        return Logged(URL(f"http://127.0.0.1:{port}"), app, stream)
+        return Logged(URL(f"http://127.0.0.1:{port}"), app, sink, path)
 
     yield start
     for runner in runners:
         await runner.cleanup()
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
+    for sink in sinks:
+        sink.close(timeout=0.5)
 
 
 async def get(url: URL, **kwargs: Any) -> int:
@@ -204,12 +218,8 @@ async def test_accesslog__hostile_user_agent_stays_inside_one_json_value(logged:
     assert len(line["user_agent"]) <= 256
 
 
-async def test_accesslog__cache_outcome_from_the_handler() -> None:
-    stream = io.StringIO()
-    logger = logging.getLogger(LOGGER_NAME + ".test")
-    logger.addHandler(logging.StreamHandler(stream))
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+async def test_accesslog__cache_outcome_from_the_handler(tmp_path: Path) -> None:
+    sink = AccessLogSink(path=tmp_path / "access.log")
 
     async def cached(request: web.Request) -> web.Response:
         request[REQUEST_CACHE] = "stale"
@@ -218,7 +228,10 @@ async def test_accesslog__cache_outcome_from_the_handler() -> None:
     app = web.Application()
     app.router.add_get("/x", cached)
     runner = web.AppRunner(
-        app, access_log=logger, access_log_class=JsonAccessLogger, handle_signals=False
+        app,
+        access_log=access_logger(),
+        access_log_class=access_log_class(Settings(), sink),
+        handle_signals=False,
     )
     await runner.setup()
     sock = free_socket()
@@ -227,7 +240,146 @@ async def test_accesslog__cache_outcome_from_the_handler() -> None:
         assert await get(URL(f"http://127.0.0.1:{sock.getsockname()[1]}/x")) == 200
     finally:
         await runner.cleanup()
-    [line] = [json.loads(s) for s in stream.getvalue().splitlines()]
+        sink.close()
+    [line] = [json.loads(s) for s in (tmp_path / "access.log").read_text().splitlines()]
     assert line["cache"] == "stale"
     assert line["bytes"] > 5
     assert line["ecosystem"] is None
+
+
+# ------------------------------------------------------------------ batching and durability
+
+
+async def whoami_burst(url: URL, secret: str, count: int, agent: str = "npm/11") -> list[int]:
+    """``count`` concurrent requests, each with its own ``?n=`` so every line is identifiable."""
+    headers = {"Authorization": f"Bearer {secret}", "User-Agent": agent}
+    async with aiohttp.ClientSession() as http:
+
+        async def one(n: int) -> int:
+            async with http.get(url / "npm/-/whoami" % {"n": str(n)}, headers=headers) as r:
+                await r.read()
+                return r.status
+
+        return list(await asyncio.gather(*(one(n) for n in range(count))))
+
+
+async def test_accesslog__every_request_of_a_burst_is_written_once(logged: Start) -> None:
+    server = await logged()
+    token_id, secret = await server.token()
+    statuses = await whoami_burst(server.url, secret, 400)
+    assert statuses == [200] * 400
+    lines = server.lines()
+    assert sorted(line["path"] for line in lines) == sorted(
+        f"/npm/-/whoami?n={n}" for n in range(400)
+    )
+    assert {line["token_id"] for line in lines} == {token_id}
+    assert server.sink.lines_written == 400
+    assert server.sink.lines_dropped == 0
+
+
+async def test_accesslog__lines_are_batched_not_written_per_request(logged: Start) -> None:
+    # A flush interval far beyond the test: nothing reaches the file until a flush asks for it.
+    server = await logged(access_log_flush=3600.0)
+    _, secret = await server.token()
+    assert await whoami_burst(server.url, secret, 50) == [200] * 50
+    assert server.path.read_text() == ""
+    assert server.sink.pending_bytes > 0
+    assert len(server.lines()) == 50
+
+
+async def test_accesslog__a_rotated_file_is_reopened(logged: Start) -> None:
+    server = await logged()
+    _, secret = await server.token()
+    assert await whoami_burst(server.url, secret, 3) == [200] * 3
+    assert len(server.lines()) == 3
+    server.path.rename(server.path.with_suffix(".1"))
+    assert await whoami_burst(server.url, secret, 2) == [200] * 2
+    assert len(server.lines()) == 2
+    assert len(server.path.with_suffix(".1").read_text().splitlines()) == 3
+
+
+async def test_accesslog__a_stalled_pipe_neither_blocks_requests_nor_loses_lines_silently(
+    logged: Start,
+) -> None:
+    """Nobody reads the log for a while: requests go on, lines past the bound are counted and the
+    log itself says how many are missing once it can be written again."""
+    read_fd, write_fd = os.pipe()
+    fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 4096)
+    sink = AccessLogSink(fd=write_fd, max_pending=16 * 1024, flush_interval=0.05)
+    server = await logged(sink=sink)
+    _, secret = await server.token()
+    # Each line is ~600 bytes (a long user agent): 300 of them are far beyond pipe + buffer.
+    statuses = await whoami_burst(server.url, secret, 300, agent="a" * 250)
+    assert statuses == [200] * 300
+    dropped_so_far = sink.lines_dropped
+    assert dropped_so_far > 0
+    async with aiohttp.ClientSession() as http, http.get(server.url / "metrics") as resp:
+        metrics = await resp.text()
+    # (The /metrics request's own line comes after its answer.)
+    assert f"pkgate_access_log_lines_dropped_total {float(dropped_so_far)}" in metrics
+
+    # The reader comes back: everything kept is written, followed by the overflow marker.
+    chunks: list[bytes] = []
+    reader = asyncio.get_running_loop().run_in_executor(None, _read_all, read_fd, chunks)
+    assert await asyncio.to_thread(sink.flush, 10.0)
+    sink.close()
+    os.close(write_fd)
+    await reader
+    os.close(read_fd)
+    lines = [json.loads(line) for line in b"".join(chunks).splitlines()]
+    requests = [line for line in lines if "event" not in line]
+    markers = [line for line in lines if line.get("event") == "access_log_overflow"]
+    assert markers
+    dropped = sum(marker["dropped"] for marker in markers)
+    assert dropped == sink.lines_dropped
+    # /metrics itself is one more request: every one of them is a line or counted in a marker.
+    assert len(requests) + dropped == 301
+    assert sink.lines_written == len(requests)
+
+
+def _read_all(fd: int, into: list[bytes]) -> None:
+    while chunk := os.read(fd, 65536):
+        into.append(chunk)
+
+
+async def test_accesslog__a_full_disk_does_not_block_requests_and_is_reported(
+    logged: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = AccessLogSink(path=Path("/dev/full"), max_pending=8 * 1024, flush_interval=0.05)
+    server = await logged(sink=sink)
+    _, secret = await server.token()
+    assert await whoami_burst(server.url, secret, 100) == [200] * 100
+    assert sink.lines_written == 0
+    assert sink.lines_dropped > 0
+    assert "keeping lines in memory" in caplog.text
+    assert "further lines are counted as dropped" in caplog.text
+    # Shutdown gives up on the disk after its timeout and says how many lines are lost.
+    await asyncio.to_thread(sink.close, 0.2)
+    assert sink.lines_lost + sink.lines_dropped == 100
+    assert f"{sink.lines_lost} line(s) could not be written" in caplog.text
+
+
+@pytest.mark.slow
+async def test_accesslog__sigterm_writes_every_pending_line(tmp_path: Path) -> None:
+    """A real server with an hour-long flush interval: only the shutdown flush can write."""
+    data_dir = tmp_path / "data"
+    token_id, secret = await make_token(data_dir)
+    log_path = tmp_path / "access.log"
+    server = ServerProcess(
+        data_dir,
+        [
+            "--npm-upstream", UNREACHABLE,
+            "--access-log-file", str(log_path),
+            "--access-log-flush", "3600",
+        ],
+    )  # fmt: skip
+    await server.start()
+    try:
+        assert await whoami_burst(server.url, secret, 200) == [200] * 200
+        assert "whoami" not in log_path.read_text()
+    finally:
+        assert await server.stop(signal.SIGTERM) == 0
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+    whoami = sorted(line["path"] for line in lines if line["path"].startswith("/npm/"))
+    assert whoami == sorted(f"/npm/-/whoami?n={n}" for n in range(200))
+    assert {line["token_id"] for line in lines if line["path"].startswith("/npm/")} == {token_id}

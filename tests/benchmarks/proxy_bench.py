@@ -137,9 +137,11 @@ def run_upstream(root: Path, port: int) -> None:
 
 
 def run_bare(path: Path, content_type: str, port: int) -> None:
-    """The baseline: a bare aiohttp handler returning fixed bytes."""
+    """The baseline: a bare aiohttp handler returning fixed bytes, on uvloop like pkgate."""
+    import uvloop
     from aiohttp import web
 
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     body = path.read_bytes()
 
     async def handler(request: web.Request) -> web.Response:
@@ -204,6 +206,13 @@ class WrkResult:
     rps: float
     p50_ms: float
     p99_ms: float
+    cpu_us: float = 0.0  # server CPU time (user + system) per request, when its pid was given
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _ms(text: str) -> float:
@@ -213,17 +222,28 @@ def _ms(text: str) -> float:
     return float(m[1]) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m[2]]
 
 
-def wrk(url: str, secret: str | None, duration: float, connections: int) -> WrkResult:
+def wrk(
+    url: str,
+    secret: str | None,
+    duration: float,
+    connections: int,
+    pid: int | None = None,
+    headers: tuple[str, ...] = (),
+) -> WrkResult:
+    """Load ``url`` with wrk; with ``pid``, also the server's CPU time per request."""
     cmd = [WRK, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", url]
-    if secret:
-        cmd[1:1] = ["-H", f"Authorization: Bearer {secret}"]
+    for header in ((f"Authorization: Bearer {secret}",) if secret else ()) + headers:
+        cmd[1:1] = ["-H", header]
+    cpu_before = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    cpu = cpu_seconds(pid) - cpu_before if pid else 0.0
     if re.search(r"Non-2xx or 3xx responses: \d+", out):
         raise RuntimeError(f"errors under load on {url}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
+    total = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
     p50 = _ms(re.search(r"^\s*50%\s+(\S+)", out, re.M)[1])  # type: ignore[index]
     p99 = _ms(re.search(r"^\s*99%\s+(\S+)", out, re.M)[1])  # type: ignore[index]
-    return WrkResult(rps, p50, p99)
+    return WrkResult(rps, p50, p99, cpu * 1e6 / total if total else 0.0)
 
 
 def curl(url: str, secret: str | None = None, headers: tuple[str, ...] = ()) -> tuple[int, bytes]:
@@ -331,20 +351,23 @@ class Bench:
         self.rows.append((item, pkgate, baseline, ratio))
         print(f"  {item}: {pkgate} vs {baseline} -> {ratio}", file=sys.stderr, flush=True)
 
-    def pkgate(self, data: str, *extra: str) -> tuple[list[str], int]:
+    def pkgate(self, data: str, *extra: str, upstream: str | None = None) -> tuple[list[str], int]:
+        """pkgate in its default configuration, its access log appended to a file.
+
+        The rate limits stay on, set above the load offered (one token makes every request).
+        """
         port = free_port()
+        upstream = upstream or self.upstream
         args = [
             PY, "-m", "proxy", "serve",
             "--port", str(port),
             "--data-dir", str(self.work / data),
-            "--npm-upstream", self.upstream + "/",
-            "--pypi-upstream", self.upstream + "/simple/",
-            "--access-log", "false",
+            "--npm-upstream", upstream + "/",
+            "--pypi-upstream", upstream + "/simple/",
+            "--access-log-file", str(self.work / data / "access.log"),
             "--log-level", "warning",
-            # Throughput is measured here, not the throttles (one token makes every request).
-            "--registry-rate-per-token", "0",
-            "--registry-rate-per-ip", "0",
-            "--registry-auth-failures", "0",
+            "--registry-rate-per-token", "1000000",
+            "--registry-rate-per-ip", "1000000",
             *extra,
         ]  # fmt: skip
         return args, port
@@ -387,21 +410,54 @@ class Bench:
                     measure()
 
     def warm_metadata(self, item: str, path: str, content_type: str) -> None:
+        """Default pkgate (log to a file) and pkgate with the log off, vs a bare uvloop handler.
+
+        The three servers run side by side and are measured in turns, ``--rounds`` times; each
+        figure is the median of its turns, so a burst of load elsewhere on the machine hits all
+        three alike.  Besides req/s, each row gives the server's CPU time per request, which
+        other load on a shared machine disturbs much less.
+        """
         ns = self.ns
-        secret = self.token("warm")
-        args, port = self.pkgate("warm")
-        with process(args, port):
-            url = f"http://127.0.0.1:{port}{path}"
-            status, body = curl(url, secret)
-            if status != 200:
-                return self.row(item, f"n/a (route answered {status})", "", "")
-            if "x-cache" not in curl_headers(url, secret):
-                return self.row(item, "n/a (handler not cached yet)", "", "")
-            got = wrk(url, secret, ns.duration, ns.connections)
-        bare_args, bare_port = self.bare(body, content_type)
-        with process(bare_args, bare_port):
-            base = wrk(f"http://127.0.0.1:{bare_port}/", None, ns.duration, ns.connections)
-        self.row(item, f"{got.rps:,.0f}/s", f"{base.rps:,.0f}/s bare", f"{got.rps / base.rps:.2f}x")
+        targets: dict[str, tuple[str, str | None, int]] = {}
+        body = b""
+        with contextlib.ExitStack() as stack:
+            for label, extra in (("on", ()), ("off", ("--access-log", "false"))):
+                self.serial += 1
+                data = f"warm{self.serial}"
+                secret = self.token(data)
+                args, port = self.pkgate(data, *extra)
+                pid = stack.enter_context(process(args, port))
+                url = f"http://127.0.0.1:{port}{path}"
+                status, body = curl(url, secret)
+                if status != 200:
+                    return self.row(item, f"n/a (route answered {status})", "", "")
+                if "x-cache" not in curl_headers(url, secret):
+                    return self.row(item, "n/a (handler not cached yet)", "", "")
+                targets[label] = (url, secret, pid)
+            bare_args, bare_port = self.bare(body, content_type)
+            pid = stack.enter_context(process(bare_args, bare_port))
+            targets["bare"] = (f"http://127.0.0.1:{bare_port}/", None, pid)
+            runs: dict[str, list[WrkResult]] = {label: [] for label in targets}
+            for _ in range(ns.rounds):
+                for label, (url, secret, pid) in targets.items():
+                    runs[label].append(wrk(url, secret, ns.duration, ns.connections, pid))
+        rps = {k: statistics.median(r.rps for r in v) for k, v in runs.items()}
+        cpu = {k: statistics.median(r.cpu_us for r in v) for k, v in runs.items()}
+        on, off, base = rps["on"], rps["off"], rps["bare"]
+
+        def both(a: str, b: str) -> str:
+            return f"{rps[a] / rps[b]:.2f}x ({cpu[b] / cpu[a]:.2f}x by CPU)"
+
+        def fig(k: str) -> str:
+            return f"{rps[k]:,.0f}/s, {cpu[k]:.0f} µs CPU"
+
+        self.row(f"{item}, default (log to file)", fig("on"), fig("bare") + " bare uvloop",
+                 both("on", "bare"))  # fmt: skip
+        self.row(f"{item}, access log off", fig("off"), fig("bare") + " bare uvloop",
+                 both("off", "bare"))  # fmt: skip
+        self.row(f"{item}, access log on vs off", fig("on"), fig("off") + " log off",
+                 both("on", "off"))  # fmt: skip
+        del on, off, base
 
     def cold_latency(self) -> None:
         ns = self.ns
@@ -596,6 +652,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and downloads")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="turns per server in rows 1-2 (median reported)"
+    )
     parser.add_argument(
         "--only",
         type=lambda text: {int(n) for n in text.split(",")},
