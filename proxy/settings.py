@@ -174,12 +174,6 @@ def _bool(value: Any) -> bool:
     raise ValueError("expected true or false")
 
 
-def _opt_path(value: Any) -> Path | None:
-    if value is None or value == "":
-        return None
-    return Path(_str(value))
-
-
 def _choice(*choices: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = _str(value).strip().lower()
