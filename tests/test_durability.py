@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import pkgate_cmd, run
 from tests.procs import ServerProcess
-from tokenapi.store import Store
+from tokenapi.store import Store, sqlite_path
 
 PASSWORD = "durable-password"
 CLIENTS = 24
@@ -20,18 +20,29 @@ KILL_AFTER = 60  # answered creations before the kill
 
 
 @pytest.mark.slow
-async def test_durability__kill_9_mid_burst_keeps_every_answered_token(tmp_path: Path) -> None:
+async def test_durability__kill_9_mid_burst_keeps_every_answered_token(
+    tmp_path: Path, database_url: str
+) -> None:
     data = tmp_path / "data"
     created = await run(
         *pkgate_cmd("user", "create", "--email", "d@example.com", "--password-stdin"),
         "--data-dir",
         str(data),
+        "--database-url",
+        database_url,
         input=PASSWORD.encode() + b"\n",
     )
     assert created.returncode == 0, created.output
     server = ServerProcess(
         data,
-        ["--npm-upstream", "http://127.0.0.1:9/", "--token-create-limit", "100000"],
+        [
+            "--npm-upstream",
+            "http://127.0.0.1:9/",
+            "--token-create-limit",
+            "100000",
+            "--database-url",
+            database_url,
+        ],
     )
     await server.start()
     answered: list[str] = []
@@ -80,16 +91,17 @@ async def test_durability__kill_9_mid_burst_keeps_every_answered_token(tmp_path:
         os.kill(server.proc.pid, 0)
     assert len(answered) >= KILL_AFTER
 
-    db_path = data / "pkgate.db"
     # The store opens (recovering the WAL) and the file is sound.
-    store = await Store.open(db_path)
+    store = await Store.open(database_url)
     try:
         stored = {t.id for t in await store.list_tokens()}
     finally:
         await store.close()
     missing = set(answered) - stored
     assert missing == set(), f"{len(missing)} of {len(answered)} answered tokens lost"
-    with sqlite3.connect(db_path) as db:
-        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+    db_path = sqlite_path(database_url)
+    if db_path is not None:
+        with sqlite3.connect(db_path) as db:
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            assert db.execute("PRAGMA foreign_key_check").fetchall() == []
     print(f"answered 201: {len(answered)}, stored: {len(stored)}, cut by kill: {refused_or_cut}")

@@ -112,16 +112,19 @@ def basic(secret: str) -> dict[str, str]:
     return {"Authorization": f"Basic {value}"}
 
 
-async def prepare(data: Path) -> list[str]:
+async def prepare(data: Path, database_url: str | None = None) -> list[str]:
     """A user with a password (for sessions) and the token pool, before the server starts."""
+    database = database_url or f"sqlite:///{data / 'pkgate.db'}"
     created = await run(
         *pkgate_cmd("user", "create", "--email", EMAIL, "--password-stdin"),
         "--data-dir",
         str(data),
+        "--database-url",
+        database,
         input=PASSWORD.encode() + b"\n",
     )
     assert created.returncode == 0, created.output
-    store = await Store.open(data / "pkgate.db")
+    store = await Store.open(database)
     try:
         secrets = []
         for i in range(POOL):
@@ -371,13 +374,13 @@ def report(name: str, tally: Tally, seconds: float) -> str:
 
 @pytest.mark.slow
 async def test_load__500_clients_mixed_for_a_minute(
-    tmp_path: Path, upstreams: tuple[PypiIndex, NpmRegistry]
+    tmp_path: Path, upstreams: tuple[PypiIndex, NpmRegistry], database_url: str
 ) -> None:
     index, registry = upstreams
     data = tmp_path / "data"
-    secrets = await prepare(data)
+    secrets = await prepare(data, database_url)
     limits = ["--registry-rate-per-token", "0", "--registry-rate-per-ip", "0"]
-    limits += ["--registry-auth-failures", "0"]
+    limits += ["--registry-auth-failures", "0", "--database-url", database_url]
     server = ServerProcess(data, server_args(index, registry, *limits))
     await server.start()
     started = time.monotonic()
@@ -431,10 +434,12 @@ async def test_load__rate_limits_add_only_429(
     assert set(tally.statuses) <= INTENDED
 
 
-async def test_load__store_reads_overlapping_without_pause_see_a_revocation(tmp_path: Path) -> None:
+async def test_load__store_reads_overlapping_without_pause_see_a_revocation(
+    database_url: str,
+) -> None:
     # What the load test found, at small scale: reads that always overlap on the store's reader
     # connection must still see a revocation (and a new token) once it is committed.
-    store = await Store.open(tmp_path / "pkgate.db")
+    store = await Store.open(database_url)
     try:
         user = await ensure_user(store, "r@example.com")
         token, secret = await issue_token(store, user, name="r")
