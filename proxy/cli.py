@@ -20,6 +20,7 @@ from tokenapi.store import Store, Token
 from . import discover
 from . import settings as settings_mod
 from .settings import Settings, SettingsError
+from .supplychain import cli as supplychain_cli
 
 
 def _iso(ts: float | None) -> str | None:
@@ -137,6 +138,14 @@ def _serve(ns: argparse.Namespace) -> int:
     return serve(settings)
 
 
+def _blocklist_status(ns: argparse.Namespace) -> int:
+    return supplychain_cli.blocklist_status(_store_settings(ns), ns.json)
+
+
+async def _blocklist_refresh(ns: argparse.Namespace) -> int:
+    return await supplychain_cli.blocklist_refresh(_store_settings(ns), _with_store, ns.wait)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pkgate", description="Authenticating proxy for npm and Python package registries"
@@ -190,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     ucreate.add_argument("--password-stdin", action="store_true")
     store_args(ucreate)
     ucreate.set_defaults(coro=_user_create)
+
+    supplychain_cli.add_commands(sub, store_args, _blocklist_status, _blocklist_refresh)
     return parser
 
 

@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from tokenapi.keys import store_key
 from tokenapi.webauth import require_admin
 from tokenapi.webio import ApiError, Endpoint, json_response
 
@@ -54,6 +55,9 @@ async def blocklist_refresh(request: web.Request) -> web.Response:
     chain = _chain(request)
     if chain.blocklist is None:
         raise ApiError(409, "No blocklist is configured: set blocklist_feeds or blocklist_file")
+    store = request.config_dict.get(store_key)
+    if store is not None:
+        await store.request_blocklist_refresh()  # the other processes
     await chain.blocklist.refresh()
     return json_response(with_iso_times(chain.status()))
 

@@ -44,6 +44,7 @@ log = logging.getLogger("pkgate.blocklist")
 
 KINDS: Final = ("malicious", "all")
 SNAPSHOT_VERSION: Final = 1
+STATUS_FILE: Final = "status.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,6 +418,7 @@ class Blocklist:
             fresh = self._new_entries(entries)
             if fresh:
                 await asyncio.to_thread(self._save_seen)
+            await asyncio.to_thread(self._save_status, self.status())
         if fresh:
             await self._notify(fresh)
         return self.status()
@@ -441,6 +443,17 @@ class Blocklist:
                 )
             )
         return fresh
+
+    @property
+    def status_path(self) -> Path:
+        return self.dir / STATUS_FILE
+
+    def _save_status(self, status: dict[str, Any]) -> None:
+        """The status after a refresh, for ``pkgate blocklist status`` (no server needed)."""
+        try:
+            _atomic_write(self.status_path, orjson.dumps({**status, "pid": os.getpid()}))
+        except OSError as exc:
+            log.warning("blocklist: cannot write %s: %s", self.status_path, exc)
 
     def _save_seen(self) -> None:
         try:

@@ -22,6 +22,7 @@ Every decision that changes an answer is counted in ``/metrics``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -35,7 +36,9 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tokenapi.keys import request_token
+from tokenapi.errors import StoreUnavailable
+from tokenapi.keys import request_token, store_key
+from tokenapi.store import Store
 
 from ..errors import json_error
 from ..registry.metacache import Cached, MetaEntry, body_etag
@@ -54,6 +57,7 @@ POLICY_HEADER: Final = "X-Pkgate-Policy"
 OFF_LOOP_BYTES: Final = 512 * 1024
 # Views kept (one per cache entry that the policy had to look into).
 MEMO_ENTRIES: Final = 20_000
+WATCH_INTERVAL: Final = 0.25  # seconds between looks at the database for refresh requests
 FILTERED: Final = "filtered"
 REFUSED: Final = "refused"
 
@@ -446,13 +450,62 @@ class PolicyCollector(Collector):
 supplychain_key: Final = web.AppKey("supplychain", SupplyChain)
 
 
+class RefreshWatch:
+    """Refresh a blocklist whenever a refresh request lands in the database (from any process).
+
+    Polls the store's ``data_version`` (no I/O on SQLite; a notification counter on PostgreSQL)
+    and reads the request log only when it moved.  ``prime()`` notes where the log stands;
+    requests after that are acted on by ``run()``.
+    """
+
+    def __init__(self, store: Store, blocklist: Blocklist) -> None:
+        self.store = store
+        self.blocklist = blocklist
+        self.version = 0
+        self.seen = 0
+
+    async def prime(self) -> None:
+        self.version = await self.store.data_version()
+        self.seen = await self.store.blocklist_refresh_seq()
+
+    async def check(self) -> None:
+        try:
+            now = await self.store.data_version()
+            if now == self.version:
+                return
+            self.version = now
+            latest = await self.store.blocklist_refresh_seq()
+        except StoreUnavailable as exc:
+            log.warning("blocklist: cannot read refresh requests: %s", exc)
+            return
+        if latest > self.seen:
+            self.seen = latest
+            self.blocklist.request_refresh()
+
+    async def run(self, interval: float = WATCH_INTERVAL) -> None:
+        while True:
+            await self.store.wait_for_change(interval)
+            await self.check()
+
+
 async def supplychain_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Start the blocklist (last good copies, first refresh, refresh loop) with the app."""
+    """Start the blocklist (last good copies, first refresh, refresh loop) with the app, and
+    the watch for refresh requests written to the database."""
     chain = app[supplychain_key]
     await chain.start()
+    store = app.get(store_key)
+    watch: asyncio.Task[None] | None = None
+    if store is not None and chain.blocklist is not None:
+        watcher = RefreshWatch(store, chain.blocklist)
+        await watcher.prime()
+        watch = asyncio.create_task(watcher.run(), name="pkgate-blocklist-watch")
     try:
         yield
     finally:
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
         await chain.close()
 
 

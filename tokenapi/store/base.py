@@ -447,6 +447,26 @@ class Store(ABC):
             return seq, []
         return int(rows[-1][0]), [str(r[1]) for r in rows]
 
+    # -- blocklist refresh requests --------------------------------------------------------
+
+    async def request_blocklist_refresh(self) -> int:
+        """Ask every server sharing this database to re-read its blocklist feeds now.
+
+        Signalled like a revocation (a commit other connections see; NOTIFY on PostgreSQL), so
+        watchers of ``data_version`` notice it within their poll interval.  Returns its number.
+        """
+        async with self.transaction() as db:
+            await db.execute(
+                "INSERT INTO blocklist_refreshes (requested_at) VALUES (?)", (time.time(),)
+            )
+            await self._notify_revoked(db)
+        return await self.blocklist_refresh_seq()
+
+    async def blocklist_refresh_seq(self) -> int:
+        """The number of the latest blocklist refresh request (0: none yet)."""
+        row = await self._fetchone("SELECT coalesce(max(seq), 0) FROM blocklist_refreshes")
+        return int(row[0])
+
     # -- usage ----------------------------------------------------------------------------
 
     async def record_usage(self, updates: Iterable[UsageUpdate]) -> int:
