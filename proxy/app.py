@@ -45,6 +45,7 @@ def token_api_config(settings: Settings) -> TokenApiConfig:
         token_create_per_user=settings.token_create_limit,
         login_failures=settings.login_limit,
         session_lifetime=settings.session_lifetime,
+        token_max_lifetime=settings.token_max_lifetime,
     )
 
 

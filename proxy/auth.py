@@ -2,7 +2,8 @@
 
 A middleware per registry sub-application: it reads Bearer or Basic credentials, resolves them
 through the validation cache, records the use in memory and stores the token on the request.
-Failures are 401 with the ecosystem's challenge and a JSON error; the secret is never echoed.
+Failures are 401 with the ecosystem's challenge and a JSON error naming the reason (invalid or
+revoked, "token expired", "token not valid for <ecosystem>"); the secret is never echoed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from tokenapi.credentials import MalformedCredentials, secret_from_header
 from tokenapi.errors import StoreUnavailable
 from tokenapi.keys import REQUEST_TOKEN, recorder_key, store_key, validator_key
 from tokenapi.store import Token
+from tokenapi.validation import EXPIRED, INVALID, out_of_scope
 
 from .errors import Handler, json_error
 from .keys import REQUEST_AUTH_FAILURE, REQUEST_ECOSYSTEM, REQUEST_PRESENTED, settings_key
@@ -77,12 +79,23 @@ def registry_auth_middleware(ecosystem: str, challenge: str, root: web.Applicati
                 return await handler(request)
             return unauthorized("Authentication required: send your pkgate token", challenge)
         if token is None:
-            token = await root[validator_key].validate(secret)
-        if token is None:
-            outcome = await failure_outcome(request, secret)
-            request[REQUEST_AUTH_FAILURE] = outcome
-            count(request, outcome)
-            return unauthorized("Invalid or revoked token", challenge)
+            checked = await root[validator_key].check(secret, ecosystem)
+            if checked == INVALID:
+                outcome = await failure_outcome(request, secret)
+                request[REQUEST_AUTH_FAILURE] = outcome
+                count(request, outcome)
+                return unauthorized(INVALID, challenge)
+            if isinstance(checked, str):
+                # A token pkgate issued, expired or used out of scope: not a guess.
+                outcome = "expired" if checked == EXPIRED else "out_of_scope"
+                request[REQUEST_AUTH_FAILURE] = outcome
+                count(request, outcome)
+                return unauthorized(checked, challenge)
+            token = checked
+        elif ecosystem not in token.scopes:
+            request[REQUEST_AUTH_FAILURE] = "out_of_scope"
+            count(request, "out_of_scope")
+            return unauthorized(out_of_scope(ecosystem), challenge)
         metrics = root.get(metrics_key)
         if metrics is not None:
             metrics.auth_outcome(ecosystem, "ok")

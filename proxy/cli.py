@@ -8,6 +8,7 @@ import getpass
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -41,15 +42,32 @@ async def _with_store(settings: Settings) -> Store:
 async def _token_create(ns: argparse.Namespace) -> int:
     email = inputs.normalize_email(ns.email)
     name = inputs.token_name(ns.name)
-    store = await _with_store(_store_settings(ns))
+    settings = _store_settings(ns)
+    expires_in = None if ns.expires_in is None else _number(ns.expires_in, "--expires-in")
+    expires_at = inputs.expiry(
+        expires_in, ns.expires_at, now=time.time(), max_lifetime=settings.token_max_lifetime
+    )
+    listed = None if ns.scopes is None else ns.scopes.replace(",", " ").split()
+    scopes = inputs.scopes(listed, field="--scopes")
+    store = await _with_store(settings)
     try:
         user = await ensure_user(store, email)
-        token, secret = await issue_token(store, user, name=name)
+        token, secret = await issue_token(
+            store, user, name=name, expires_at=expires_at, scopes=scopes
+        )
     finally:
         await store.close()
-    print(f"created token {token.id} ({token.prefix}…) for {user.email}", file=sys.stderr)
+    limits = f"{','.join(token.scopes)}, expires {_iso(token.expires_at) or 'never'}"
+    print(f"created token {token.id} ({token.prefix}…) for {user.email}: {limits}", file=sys.stderr)
     print(secret)
     return 0
+
+
+def _number(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidInput(f"{flag} must be a number of seconds") from None
 
 
 def _token_row(t: Token) -> dict[str, object]:
@@ -61,6 +79,8 @@ def _token_row(t: Token) -> dict[str, object]:
         "prefix": t.prefix,
         "created_at": _iso(t.created_at),
         "last_used_at": _iso(t.last_used_at),
+        "expires_at": _iso(t.expires_at),
+        "scopes": list(t.scopes),
     }
 
 
@@ -68,16 +88,19 @@ async def _token_list(ns: argparse.Namespace) -> int:
     email = inputs.normalize_email(ns.email) if ns.email else None
     store = await _with_store(_store_settings(ns))
     try:
-        rows = [_token_row(t) for t in await store.list_tokens(email=email)]
+        found = await store.list_tokens(email=email)
+        rows = [_token_row(t) for t in found]
     finally:
         await store.close()
     if ns.json:
         print(json.dumps(rows, indent=2))
         return 0
-    columns = ("id", "email", "name", "kind", "prefix", "created_at", "last_used_at")
-    widths = {c: max([len(c)] + [len(str(r[c] or "-")) for r in rows]) for c in columns}
+    columns: tuple[str, ...] = ("id", "email", "name", "kind", "prefix", "created_at")
+    columns += ("last_used_at", "expires_at", "scopes")
+    shown = [{**r, "scopes": ",".join(t.scopes)} for r, t in zip(rows, found, strict=True)]
+    widths = {c: max([len(c)] + [len(str(r[c] or "-")) for r in shown]) for c in columns}
     print("  ".join(c.upper().ljust(widths[c]) for c in columns))
-    for r in rows:
+    for r in shown:
         print("  ".join(str(r[c] or "-").ljust(widths[c]) for c in columns))
     return 0
 
@@ -178,6 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
     create = token_p.add_parser("create", help="create a token; prints only the secret")
     create.add_argument("--email", required=True)
     create.add_argument("--name", default="cli")
+    create.add_argument(
+        "--expires-in", metavar="SECONDS", help="the token stops working after SECONDS"
+    )
+    create.add_argument(
+        "--expires-at", metavar="ISO8601", help="the token stops working at this time (UTC)"
+    )
+    create.add_argument(
+        "--scopes", metavar="LIST", help="registries it works for: npm,pypi (default both)"
+    )
     store_args(create)
     create.set_defaults(coro=_token_create)
     listing = token_p.add_parser("list", help="list active tokens")

@@ -44,6 +44,7 @@ class Presented:
 REQUEST_PRESENTED = web.RequestKey("pkgate_presented", Presented)
 
 # Set by the auth middleware on a refused request that presented credentials: "invalid" (unknown,
-# malformed or unreadable: a guess) or "revoked" / "expired" (a token pkgate issued, now dead).
+# malformed or unreadable: a guess) or "revoked" / "expired" / "out_of_scope" (a token pkgate
+# issued, now dead or used outside its scopes).
 # The rate-limit middleware charges only guesses to the client address's failure budget.
 REQUEST_AUTH_FAILURE = web.RequestKey("pkgate_auth_failure", str)

@@ -40,7 +40,7 @@ from .accesslog import AccessLogSink, access_log_key
 from .errors import Handler
 from .keys import REQUEST_CACHE, REQUEST_ECOSYSTEM
 
-AUTH_OUTCOMES = ("ok", "missing", "invalid", "revoked")
+AUTH_OUTCOMES = ("ok", "missing", "invalid", "revoked", "expired", "out_of_scope")
 CACHE_OUTCOMES = ("hit", "miss", "stale", "revalidated", "bypass")
 # Status recorded when the client hung up before the answer was complete (nginx's convention).
 CLIENT_CLOSED = 499

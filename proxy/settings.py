@@ -121,6 +121,12 @@ def _positive_seconds(value: Any) -> float:
     return n
 
 
+def _opt_positive_seconds(value: Any) -> float | None:
+    if value is None or value == "" or (isinstance(value, str) and value.lower() == "none"):
+        return None
+    return _positive_seconds(value)
+
+
 _BYTE_UNITS = {
     "": 1,
     "b": 1,
@@ -319,6 +325,9 @@ class Settings:
     )
     session_lifetime: float = setting(
         7 * 24 * 3600.0, _positive_seconds, "seconds a login session lasts"
+    )
+    token_max_lifetime: float | None = setting(
+        None, _opt_positive_seconds, "longest lifetime of a named token in seconds (default none)"
     )
     registry_rate_per_token: int = setting(
         200, _non_negative_int, "registry requests per second per token, after the burst (0 = off)"

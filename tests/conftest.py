@@ -21,7 +21,7 @@ from proxy.server import SafeAppRunner
 from proxy.settings import Settings
 from tests import pg
 from tokenapi.issue import ensure_user, issue_token
-from tokenapi.keys import recorder_key, store_key, validator_key
+from tokenapi.keys import config_key, recorder_key, store_key, validator_key
 from tokenapi.lastused import UsageRecorder
 from tokenapi.store import Store
 from tokenapi.validation import TokenValidator
@@ -95,15 +95,19 @@ StartServer = Callable[..., Awaitable[RunningServer]]
 
 @pytest.fixture
 async def start_server(make_settings: Callable[..., Settings]) -> AsyncIterator[StartServer]:
-    """Start pkgate on a free port; keyword arguments override settings."""
+    """Start pkgate on a free port; keyword arguments override settings (``clock=`` replaces
+    the token side's wall clock)."""
     started: list[RunningServer] = []
 
     async def start(**overrides: Any) -> RunningServer:
         sock = free_socket()
         port = sock.getsockname()[1]
         overrides.setdefault("public_url", f"http://127.0.0.1:{port}")
+        clock = overrides.pop("clock", None)
         settings = make_settings(port=port, **overrides)
         app = create_app(settings)
+        if clock is not None:  # a controllable wall clock for token expiry and OIDC checks
+            app[config_key] = replace(app[config_key], clock=clock)
         runner = SafeAppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.SockSite(runner, sock)

@@ -308,7 +308,10 @@ async def test_status__shows_uses_before_any_flush(
 
     seen = datetime.fromisoformat(body["usage"]["npm"]["last_used_at"]).timestamp()
     assert seen >= before - 0.001
-    assert set(body) == {"id", "name", "kind", "prefix", "created_at", "last_used_at", "usage"}
+    assert set(body) == {"id", "name", "kind", "prefix", "created_at", "last_used_at", "usage"} | {
+        "expires_at",
+        "scopes",
+    }
 
 
 async def test_status__unknown_token_401(server: RunningServer) -> None:

@@ -170,6 +170,24 @@ async def _cookie_no_origin(c: Ctx, method: str, path: str, **kw: Any) -> Answer
     return await c(method, path, headers=await c.cookie(), **kw)
 
 
+async def _admin_create(c: Ctx, body: dict[str, Any], token: str | None = None) -> Answer:
+    body = {"name": "ci", "scopes": ["npm"], "expires_in": 600, **body}
+    return await c("POST", "/api/admin/tokens", json=body, token=token or await c.admin_token())
+
+
+async def _admin_raw(c: Ctx, data: str) -> Answer:
+    headers = {"Content-Type": "text/plain"}
+    return await c(
+        "POST", "/api/admin/tokens", data=data, headers=headers, token=await c.admin_token()
+    )
+
+
+async def _admin_create_429(c: Ctx) -> Answer:
+    admin = await c.admin_token()
+    await _admin_create(c, {"email": "n@example.com"}, admin)
+    return await _admin_create(c, {"email": "n@example.com"}, admin)
+
+
 ANY_ID = "00000000-0000-4000-8000-000000000000"
 
 SPECIFIC: dict[tuple[str, str, int], Scenario] = {
@@ -219,6 +237,12 @@ SPECIFIC: dict[tuple[str, str, int], Scenario] = {
     ("DELETE", "/admin/tokens/{id}", 403): lambda c: _with_token(
         c, "DELETE", f"/api/admin/tokens/{ANY_ID}"
     ),
+    ("POST", "/admin/tokens", 201): lambda c: _admin_create(c, {"email": "n@example.com"}),
+    ("POST", "/admin/tokens", 400): lambda c: _admin_create(c, {"email": "x"}),
+    ("POST", "/admin/tokens", 403): lambda c: _with_token(c, "POST", "/api/admin/tokens"),
+    ("POST", "/admin/tokens", 429): _admin_create_429,
+    ("POST", "/admin/tokens", 413): lambda c: _admin_create(c, HUGE),
+    ("POST", "/admin/tokens", 415): lambda c: _admin_raw(c, "x=1"),
     ("GET", "/openapi.json", 200): lambda c: c("GET", "/api/openapi.json"),
 }
 

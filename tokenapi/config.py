@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
@@ -31,3 +33,7 @@ class TokenApiConfig:
     login_window: float = 900.0
     session_lifetime: float = 7 * 24 * 3600.0
     smtp_timeout: float = 30.0
+    # Longest lifetime of a named token in seconds (None: unlimited); SPEC 18.
+    token_max_lifetime: float | None = None
+    # Wall-clock seconds: token expiry and OIDC checks read it (tests pass a controllable one).
+    clock: Callable[[], float] = time.time

@@ -16,7 +16,7 @@ async def identity_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open the store, watch for revocations, flush last-used; undo it all in reverse."""
     config = app[config_key]
     store = await Store.open(config.database)
-    validator = TokenValidator(store, ttl=config.token_cache_ttl)
+    validator = TokenValidator(store, ttl=config.token_cache_ttl, clock=config.clock)
     recorder = UsageRecorder(store, config.last_used_flush)
     app[store_key] = store
     app[validator_key] = validator

@@ -58,6 +58,8 @@ def token_json(token: Token, *, secret: str | None = None) -> dict[str, object]:
         "kind": token.kind,
         "prefix": token.prefix,
         "created_at": _iso(token.created_at),
+        "expires_at": _iso(token.expires_at),
+        "scopes": list(token.scopes),
     }
     if secret is not None:
         out["token"] = secret
@@ -127,7 +129,8 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def regenerate(request: web.Request) -> web.Response:
-    """Replace the presented token with a new one; the old secret is dead at once."""
+    """Replace the presented token with a new one (same expiry and scopes); the old secret is
+    dead at once."""
     token = await require_token(request)
     store = request.config_dict[store_key]
     state = request.config_dict[api_state_key]
@@ -143,6 +146,9 @@ async def regenerate(request: web.Request) -> web.Response:
             kind=token.kind,
             digest=tokens.digest(secret),
             prefix=tokens.display_prefix(secret),
+            # The successor has the same reach: same expiry, same scopes.
+            expires_at=current.expires_at,
+            scopes=current.scopes,
         )
     if old_digest is not None:
         request.config_dict[validator_key].forget(old_digest)

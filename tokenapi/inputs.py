@@ -1,10 +1,12 @@
-"""Validation of values people type: email addresses, token names, languages."""
+"""Validation of values people type: email addresses, token names, languages, lifetimes, scopes."""
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 from .errors import InvalidInput
+from .tokens import ALL_SCOPES
 
 MAX_EMAIL_LEN = 254
 MAX_NAME_LEN = 100
@@ -53,3 +55,60 @@ def language(value: object) -> str:
     if not isinstance(value, str) or value not in LANGUAGES:
         raise InvalidInput(f"language must be one of: {', '.join(LANGUAGES)}")
     return value
+
+
+def scopes(value: object, *, field: str = "scopes") -> tuple[str, ...]:
+    """A non-empty subset of ALL_SCOPES (default: all of them), in canonical order."""
+    if value is None:
+        return ALL_SCOPES
+    allowed = ", ".join(ALL_SCOPES)
+    if (
+        not isinstance(value, list | tuple)
+        or not value
+        or not all(isinstance(v, str) and v in ALL_SCOPES for v in value)
+    ):
+        raise InvalidInput(f"{field} must be a non-empty list of: {allowed}")
+    return tuple(s for s in ALL_SCOPES if s in value)
+
+
+def _timestamp(value: object) -> float:
+    if not isinstance(value, str) or len(value) > 40 or _CONTROL_RE.search(value):
+        raise InvalidInput("expires_at must be an ISO 8601 date and time")
+    text = value.strip()
+    if text[-1:] in ("z", "Z"):
+        text = text[:-1] + "+00:00"
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput("expires_at must be an ISO 8601 date and time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)  # a time without an offset is UTC
+    return when.timestamp()
+
+
+def expiry(
+    expires_in: object, expires_at: object, *, now: float, max_lifetime: float | None
+) -> float | None:
+    """When a new token expires (None: never), from ``expires_in`` (seconds) or ``expires_at``
+    (ISO 8601).  Capped by ``max_lifetime``: without either, a capped token gets the cap."""
+    if expires_in is not None and expires_at is not None:
+        raise InvalidInput("Give expires_in or expires_at, not both")
+    when: float | None = None
+    if expires_in is not None:
+        if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
+            raise InvalidInput("expires_in must be a number of seconds")
+        if not 0 < expires_in < 100 * 365 * 86400:
+            raise InvalidInput("expires_in must be a positive number of seconds")
+        when = now + float(expires_in)
+    elif expires_at is not None:
+        when = _timestamp(expires_at)
+        if when <= now:
+            raise InvalidInput("expires_at must be in the future")
+    if max_lifetime is not None:
+        if when is None:
+            return now + max_lifetime
+        if when - now > max_lifetime + 1e-6:
+            raise InvalidInput(
+                f"Token lifetime must be at most {max_lifetime:g} seconds (token_max_lifetime)"
+            )
+    return when

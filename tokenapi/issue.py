@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from . import tokens
 from .store import Store, Token, User
 
@@ -15,9 +17,18 @@ async def ensure_user(store: Store, email: str, *, language: str = "en") -> User
 
 
 async def issue_token(
-    store: Store, user: User, *, name: str, kind: str = "api"
+    store: Store,
+    user: User,
+    *,
+    name: str,
+    kind: str = "api",
+    expires_at: float | None = None,
+    scopes: Iterable[str] = tokens.ALL_SCOPES,
 ) -> tuple[Token, str]:
-    """Create a token for ``user``; returns it and its secret (shown once, never stored)."""
+    """Create a token for ``user``; returns it and its secret (shown once, never stored).
+
+    ``expires_at`` (epoch seconds, None = never) and ``scopes`` limit where and until when
+    the token works."""
     secret = tokens.generate()
     token = await store.create_token(
         user.id,
@@ -25,5 +36,7 @@ async def issue_token(
         kind=kind,
         digest=tokens.digest(secret),
         prefix=tokens.display_prefix(secret),
+        expires_at=expires_at,
+        scopes=scopes,
     )
     return token, secret

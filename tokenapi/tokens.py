@@ -11,6 +11,8 @@ RANDOM_LEN = 30
 CHECKSUM_LEN = 6
 TOKEN_LEN = len(PREFIX) + RANDOM_LEN + CHECKSUM_LEN
 DISPLAY_PREFIX_LEN = 8
+# The ecosystems a token may be limited to (SPEC 18); a token without limits has them all.
+ALL_SCOPES: tuple[str, ...] = ("npm", "pypi")
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _BASE62_SET = frozenset(BASE62)

@@ -6,6 +6,10 @@ by other processes sharing the database are noticed by polling the store's ``dat
 (SQLite: ``PRAGMA data_version``, a commit counter that costs no disk I/O; PostgreSQL: a counter
 moved by LISTEN/NOTIFY and by every reconnection) and reading the revocation log only when it moved,
 from the last sequence number seen.
+
+Tokens may expire and may be limited to some ecosystems (SPEC 18).  A cached token is checked
+against the clock on every use, and its cache entry itself never lives past its expiry, so the
+cache can never make an expired token work.  ``check`` names the reason a token is refused.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
-from cachetools import TTLCache
+from cachetools import TLRUCache, TTLCache
 
 from . import tokens
 from .errors import StoreUnavailable
@@ -25,6 +30,24 @@ log = logging.getLogger(__name__)
 
 NEGATIVE_TTL = 5.0
 WATCH_INTERVAL = 0.25
+
+INVALID = "Invalid or revoked token"
+EXPIRED = "token expired"
+
+
+def out_of_scope(ecosystem: str) -> str:
+    return f"token not valid for {ecosystem}"
+
+
+def refusal(token: Token | None, ecosystem: str | None, now: float) -> str | None:
+    """Why ``token`` may not be used in ``ecosystem`` (None: any) at ``now``; None when it may."""
+    if token is None:
+        return INVALID
+    if token.expired(now):
+        return EXPIRED
+    if ecosystem is not None and ecosystem not in token.scopes:
+        return out_of_scope(ecosystem)
+    return None
 
 
 class TokenValidator:
@@ -37,9 +60,16 @@ class TokenValidator:
         ttl: float = 60.0,
         negative_ttl: float = NEGATIVE_TTL,
         maxsize: int = 100_000,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
-        self._positive: TTLCache[str, Token] = TTLCache(maxsize, max(ttl, 1e-6))
+        self._ttl = max(ttl, 1e-6)
+        self._negative_ttl = negative_ttl
+        self.clock = clock  # wall-clock seconds; tests pass a controllable one
+        # Unrevoked tokens (expired ones too, so that their refusal names the reason).  An
+        # entry lives ``ttl`` at most, never past the token's expiry, and an expired token's
+        # entry only as long as a negative one.
+        self._positive: TLRUCache[str, Token] = TLRUCache(maxsize, self._time_to_use)
         self._negative: TTLCache[str, bool] = TTLCache(maxsize, negative_ttl)
         self._inflight: dict[str, asyncio.Future[Token | None]] = {}
         # Bumped on every eviction so that a lookup that raced a revocation is not cached.
@@ -48,8 +78,16 @@ class TokenValidator:
         self._revocation_seq = 0
         self.store_lookups = 0
 
+    def _time_to_use(self, _key: str, token: Token, now: float) -> float:
+        if token.expires_at is None:
+            return now + self._ttl
+        left = token.expires_at - self.clock()
+        if left <= 0:
+            return now + self._negative_ttl
+        return now + min(self._ttl, left)
+
     def cached(self, secret: str) -> Token | None:
-        """A cache hit, without any I/O; None on a miss or for a malformed secret.
+        """A cache hit for a token that has not expired, without any I/O; None otherwise.
 
         The checksum is not recomputed here: a digest found in the positive cache belongs to a
         secret that passed the full check when it was first looked up.
@@ -57,15 +95,33 @@ class TokenValidator:
         if len(secret) != tokens.TOKEN_LEN or not secret.startswith(tokens.PREFIX):
             return None
         try:
-            return self._positive[tokens.digest(secret)]
+            token = self._positive[tokens.digest(secret)]
         except KeyError:
             return None
+        return None if token.expired(self.clock()) else token
 
     async def validate(self, secret: str) -> Token | None:
-        """The active token for ``secret``, or None when it is malformed, unknown or revoked."""
-        hit = self.cached(secret)
-        if hit is not None:
-            return hit
+        """The usable token for ``secret``; None when malformed, unknown, revoked or expired."""
+        token = await self.resolve(secret)
+        return None if token is None or token.expired(self.clock()) else token
+
+    async def check(self, secret: str, ecosystem: str | None = None) -> Token | str:
+        """The token for ``secret`` if it may be used in ``ecosystem`` (None: any) now, else the
+        reason it is refused (INVALID, EXPIRED or "token not valid for <ecosystem>")."""
+        token = await self.resolve(secret)
+        reason = refusal(token, ecosystem, self.clock())
+        if reason is not None:
+            return reason
+        assert token is not None
+        return token
+
+    async def resolve(self, secret: str) -> Token | None:
+        """The unrevoked token for ``secret``, expired or not; None when malformed, unknown or
+        revoked.  Callers check expiry and scopes (``check`` does both)."""
+        if len(secret) == tokens.TOKEN_LEN and secret.startswith(tokens.PREFIX):
+            hit = self._positive.get(tokens.digest(secret))
+            if hit is not None:
+                return hit
         if not tokens.is_well_formed(secret):
             return None
         digest = tokens.digest(secret)

@@ -60,9 +60,9 @@ async def bearer_token(request: web.Request) -> Token | None:
         raise unauthorized("Invalid or revoked token") from None
     if secret is None:
         return None
-    token = await request.config_dict[validator_key].validate(secret)
-    if token is None:
-        raise unauthorized("Invalid or revoked token")
+    token = await request.config_dict[validator_key].check(secret)
+    if isinstance(token, str):
+        raise unauthorized(token)  # invalid, revoked or expired (the API is in every scope)
     request.config_dict[recorder_key].record(token.id, "api")
     return token
 

@@ -24,13 +24,14 @@ import hmac
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import NotFound
+from ..tokens import ALL_SCOPES
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,11 @@ class Token:
     last_used_at: float | None
     revoked_at: float | None
     email: str = ""
+    expires_at: float | None = None  # None: never expires
+    scopes: tuple[str, ...] = ALL_SCOPES
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,12 +103,39 @@ class UsageUpdate:
 
 
 _TOKEN_COLUMNS = (
-    "t.id, t.user_id, t.name, t.kind, t.prefix, t.created_at, t.last_used_at, t.revoked_at, u.email"
+    "t.id, t.user_id, t.name, t.kind, t.prefix, t.created_at, t.last_used_at, t.revoked_at,"
+    " u.email, t.expires_at, t.scopes"
 )
 
 
-def _token(row: Iterable[Any]) -> Token:
-    return Token(*row)
+def _token(row: Sequence[Any]) -> Token:
+    return Token(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        row[7],
+        row[8],
+        row[9],
+        parse_scopes(row[10]),
+    )
+
+
+def parse_scopes(stored: str) -> tuple[str, ...]:
+    """The stored, space-separated scopes as a tuple in canonical order."""
+    found = set(stored.split())
+    return tuple(s for s in ALL_SCOPES if s in found)
+
+
+def store_scopes(scopes: Iterable[str]) -> str:
+    wanted = set(scopes)
+    unknown = wanted - set(ALL_SCOPES)
+    if unknown or not wanted:
+        raise ValueError(f"bad scopes: {sorted(unknown) or 'none'}")
+    return " ".join(s for s in ALL_SCOPES if s in wanted)
 
 
 def _user(row: Any) -> User:
@@ -302,28 +335,64 @@ class Store(ABC):
     # -- tokens ---------------------------------------------------------------------------
 
     async def create_token(
-        self, user_id: str, *, name: str, kind: str, digest: str, prefix: str
+        self,
+        user_id: str,
+        *,
+        name: str,
+        kind: str,
+        digest: str,
+        prefix: str,
+        expires_at: float | None = None,
+        scopes: Iterable[str] = ALL_SCOPES,
     ) -> Token:
         """Insert a token; for ``kind='email'`` the user must not have an active one."""
         async with self.transaction() as db:
-            return await self._insert_token(db, user_id, name, kind, digest, prefix)
+            return await self._insert_token(
+                db, user_id, name, kind, digest, prefix, expires_at=expires_at, scopes=scopes
+            )
 
     async def _insert_token(
-        self, db: Tx, user_id: str, name: str, kind: str, digest: str, prefix: str
+        self,
+        db: Tx,
+        user_id: str,
+        name: str,
+        kind: str,
+        digest: str,
+        prefix: str,
+        *,
+        expires_at: float | None = None,
+        scopes: Iterable[str] = ALL_SCOPES,
     ) -> Token:
         now = time.time()
         token_id = new_id()
+        stored_scopes = store_scopes(scopes)
         await db.execute(
-            "INSERT INTO tokens (id, user_id, name, kind, digest, prefix, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (token_id, user_id, name, kind, digest, prefix, now),
+            "INSERT INTO tokens"
+            " (id, user_id, name, kind, digest, prefix, created_at, expires_at, scopes)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (token_id, user_id, name, kind, digest, prefix, now, expires_at, stored_scopes),
         )
         async with db.execute("SELECT email FROM users WHERE id = ?", (user_id,)) as cur:
             row = await cur.fetchone()
-        return Token(token_id, user_id, name, kind, prefix, now, None, None, row[0] if row else "")
+        return Token(
+            token_id,
+            user_id,
+            name,
+            kind,
+            prefix,
+            now,
+            None,
+            None,
+            row[0] if row else "",
+            expires_at,
+            parse_scopes(stored_scopes),
+        )
 
     async def lookup_digest(self, digest: str) -> Token | None:
-        """The active token with this digest, or None (unknown or revoked)."""
+        """The unrevoked token with this digest, or None (unknown or revoked).
+
+        An expired token is returned (callers say "token expired"): check ``Token.expired``.
+        """
         row = await self._fetchone(
             f"SELECT {_TOKEN_COLUMNS} FROM tokens t JOIN users u ON u.id = t.user_id"
             " WHERE t.digest = ? AND t.revoked_at IS NULL",
@@ -355,11 +424,17 @@ class Store(ABC):
         return _token(row) if row else None
 
     async def list_tokens(
-        self, *, user_id: str | None = None, email: str | None = None, kind: str | None = None
+        self,
+        *,
+        user_id: str | None = None,
+        email: str | None = None,
+        kind: str | None = None,
+        now: float | None = None,
     ) -> list[Token]:
-        """Active tokens, newest first, optionally filtered by owner id, owner email or kind."""
-        where = ["t.revoked_at IS NULL"]
-        params: list[Any] = []
+        """Active (unrevoked, unexpired at ``now``) tokens, newest first, optionally filtered by
+        owner id, owner email or kind."""
+        where = ["t.revoked_at IS NULL", "(t.expires_at IS NULL OR t.expires_at > ?)"]
+        params: list[Any] = [time.time() if now is None else now]
         if user_id is not None:
             where.append("t.user_id = ?")
             params.append(user_id)
@@ -376,8 +451,12 @@ class Store(ABC):
         )
         return [_token(r) for r in rows]
 
-    async def count_active_tokens(self) -> int:
-        row = await self._fetchone("SELECT count(*) FROM tokens WHERE revoked_at IS NULL")
+    async def count_active_tokens(self, now: float | None = None) -> int:
+        row = await self._fetchone(
+            "SELECT count(*) FROM tokens WHERE revoked_at IS NULL"
+            " AND (expires_at IS NULL OR expires_at > ?)",
+            (time.time() if now is None else now,),
+        )
         return int(row[0])
 
     async def _revoke_in(self, db: Tx, token_id: str, now: float) -> str | None:
@@ -422,6 +501,8 @@ class Store(ABC):
         kind: str,
         digest: str,
         prefix: str,
+        expires_at: float | None = None,
+        scopes: Iterable[str] = ALL_SCOPES,
     ) -> tuple[Token, str | None]:
         """Revoke ``old_token_id`` (if active) and create its successor in one transaction.
 
@@ -431,7 +512,9 @@ class Store(ABC):
             old_digest = None
             if old_token_id is not None:
                 old_digest = await self._revoke_in(db, old_token_id, time.time())
-            token = await self._insert_token(db, user_id, name, kind, digest, prefix)
+            token = await self._insert_token(
+                db, user_id, name, kind, digest, prefix, expires_at=expires_at, scopes=scopes
+            )
         return token, old_digest
 
     async def revocation_seq(self) -> int:

@@ -160,6 +160,17 @@ MIGRATIONS: tuple[Migration, ...] = (
     );
     """,
     ),
+    # 3: token lifetimes and scopes (SPEC 18).  NULL expires_at: never; scopes space-separated.
+    Migration(
+        sqlite="""
+    ALTER TABLE tokens ADD COLUMN expires_at REAL;
+    ALTER TABLE tokens ADD COLUMN scopes TEXT NOT NULL DEFAULT 'npm pypi';
+    """,
+        postgresql="""
+    ALTER TABLE tokens ADD COLUMN expires_at DOUBLE PRECISION;
+    ALTER TABLE tokens ADD COLUMN scopes TEXT NOT NULL DEFAULT 'npm pypi';
+    """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
