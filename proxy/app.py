@@ -24,6 +24,7 @@ from .settings import Settings
 from .supplychain import admin as supplychain_admin
 from .supplychain import service as supplychain
 from .vhosts import mount_registry
+from .web import setup_web
 
 CLIENT_MAX_SIZE = 1024 * 1024
 
@@ -105,6 +106,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(cache_ctx)
     supplychain.setup(app, settings, app[metrics_key].registry)
     setup_ops(app)
+    setup_web(app)
     setup_registry_limits(app, settings)
 
     # Registries last: a virtual host catches every path on its host name, so the token API and

@@ -40,6 +40,17 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
 fi
 export PKGATE_REQUIRE_POSTGRES=1
 
+# The web page tests drive the distribution's Chromium (never a browser a test tool downloads).
+if ! [ -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get -o DPkg::Lock::Timeout=300 update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq chromium
+  else
+    echo "tests/run.sh: Chromium is missing and cannot be installed (not root or no apt-get)" >&2
+    exit 1
+  fi
+fi
+
 .venv/bin/ruff check .
 .venv/bin/mypy
 exec .venv/bin/pytest "$@"

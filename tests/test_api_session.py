@@ -55,7 +55,7 @@ async def test_session__login_sets_strict_httponly_cookie(server: RunningServer)
     cookie = SimpleCookie(answer.headers["Set-Cookie"])["pkgate_session"]
     assert cookie["httponly"] is True
     assert cookie["samesite"] == "Strict"
-    assert cookie["path"] == "/api"
+    assert cookie["path"] == "/"
     assert not cookie["secure"]
     assert len(cookie.value) >= 40
     assert cookie.value not in str(snapshot(server.settings.db_path)["sessions"])
@@ -77,7 +77,7 @@ async def test_session__cookie_secure_under_https(start_server: StartServer) -> 
     assert answer.status == 200
     cookie = SimpleCookie(answer.headers["Set-Cookie"])["pkgate_session"]
     assert cookie["secure"] is True
-    assert cookie["path"] == "/reg/api"
+    assert cookie["path"] == "/reg/"
     evil = await call(
         direct,
         "POST",

@@ -1,7 +1,8 @@
 """Login sessions (``/api/session``): log in with email and password, see who you are, log out.
 
 The cookie holds a random value; the store keeps only its digest and expiry.  The cookie is
-HttpOnly and SameSite=Strict, Secure when the public URL is https, and scoped to the API path.
+HttpOnly and SameSite=Strict, Secure when the public URL is https, and scoped to the public
+path (the API and the web page at ``<public path>/``).
 Failed logins are counted per address and per client IP; over the limit, logins are refused with
 429 before the password is even checked.
 """
@@ -38,7 +39,8 @@ def _user_json(user: User) -> dict[str, object]:
 
 
 def _cookie_path(request: web.Request) -> str:
-    return f"{request.config_dict[config_key].public_url.path.rstrip('/')}/api"
+    # The whole public path: the web page at <P>/ reads the session as the API does.
+    return f"{request.config_dict[config_key].public_url.path.rstrip('/')}/"
 
 
 def _secure(request: web.Request) -> bool:

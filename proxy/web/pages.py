@@ -1,0 +1,165 @@
+"""The page handlers: server-rendered views of the same data the JSON API serves.
+
+Pages only read.  Every change (sign in and out, register, create, revoke) is made by the page's
+script through the JSON API, so the API's checks (Origin on cookie writes, rate limits, input
+rules) are the only ones there are.  Token rows are the API's own list entries
+(``tokenapi.named_api.listed``), so a field the API gains shows up here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import aiohttp_jinja2
+from aiohttp import web
+
+from tokenapi import clientsetup
+from tokenapi.errors import StoreUnavailable
+from tokenapi.keys import config_key, recorder_key, store_key
+from tokenapi.named_api import listed
+from tokenapi.store import Token
+from tokenapi.webauth import Caller
+from tokenapi.webio import iso
+
+from .keys import jinja_key, static_key
+from .security import secure_page, signed_in
+
+# Stands for the secret in the setup snippets rendered into the page; the script puts the real
+# secret in its place in the browser, so no response from the server ever holds it.
+SECRET_PLACEHOLDER = "pkg_SECRET_SHOWN_ONCE_AFTER_CREATION"
+
+PageHandler = Callable[[web.Request, Caller], Awaitable[web.StreamResponse]]
+
+
+def base_path(request: web.Request) -> str:
+    """The public URL's path without its trailing slash ("" at the root)."""
+    return request.config_dict[config_key].public_url.path.rstrip("/")
+
+
+def render(
+    request: web.Request,
+    name: str,
+    context: Mapping[str, Any],
+    *,
+    caller: Caller | None,
+    status: int = 200,
+) -> web.StreamResponse:
+    """A page from ``templates/<name>`` with the layout's shared values and security headers."""
+    base = base_path(request)
+    full = {
+        "base": base,
+        "static": request.config_dict[static_key].url,
+        "user": caller.user if caller else None,
+        "nav": "",
+        **context,
+    }
+    response = aiohttp_jinja2.render_template(name, request, full, status=status, app_key=jinja_key)
+    return secure_page(response)
+
+
+def page(
+    handler: PageHandler, *, admin: bool = False
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """A page for signed-in people: the sign-in page otherwise; 403 for non-admins on admin ones."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            caller = await signed_in(request)
+            if caller is None:
+                return await signin_page(request)
+            if admin and not caller.user.is_admin:
+                return render(
+                    request,
+                    "message.html",
+                    {
+                        "title": "For administrators only",
+                        "message": "This page is for administrators. "
+                        "Ask one if you need to see other people's tokens.",
+                    },
+                    caller=caller,
+                    status=403,
+                )
+            return await handler(request, caller)
+        except StoreUnavailable:
+            return render(
+                request,
+                "message.html",
+                {
+                    "title": "Temporarily unavailable",
+                    "message": "The token store is not answering. Try again in a few seconds.",
+                },
+                caller=None,
+                status=503,
+            )
+
+    return wrapped
+
+
+async def signin_page(request: web.Request) -> web.StreamResponse:
+    return render(request, "signin.html", {"title": "Sign in"}, caller=None)
+
+
+async def token_rows(request: web.Request, found: list[Token]) -> list[dict[str, Any]]:
+    """List entries as the API gives them, plus the per-ecosystem use of each token."""
+    recorder = request.config_dict[recorder_key]
+    rows = []
+    for token in found:
+        row: dict[str, Any] = {**listed(request, token), "email": token.email}
+        usage = await recorder.usage(token.id)
+        row["usage"] = [
+            {"ecosystem": u.ecosystem, "requests": u.requests, "last_used_at": iso(u.last_used_at)}
+            for u in sorted(usage, key=lambda u: u.ecosystem)
+        ]
+        rows.append(row)
+    return rows
+
+
+async def my_tokens(request: web.Request, caller: Caller) -> web.StreamResponse:
+    """My tokens, the form that creates one, and the setup shown after creating it."""
+    config = request.config_dict[config_key]
+    found = await request.config_dict[store_key].list_tokens(user_id=caller.user.id)
+    snippets = clientsetup.snippets(
+        config.public_url,
+        SECRET_PLACEHOLDER,
+        npm_enabled=config.npm_enabled,
+        pypi_enabled=config.pypi_enabled,
+    )
+    return render(
+        request,
+        "tokens.html",
+        {
+            "title": "My tokens",
+            "nav": "tokens",
+            "tokens": await token_rows(request, found),
+            "snippets": snippets,
+            "placeholder": SECRET_PLACEHOLDER,
+            "public_url": str(config.public_url),
+        },
+        caller=caller,
+    )
+
+
+async def admin_tokens(request: web.Request, caller: Caller) -> web.StreamResponse:
+    """Everyone's tokens; ``?email=`` keeps those whose owner's address contains the text."""
+    query = request.query.get("email", "").strip()
+    found = await request.config_dict[store_key].list_tokens()
+    if query:
+        needle = query.casefold()
+        found = [t for t in found if needle in t.email.casefold()]
+    return render(
+        request,
+        "admin_tokens.html",
+        {
+            "title": "Everyone's tokens",
+            "nav": "admin",
+            "query": query,
+            "tokens": await token_rows(request, found),
+        },
+        caller=caller,
+    )
+
+
+def setup_pages(app: web.Application, base: str) -> None:
+    app.router.add_get(f"{base}/", page(my_tokens), name="web_home")
+    app.router.add_get(f"{base}/-/admin", page(admin_tokens, admin=True), name="web_admin")

@@ -1,0 +1,257 @@
+"""My tokens in a real Chromium: create (secret shown once, copy, setup that real npm and pip use),
+revoke with a confirmation, keyboard use, a phone-sized screen and dates in the viewer's zone."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import aiohttp
+import pytest
+from playwright.async_api import Browser, Page, expect
+
+from tests.api_support import TOKEN_RE
+from tests.conftest import isolated_env, run
+from tests.web.conftest import TIMEZONE, Browsing, Site, open_context, shot, sign_in
+from tokenapi.issue import issue_token
+
+CLIENTS = ("npm", "yarn", "pnpm", "bun", "pip", "uv", "poetry")
+
+
+async def registry_status(site: Site, secret: str) -> int:
+    """The status of an authenticated npm metadata request with ``secret``."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{site.url}npm/pkg-plain", headers={"Authorization": f"Bearer {secret}"}) as resp,
+    ):
+        return resp.status
+
+
+@pytest.mark.clients
+async def test_tokens__create_shows_secret_once_with_setup_real_clients_use(
+    site: Site, page: Page, browsing: Browsing, tools: Path, tmp_path: Path
+) -> None:
+    await site.user("me@example.com")
+    await sign_in(page, site, "me@example.com")
+    await expect(page.get_by_text("You have no active tokens.")).to_be_visible()
+    await shot(page, "tokens-empty")
+
+    await page.get_by_label("Name").fill("laptop")
+    await page.get_by_label("Name").press("Enter")
+    panel = page.get_by_role("region", name="Your new token “laptop”")
+    await expect(panel).to_be_focused()
+    secret = (await page.locator("#new-secret").text_content() or "").strip()
+    assert TOKEN_RE.fullmatch(secret), secret
+    await shot(page, "tokens-created")
+
+    await panel.get_by_role("button", name="Copy token").click()
+    assert await page.evaluate("navigator.clipboard.readText()") == secret
+    await expect(page.get_by_role("status").first).to_have_text("Copied to the clipboard.")
+
+    # One snippet per client, each holding the secret and this server's URL.
+    snippets: dict[str, str] = {}
+    for details in await panel.locator("details.snippet").all():
+        client = (await details.locator("summary").text_content() or "").split()[0]
+        if await details.get_attribute("open") is None:
+            await details.locator("summary").click()
+        snippets[client] = await details.locator("pre").inner_text()
+        await details.get_by_role("button", name=f"Copy {client} setup").click()
+        assert await page.evaluate("navigator.clipboard.readText()") == snippets[client]
+    assert set(CLIENTS) <= set(snippets), snippets.keys()
+    for client in CLIENTS:
+        assert secret in snippets[client], client
+        assert f"{site.server.url.authority}/" in snippets[client], client
+
+    # The new token is listed (by its prefix, never its secret).
+    row = page.locator("#my-tokens tbody tr", has_text="laptop")
+    await expect(row).to_contain_text(secret[:8])
+    await expect(page.get_by_text("You have no active tokens.")).to_have_count(0)
+
+    # The secret never travelled in a URL, and no page the server sends holds it.
+    assert not [u for u in browsing.watch.requested if secret in u]
+    await panel.get_by_role("button", name="I have saved it").click()
+    await expect(panel).to_be_hidden()
+    await page.reload()
+    assert secret not in await page.content()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(site.url, headers={"Cookie": await cookie_header(browsing)}) as resp,
+    ):
+        assert resp.headers["Cache-Control"] == "no-store"
+        assert secret not in await resp.text()
+
+    # Real npm with the npm setup as shown, real pip with the pip setup as shown.
+    project = tmp_path / "npm-project"
+    project.mkdir()
+    (project / ".npmrc").write_text(snippets["npm"])
+    (project / "package.json").write_text(
+        json.dumps({"name": "proj", "version": "1.0.0", "private": True})
+    )
+    npm = await run(
+        "npm",
+        "install",
+        "--no-audit",
+        "pkg-plain@1.1.0",
+        cwd=project,
+        env=isolated_env(tmp_path / "npm-home"),
+    )
+    assert npm.returncode == 0, npm.output
+    assert (project / "node_modules" / "pkg-plain" / "package.json").exists()
+
+    (export,) = [line for line in snippets["pip"].splitlines() if "PIP_INDEX_URL=" in line]
+    index_url = shlex.split(export.split("export ", 1)[1])[0].split("=", 1)[1]
+    pip = await run(
+        tools / "pip",
+        "install",
+        "--no-cache-dir",
+        "--target",
+        tmp_path / "site",
+        "tinydep",
+        env=isolated_env(tmp_path / "pip-home", PIP_INDEX_URL=index_url),
+    )
+    assert pip.returncode == 0, pip.output
+    assert list((tmp_path / "site").glob("tinydep*"))
+
+    # Last use overall and per ecosystem, with counts, shown on the page.
+    await page.reload()
+    row = page.locator("#my-tokens tbody tr", has_text="laptop")
+    usage = row.locator("ul.usage")
+    await expect(usage).to_contain_text(re.compile(r"npm: \d+ requests?, last"))
+    await expect(usage).to_contain_text(re.compile(r"pypi: \d+ requests?, last"))
+    await expect(row.locator("td[data-label='Last used'] > time")).to_have_count(1)
+    await shot(page, "tokens-used")
+
+
+async def cookie_header(browsing: Browsing) -> str:
+    return "; ".join(f"{c['name']}={c['value']}" for c in await browsing.context.cookies())
+
+
+async def test_tokens__revoke_asks_first_then_token_disappears_and_stops_working(
+    site: Site, page: Page
+) -> None:
+    user = await site.user("me@example.com")
+    _, keep = await issue_token(site.server.store, user, name="laptop")
+    _, doomed = await issue_token(site.server.store, user, name="ci")
+    assert await registry_status(site, doomed) == 200
+    await sign_in(page, site, "me@example.com")
+    rows = page.locator("#my-tokens tbody tr")
+    await expect(rows).to_have_count(2)
+
+    button = page.get_by_role("button", name=f"Revoke ci ({doomed[:8]})")
+    await button.click()
+    dialog = page.get_by_role("dialog", name="Revoke this token?")
+    await expect(dialog).to_be_visible()
+    await expect(dialog).to_contain_text(f"“ci” ({doomed[:8]}…) will stop working at once.")
+    # The safe choice has the focus; Escape cancels and gives the focus back.
+    await expect(dialog.get_by_role("button", name="Cancel")).to_be_focused()
+    await shot(page, "revoke-dialog")
+    await page.keyboard.press("Escape")
+    await expect(dialog).to_be_hidden()
+    await expect(button).to_be_focused()
+    await expect(rows).to_have_count(2)
+    assert await registry_status(site, doomed) == 200
+
+    await button.click()
+    await dialog.get_by_role("button", name="Revoke").click()
+    await expect(page.get_by_role("status").first).to_have_text(
+        "Token “ci” revoked. It no longer works anywhere."
+    )
+    await expect(rows).to_have_count(1)
+    await expect(rows.first).to_contain_text("laptop")
+    await expect(page.get_by_role("heading", name="Active tokens")).to_be_focused()
+    await shot(page, "revoked")
+    assert await registry_status(site, doomed) == 401
+    assert await registry_status(site, keep) == 200
+    # Still gone after a reload: the list is the server's, not the page's memory.
+    await page.reload()
+    await expect(rows).to_have_count(1)
+
+
+async def test_tokens__bad_name_is_a_sentence(site: Site, page: Page, browsing: Browsing) -> None:
+    await site.user("me@example.com")
+    await sign_in(page, site, "me@example.com")
+    browsing.watch.expect_status(400)
+    await page.get_by_role("button", name="Create token").click()
+    await expect(page.get_by_role("alert")).to_have_text("Token name is required.")
+    await expect(page.get_by_label("Name")).to_be_focused()
+    assert await site.server.store.list_tokens() == []
+
+
+async def test_tokens__keyboard_order_and_visible_focus(site: Site, page: Page) -> None:
+    user = await site.user("me@example.com")
+    token, _ = await issue_token(site.server.store, user, name="laptop")
+    await sign_in(page, site, "me@example.com")
+    await page.goto(site.url)
+    order = []
+    for _ in range(7):
+        await page.keyboard.press("Tab")
+        order.append(
+            await page.evaluate(
+                "(() => { const e = document.activeElement;"
+                " return (e.labels && e.labels.length ? e.labels[0].textContent"
+                " : e.textContent).trim().replace(/\\s+/g, ' '); })()"
+            )
+        )
+        outline = await page.evaluate(
+            "(() => { const s = getComputedStyle(document.activeElement);"
+            " return [s.outlineStyle, s.outlineWidth]; })()"
+        )
+        assert outline[0] != "none", (order[-1], outline)
+        assert outline[1] != "0px", (order[-1], outline)
+    assert order == [
+        "Skip to content",
+        "pkgate",
+        "My tokens",
+        "Sign out",
+        "Name",
+        "Create token",
+        f"Revoke laptop ({token.prefix})",
+    ], order
+
+    # Keyboard only: the skip link lands in the content; a name and Enter create a token.
+    await page.goto(site.url)
+    await page.keyboard.press("Tab")
+    await page.keyboard.press("Enter")
+    await expect(page.locator("main")).to_be_focused()
+    await page.get_by_label("Name").focus()
+    await page.keyboard.type("keyboard")
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_role("region", name="Your new token “keyboard”")).to_be_focused()
+
+
+async def test_tokens__phone_width_and_dates_in_viewer_time_zone(
+    site: Site, browser: Browser
+) -> None:
+    user = await site.user("me@example.com")
+    _, secret = await issue_token(site.server.store, user, name="a-rather-long-token-name-here")
+    assert await registry_status(site, secret) == 200
+    phone = await open_context(browser, viewport={"width": 375, "height": 800}, is_mobile=True)
+    try:
+        page = await phone.new_page()
+        await sign_in(page, site, "me@example.com")
+        row = page.locator("#my-tokens tbody tr").first
+        created = row.locator("td[data-label='Created'] time")
+        # The server writes UTC; the page shows the viewer's zone (the context's: Tokyo).
+        await expect(created).to_contain_text("GMT+9")
+        iso = await created.get_attribute("datetime")
+        assert iso is not None
+        assert iso.endswith("Z")
+        local = datetime.fromisoformat(iso).astimezone(ZoneInfo(TIMEZONE))
+        text = re.sub(r"\s", " ", await created.text_content() or "")
+        assert text == local.strftime("%b %-d, %Y, %I:%M %p GMT+9"), (iso, text)
+        await expect(row.locator("ul.usage")).to_contain_text("npm: 1 request, last")
+        # Nothing wider than the screen.
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 375
+        await shot(page, "tokens-375")
+        await page.get_by_label("Name").fill("phone")
+        await page.get_by_role("button", name="Create token").click()
+        await expect(page.locator("#new-secret")).to_have_text(TOKEN_RE)
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 375
+        await shot(page, "tokens-created-375")
+        await phone.watch.check(phone.pages)
+    finally:
+        await phone.context.close()
