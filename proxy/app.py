@@ -43,6 +43,8 @@ def token_api_config(settings: Settings) -> TokenApiConfig:
         trusted_proxies=settings.trusted_proxies,
         register_per_email=settings.register_limit_email,
         register_per_ip=settings.register_limit_ip,
+        reset_per_email=settings.reset_limit_email,
+        reset_per_ip=settings.reset_limit_ip,
         token_create_per_user=settings.token_create_limit,
         login_failures=settings.login_limit,
         session_lifetime=settings.session_lifetime,

@@ -269,7 +269,9 @@ def _database_url(value: Any) -> str:
     if text.startswith(("postgresql://", "postgres://")):
         url = URL(text)
         if not url.host:
-            raise ValueError("a postgresql:// URL needs a host, e.g. postgresql://u:p@db:5432/pkgate")
+            raise ValueError(
+                "a postgresql:// URL needs a host, e.g. postgresql://u:p@db:5432/pkgate"
+            )
         return text
     raise ValueError("expected sqlite:///PATH or postgresql://user:password@host:port/dbname")
 
@@ -319,6 +321,10 @@ class Settings:
     register_limit_ip: int = setting(
         30, _positive_int, "token registrations per client IP per hour"
     )
+    reset_limit_email: int = setting(
+        10, _positive_int, "reset-code attempts per email address per hour"
+    )
+    reset_limit_ip: int = setting(30, _positive_int, "reset-code attempts per client IP per hour")
     token_create_limit: int = setting(20, _positive_int, "named tokens a user may create per hour")
     login_limit: int = setting(
         10, _positive_int, "failed logins per address and per IP per 15 minutes"

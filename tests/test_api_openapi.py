@@ -143,6 +143,12 @@ async def _reset_200(c: Ctx) -> Answer:
     return await c("POST", "/api/v1/tokens/reset", json={"email": "r@example.com", "code": code})
 
 
+async def _reset_429(c: Ctx) -> Answer:
+    body = {"email": "a@b.cd", "code": "AAAAAAAA"}
+    await c("POST", "/api/v1/tokens/reset", json=body)
+    return await c("POST", "/api/v1/tokens/reset", json=body)
+
+
 async def _create_429(c: Ctx) -> Answer:
     t = await c.token()
     await c("POST", "/api/tokens", json={"name": "a"}, token=t)
@@ -203,6 +209,7 @@ SPECIFIC: dict[tuple[str, str, int], Scenario] = {
     ("POST", "/v1/tokens/reset", 400): lambda c: c(
         "POST", "/api/v1/tokens/reset", json={"email": "a@b.cd", "code": "AAAAAAAA"}
     ),
+    ("POST", "/v1/tokens/reset", 429): _reset_429,
     ("DELETE", "/v1/tokens", 200): lambda c: _with_token(c, "DELETE", "/api/v1/tokens"),
     ("GET", "/tokens", 200): lambda c: _with_token(c, "GET", "/api/tokens"),
     ("POST", "/tokens", 201): lambda c: _post_name(c, "ci"),
@@ -281,6 +288,7 @@ async def test_openapi__documented_status_is_produced(
         register_limit_email=2,
         token_create_limit=1,
         login_limit=1,
+        reset_limit_email=1,
     )
     ctx = Ctx(server)
     ctx.mail = mail  # type: ignore[attr-defined]

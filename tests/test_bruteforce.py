@@ -20,8 +20,13 @@ LOGIN_LIMIT = 4
 
 @pytest.fixture
 async def server(start_server: StartServer) -> RunningServer:
+    # Reset attempts are limited too (see test_api_reset.py); here the codes' own bound is tested.
     server = await start_server(
-        npm_upstream=NPM_UPSTREAM, login_limit=LOGIN_LIMIT, registry_auth_failures=8
+        npm_upstream=NPM_UPSTREAM,
+        login_limit=LOGIN_LIMIT,
+        registry_auth_failures=8,
+        reset_limit_email=1000,
+        reset_limit_ip=1000,
     )
     await server.store.create_user(
         "victim@example.com", password_hash=await hash_password_async(PASSWORD)
@@ -132,7 +137,9 @@ async def test_bruteforce__reset_code_concurrent_guesses_counted_exactly(
 async def test_bruteforce__reset_guesses_per_hour_bounded_by_code_requests(
     start_server: StartServer,
 ) -> None:
-    server = await start_server(npm_upstream=NPM_UPSTREAM, register_limit_email=3)
+    server = await start_server(
+        npm_upstream=NPM_UPSTREAM, register_limit_email=3, reset_limit_email=1000
+    )
     email = "r@example.com"
     assert (await call(server, "POST", "/api/v1/tokens", json={"email": email})).status == 202
     codes_mailed = 0

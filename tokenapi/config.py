@@ -31,6 +31,9 @@ class TokenApiConfig:
     token_create_window: float = 3600.0
     login_failures: int = 10
     login_window: float = 900.0
+    reset_per_email: int = 10
+    reset_per_ip: int = 30
+    reset_window: float = 3600.0
     session_lifetime: float = 7 * 24 * 3600.0
     smtp_timeout: float = 30.0
     # Longest lifetime of a named token in seconds (None: unlimited); SPEC 18.

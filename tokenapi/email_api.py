@@ -20,6 +20,7 @@ from .errors import InvalidInput, NotFound
 from .keys import api_state_key, config_key, mailer_key, recorder_key, store_key, validator_key
 from .mail import reset_message, welcome_message
 from .store import Token
+from .store.resets import Limited, redeem_reset_code
 from .webauth import require_token
 from .webio import ApiError, Endpoint, json_response, read_json, too_many
 from .webio import iso as _iso
@@ -73,12 +74,12 @@ async def register(request: web.Request) -> web.Response:
     language = inputs.language(body.get("language"))
     config = request.config_dict[config_key]
     state = request.config_dict[api_state_key]
-    retry = state.register_ip.hit(client_ip(request, config.trusted_proxies))
+    store = request.config_dict[store_key]
+    retry = await state.register_ip.hit(store, client_ip(request, config.trusted_proxies))
     if retry is None:
-        retry = state.register_email.hit(email)
+        retry = await state.register_email.hit(store, email)
     if retry is not None:
         raise too_many(retry)
-    store = request.config_dict[store_key]
     mailer = request.config_dict[mailer_key]
     # One registration per address at a time, so two racing requests cannot both mail a token.
     async with state.lock(f"register:{email}"):
@@ -166,27 +167,34 @@ async def reset(request: web.Request) -> web.Response:
     except InvalidInput:
         raise ApiError(400, INVALID_CODE) from None
     code = _CODE_SEPARATORS.sub("", raw_code).upper()[:64]
+    config = request.config_dict[config_key]
     store = request.config_dict[store_key]
-    user = await store.get_user_by_email(email)
-    if user is None:
-        raise ApiError(400, INVALID_CODE)
-    secret = tokens.generate()
     state = request.config_dict[api_state_key]
+    retry = await state.reset_ip.hit(store, client_ip(request, config.trusted_proxies))
+    if retry is not None:
+        raise too_many(retry)
+    secret = tokens.generate()
+    limit = state.reset_email
+    # Known address or not, the same store work (see tokenapi.store.resets).
     async with state.lock(f"register:{email}"):
-        result = await store.redeem_reset_code(
-            user.id,
-            reset_code_digest(user.id, code),
+        result = await redeem_reset_code(
+            store,
+            email,
+            code,
+            code_digest=reset_code_digest,
             max_attempts=RESET_MAX_ATTEMPTS,
+            limit=(f"{limit.name}:{email}", limit.limit, limit.period),
             name=EMAIL_TOKEN_NAME,
             digest=tokens.digest(secret),
             prefix=tokens.display_prefix(secret),
         )
+    if isinstance(result, Limited):
+        raise too_many(result.retry_after)
     if result is None:
         raise ApiError(400, INVALID_CODE)
-    new, old_digest = result
-    if old_digest is not None:
-        request.config_dict[validator_key].forget(old_digest)
-    return json_response(token_json(new, secret=secret))
+    if result.old_digest is not None:
+        request.config_dict[validator_key].forget(result.old_digest)
+    return json_response(token_json(result.token, secret=secret))
 
 
 async def revoke(request: web.Request) -> web.Response:
@@ -291,6 +299,7 @@ ENDPOINTS = (
             400: "Invalid or expired code, or a bad body",
             413: "Body too large",
             415: "Body is not JSON",
+            429: "Too many attempts for this address or client IP",
         },
         body={
             "type": "object",

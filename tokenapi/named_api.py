@@ -48,11 +48,12 @@ async def create_token(request: web.Request) -> web.Response:
     body = await read_json(request, CREATE_FIELDS)
     name = inputs.token_name(body.get("name"))
     expires_at, scopes = limits(request, body, caller.token)
-    retry = request.config_dict[api_state_key].token_create.hit(caller.user.id)
+    store = request.config_dict[store_key]
+    retry = await request.config_dict[api_state_key].token_create.hit(store, caller.user.id)
     if retry is not None:
         raise too_many(retry)
     token, secret = await issue_token(
-        request.config_dict[store_key],
+        store,
         caller.user,
         name=name,
         kind="api",

@@ -3,7 +3,8 @@
 It is a GCRA (generic cell rate algorithm): each key holds one number, its theoretical arrival
 time, so memory per key is constant.  Keys live in a bounded TTL cache: a key idle for a whole
 period has no effect left and expires; when the cache is full the least recently used key goes.
-State is per process, which is what a throttle against guessing and mail flooding needs.
+State is per process (the registry's request throttles); ``StoreLimiter`` keeps its state in
+the store instead, for the limits that must hold across workers and instances.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from cachetools import TTLCache
+
+from .store import Store, limits
 
 DEFAULT_MAX_KEYS = 100_000
 
@@ -75,3 +79,27 @@ class RateLimiter:
 
     def __len__(self) -> int:
         return len(self._tat)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLimiter:
+    """A limit whose count lives in the store: every worker and instance sharing the database
+    shares it (the limits that protect accounts: registrations, logins, resets, token creation).
+    Same interface as ``RateLimiter`` but awaited, with the store passed in."""
+
+    name: str
+    limit: int
+    period: float
+
+    def _key(self, key: str) -> str:
+        return f"{self.name}:{key}"
+
+    async def hit(self, store: Store, key: str) -> int | None:
+        """Count one event for ``key`` unless over: None if allowed, else seconds to wait."""
+        return await limits.hit(store, self._key(key), self.limit, self.period)
+
+    async def refund(self, store: Store, key: str) -> None:
+        await limits.refund(store, self._key(key), self.limit, self.period)
+
+    async def reset(self, store: Store, key: str) -> None:
+        await limits.reset(store, self._key(key))

@@ -9,6 +9,7 @@ Failed logins are counted per address and per client IP; over the limit, logins 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 
@@ -19,9 +20,9 @@ from .clientip import client_ip
 from .errors import InvalidInput, NotFound, StoreUnavailable
 from .keys import api_state_key, config_key, store_key
 from .passwords import hash_password_async, needs_rehash, verify_password_async
-from .store import User
+from .store import Store, User
 from .webauth import SESSION_COOKIE, authenticate, check_origin, session_digest
-from .webio import ApiError, Endpoint, iso, json_response, read_json, too_many
+from .webio import ApiError, ApiState, Endpoint, iso, json_response, read_json, too_many
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +67,14 @@ async def login(request: web.Request) -> web.Response:
     # Each attempt is counted before its password is checked, so a concurrent burst cannot slip
     # past the limit while earlier guesses are still hashing; an attempt that does not turn out
     # to be a wrong password gives its count back.
-    retry = state.login_ip.hit(ip)
-    if retry is not None:
-        raise too_many(retry)
-    retry = state.login_email.hit(email)
-    if retry is not None:
-        state.login_ip.refund(ip)
-        raise too_many(retry)
     store = request.config_dict[store_key]
+    retry = await state.login_ip.hit(store, ip)
+    if retry is not None:
+        raise too_many(retry)
+    retry = await state.login_email.hit(store, email)
+    if retry is not None:
+        await state.login_ip.refund(store, ip)
+        raise too_many(retry)
     wrong = False
     try:
         user = await store.get_user_by_email(email)
@@ -81,11 +82,10 @@ async def login(request: web.Request) -> web.Response:
         wrong = user is None or not ok
     finally:
         if not wrong:
-            state.login_ip.refund(ip)
-            state.login_email.refund(email)
+            await asyncio.shield(_refund_login(state, store, ip, email))
     if user is None or not ok:
         raise ApiError(401, BAD_LOGIN)
-    state.login_email.reset(email)
+    await state.login_email.reset(store, email)
     if needs_rehash(user.password_hash):
         # An old (scrypt) hash: the password is at hand only now, so upgrade it to Argon2id.
         try:
@@ -107,6 +107,11 @@ async def login(request: web.Request) -> web.Response:
         secure=_secure(request),
     )
     return response
+
+
+async def _refund_login(state: ApiState, store: Store, ip: str, email: str) -> None:
+    await state.login_ip.refund(store, ip)
+    await state.login_email.refund(store, email)
 
 
 async def whoami(request: web.Request) -> web.Response:

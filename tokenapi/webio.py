@@ -23,7 +23,7 @@ from aiohttp import web
 from .config import TokenApiConfig
 from .errors import Conflict, InvalidInput, NotFound, StoreUnavailable
 from .mail import MailError
-from .ratelimit import RateLimiter
+from .ratelimit import StoreLimiter
 
 log = logging.getLogger(__name__)
 
@@ -133,13 +133,16 @@ class Endpoint:
 
 @dataclass
 class ApiState:
-    """Per-process state of the API: rate limiters and per-address registration locks."""
+    """State of the API: its limits (counted in the store, so shared by every worker and
+    instance) and per-address locks (per process; the store's transactions do the rest)."""
 
-    register_email: RateLimiter
-    register_ip: RateLimiter
-    token_create: RateLimiter
-    login_email: RateLimiter
-    login_ip: RateLimiter
+    register_email: StoreLimiter
+    register_ip: StoreLimiter
+    token_create: StoreLimiter
+    login_email: StoreLimiter
+    login_ip: StoreLimiter
+    reset_email: StoreLimiter
+    reset_ip: StoreLimiter
     _locks: weakref.WeakValueDictionary[str, asyncio.Lock] = field(
         default_factory=weakref.WeakValueDictionary
     )
@@ -147,11 +150,17 @@ class ApiState:
     @classmethod
     def from_config(cls, config: TokenApiConfig) -> ApiState:
         return cls(
-            register_email=RateLimiter(config.register_per_email, config.register_window),
-            register_ip=RateLimiter(config.register_per_ip, config.register_window),
-            token_create=RateLimiter(config.token_create_per_user, config.token_create_window),
-            login_email=RateLimiter(config.login_failures, config.login_window),
-            login_ip=RateLimiter(config.login_failures, config.login_window),
+            register_email=StoreLimiter(
+                "register-email", config.register_per_email, config.register_window
+            ),
+            register_ip=StoreLimiter("register-ip", config.register_per_ip, config.register_window),
+            token_create=StoreLimiter(
+                "token-create", config.token_create_per_user, config.token_create_window
+            ),
+            login_email=StoreLimiter("login-email", config.login_failures, config.login_window),
+            login_ip=StoreLimiter("login-ip", config.login_failures, config.login_window),
+            reset_email=StoreLimiter("reset-email", config.reset_per_email, config.reset_window),
+            reset_ip=StoreLimiter("reset-ip", config.reset_per_ip, config.reset_window),
         )
 
     def lock(self, key: str) -> asyncio.Lock:

@@ -612,49 +612,6 @@ class Store(ABC):
                 (user_id, digest, now, now + ttl),
             )
 
-    async def redeem_reset_code(
-        self,
-        user_id: str,
-        code_digest: str,
-        *,
-        max_attempts: int,
-        name: str,
-        digest: str,
-        prefix: str,
-    ) -> tuple[Token, str | None] | None:
-        """Use a live code: replace the user's email token in the same transaction.
-
-        Returns the new token and the old token's digest, or None when the code is wrong,
-        used, expired or exhausted; a wrong code counts a failed attempt against live codes.
-        """
-        now = time.time()
-        async with self.transaction() as db:
-            async with db.execute(
-                "SELECT id, digest FROM reset_codes WHERE user_id = ? AND used_at IS NULL"
-                " AND expires_at > ? AND failed_attempts < ?" + self.d.for_update,
-                (user_id, now, max_attempts),
-            ) as cur:
-                live = list(await cur.fetchall())
-            match = next((r for r in live if _same(str(r[1]), code_digest)), None)
-            if match is None:
-                if live:
-                    await db.execute(
-                        "UPDATE reset_codes SET failed_attempts = failed_attempts + 1"
-                        " WHERE user_id = ? AND used_at IS NULL AND expires_at > ?",
-                        (user_id, now),
-                    )
-                return None
-            await db.execute("UPDATE reset_codes SET used_at = ? WHERE id = ?", (now, match[0]))
-            async with db.execute(
-                "SELECT id FROM tokens WHERE user_id = ? AND kind = 'email' AND revoked_at IS NULL"
-                + self.d.for_update,
-                (user_id,),
-            ) as cur:
-                old = await cur.fetchone()
-            old_digest = await self._revoke_in(db, str(old[0]), now) if old else None
-            token = await self._insert_token(db, user_id, name, "email", digest, prefix)
-        return token, old_digest
-
     # -- sessions -------------------------------------------------------------------------
 
     async def create_session(self, digest: str, user_id: str, *, lifetime: float) -> float:
