@@ -41,10 +41,10 @@ async def create_for(request: web.Request) -> web.Response:
     name = inputs.token_name(body.get("name"))
     # The admin's own token (when authenticated by one) bounds what it can create.
     expires_at, scopes = limits(request, body, admin.token)
-    retry = request.config_dict[api_state_key].token_create.hit(admin.user.id)
+    store = request.config_dict[store_key]
+    retry = await request.config_dict[api_state_key].token_create.hit(store, admin.user.id)
     if retry is not None:
         raise too_many(retry)
-    store = request.config_dict[store_key]
     user = await ensure_user(store, email)
     token, secret = await issue_token(
         store, user, name=name, kind="api", expires_at=expires_at, scopes=scopes
