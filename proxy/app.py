@@ -19,6 +19,7 @@ from .pypi import routes as simple
 from .ratelimit import setup_registry_limits
 from .registry.artifacts import ArtifactCache
 from .registry.metacache import MetadataCache
+from .registry.pipeline import Registry, registry_key
 from .registry.upstream import Upstream
 from .settings import Settings
 from .supplychain import admin as supplychain_admin
@@ -66,6 +67,10 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         timeout=settings.upstream_timeout,
         connect_timeout=settings.upstream_connect_timeout,
         connections=settings.upstream_connections,
+        deadlines={
+            "metadata": settings.upstream_metadata_deadline,
+            "artifact": settings.upstream_artifact_deadline,
+        },
         observer=app[metrics_key],
     )
     await upstream.start()
@@ -102,6 +107,7 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[metrics_middleware, error_middleware], client_max_size=CLIENT_MAX_SIZE
     )
     app[settings_key] = settings
+    app[registry_key] = Registry(app)
     setup_metrics(app)
     tokenapi.http.setup(app, token_api_config(settings), supplychain_admin.ENDPOINTS)
     app.cleanup_ctx.append(upstream_ctx)

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from tokenapi.errors import InvalidInput, StoreUnavailable
 
+from .registry.policy import POLICY_HEADER, PolicyRefused
 from .registry.upstream import UpstreamError
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             if k.lower() not in {"content-type", "content-length"}
         }
         return json_error(exc.status, message, headers=headers)
+    except PolicyRefused as exc:
+        refusal = exc.refusal
+        return json_error(403, refusal.message, headers={POLICY_HEADER: refusal.kind.value})
     except UpstreamError as exc:
         log.warning("upstream failure on %s: %s", request.rel_url.path, exc.message)
         return json_error(exc.status, exc.message)

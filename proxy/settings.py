@@ -353,6 +353,12 @@ class Settings:
         10.0, _positive_seconds, "seconds to wait for an upstream connection"
     )
     upstream_connections: int = setting(100, _positive_int, "upstream connection pool size")
+    upstream_metadata_deadline: float = setting(
+        60.0, _positive_seconds, "seconds one upstream metadata request may take in total"
+    )
+    upstream_artifact_deadline: float = setting(
+        900.0, _positive_seconds, "seconds one upstream artifact download may take in total"
+    )
     cache: bool = setting(True, _bool, "cache metadata and artifacts (false: always go upstream)")
     metadata_ttl: float = setting(120.0, _seconds, "seconds cached metadata is fresh")
     metadata_negative_ttl: float = setting(10.0, _seconds, "seconds an upstream 404 is remembered")

@@ -24,6 +24,7 @@ from yarl import URL
 from .auth import registry_auth_middleware
 from .keys import registry_base_key
 from .ratelimit import registry_ratelimit_middleware
+from .registry.pipeline import Registry, registry_key
 from .settings import Settings
 
 RouteSetup = Callable[[web.Application, Settings], None]
@@ -91,6 +92,11 @@ def registry_app(
         ]
     )
     sub[registry_base_key] = base
+    registry = root.get(registry_key)
+    if registry is None:
+        registry = Registry(root)
+        root[registry_key] = registry
+    sub[registry_key] = registry
     setup_routes(sub, settings)
     return sub
 

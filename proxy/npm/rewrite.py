@@ -9,8 +9,9 @@ fields are left exactly as they are: the bytes served are the upstream's bytes.
 from __future__ import annotations
 
 import re
-import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import unquote
 
@@ -25,10 +26,6 @@ _FILE_RE = re.compile(r"(?!\.)[A-Za-z0-9._~+-]{1,300}\.tgz")
 _VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~+-]{0,255}")
 DIST_TAGS_PREFIX = "-/package/"
 DIST_TAGS_SUFFIX = "/dist-tags"
-
-GZIP_MAGIC = b"\x1f\x8b"
-# Largest decoded JSON body accepted (big packuments reach tens of MB).
-MAX_DECODED = 256 * 1024 * 1024
 
 
 class BadPath(ValueError):
@@ -120,43 +117,13 @@ def tarball_url(npm_root: str, name: str, file: str) -> str:
     return f"{npm_root}/{name}/-/{file}"
 
 
-def _inflate(data: bytes, wbits: int, max_size: int) -> bytes:
-    inflater = zlib.decompressobj(wbits)
-    out = inflater.decompress(data, max_size + 1)
-    if len(out) > max_size or inflater.unconsumed_tail:
-        raise ValueError("decoded body is too large")
-    if not inflater.eof:
-        raise ValueError("truncated compressed body")
-    return out
-
-
-def decode_body(body: bytes, content_encoding: str | None, max_size: int = MAX_DECODED) -> bytes:
-    """Undo a content coding (gzip or deflate); also unwrap gzip bytes sent without a label.
-
-    Raises ValueError when the body cannot be decoded or decodes to more than ``max_size``.
-    """
-    coding = (content_encoding or "identity").strip().lower()
-    try:
-        if coding in {"gzip", "x-gzip"} or (coding == "identity" and body[:2] == GZIP_MAGIC):
-            return _inflate(body, 16 + zlib.MAX_WBITS, max_size)
-        if coding == "deflate":
-            try:
-                return _inflate(body, zlib.MAX_WBITS, max_size)
-            except zlib.error:
-                return _inflate(body, -zlib.MAX_WBITS, max_size)
-    except zlib.error as exc:
-        raise ValueError(f"undecodable {coding} body") from exc
-    if coding != "identity":
-        raise ValueError(f"unsupported content coding {coding!r}")
-    return body
-
-
 @dataclass(frozen=True, slots=True)
 class Published:
     """The hashes a packument publishes for one tarball (as written there, not yet checked)."""
 
     integrity: str | None
     shasum: str | None
+    version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,9 +132,25 @@ class Rewritten:
 
     body: bytes
     files: dict[str, Published]
+    published: dict[str, float | None]  # every version -> its publish time from ``time``
+    dist_tags: dict[str, str]
+    times_known: bool  # whether the document has a ``time`` object (the full form does)
 
 
-def rewrite(body: bytes, name: str, npm_root: str) -> Rewritten:
+def parse_time(value: object) -> float | None:
+    """An ISO 8601 time from a packument's ``time`` object as Unix seconds, or None."""
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        return None
+    return parsed.timestamp()
+
+
+def rewrite(body: bytes | bytearray, name: str, npm_root: str) -> Rewritten:
     """The packument JSON with every tarball URL pointing at pkgate, and its files' hashes.
 
     Raises ValueError when ``body`` is not a JSON object.
@@ -194,8 +177,38 @@ def rewrite(body: bytes, name: str, npm_root: str) -> Rewritten:
             files[file] = Published(
                 integrity if isinstance(integrity, str) else None,
                 shasum if isinstance(shasum, str) else None,
+                str(version),
             )
-    return Rewritten(orjson.dumps(doc), files)
+    found_times = doc.get("time")
+    times: dict[str, Any] = found_times if isinstance(found_times, dict) else {}
+    times_known = isinstance(found_times, dict)
+    published: dict[str, float | None] = {}
+    if isinstance(versions, dict):
+        for version in versions:
+            published[str(version)] = parse_time(times.get(version))
+    tags = doc.get("dist-tags")
+    dist_tags = (
+        {str(k): v for k, v in tags.items() if isinstance(v, str)} if isinstance(tags, dict) else {}
+    )
+    return Rewritten(orjson.dumps(doc), files, published, dist_tags, times_known)
+
+
+def without(
+    body: bytes, removed: Mapping[str, object], dist_tags: Mapping[str, str] | None
+) -> bytes:
+    """A rewritten packument without the ``removed`` versions (also from ``time``), with
+    ``dist_tags`` instead of its own when given."""
+    doc = orjson.loads(body)
+    if not isinstance(doc, dict):
+        return body
+    for field in ("versions", "time"):
+        table = doc.get(field)
+        if isinstance(table, dict):
+            for version in removed:
+                table.pop(version, None)
+    if dist_tags is not None:
+        doc["dist-tags"] = dict(dist_tags)
+    return orjson.dumps(doc)
 
 
 def rewrite_packument(body: bytes, name: str, npm_root: str) -> bytes:

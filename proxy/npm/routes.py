@@ -1,14 +1,15 @@
 """The npm registry endpoint, at ``<public_url>/npm/`` and at the root of ``npm_host`` when set.
 
-Every request has already passed the registry auth middleware.  The data path reads top to
-bottom: route on the raw path (so ``@scope%2fname``, ``%2F`` and ``/`` all work) -> metadata
-cache (on a miss: fetch from the upstream and rewrite) -> answer.  Packuments are cached after
+Every request has already passed the registry auth middleware.  Only npm's wire format lives
+here: routing on the raw path (so ``@scope%2fname``, ``%2F`` and ``/`` all work), what a packument
+says (``rewrite``), and which digest a tarball must match; the steps themselves (cache or fetch ->
+decode -> parse/rewrite -> policy -> respond, and expected digest -> policy -> store or
+fetch-and-verify -> respond) are ``proxy.registry.pipeline``'s.  Packuments are cached after
 rewriting, per mount and per form (abbreviated or full, from the client's ``Accept``), and every
 tarball in them points at the mount that served them.  Version documents (``<name>/<version>``,
 a dist-tag too) and ``-/package/<name>/dist-tags`` are derived from the cached full packument and
-cached beside it.  Tarballs go through the artifact cache,
-verified against the ``dist.integrity`` (else ``shasum``) their packument publishes; a tarball
-whose hash is not known is relayed byte-for-byte without being kept.  The registry is read-only.
+cached beside it.  Tarballs go through the artifact store, verified against the
+``dist.integrity`` (else ``shasum``) their packument publishes.  The registry is read-only.
 """
 
 from __future__ import annotations
@@ -16,29 +17,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from functools import partial
 
-import aiohttp
 from aiohttp import hdrs, web
 from yarl import URL
 
-from tokenapi.keys import request_token
+from tokenapi.keys import REQUEST_TOKEN, request_token
 
 from ..auth import NPM_CHALLENGE, unauthorized
 from ..errors import json_error
-from ..keys import (
-    REQUEST_CACHE,
-    artifact_cache_key,
-    metadata_cache_key,
-    registry_base_key,
-    upstream_key,
-)
+from ..keys import registry_base_key
 from ..registry.artifacts import Digest
+from ..registry.decode import IN_FLIGHT, MAX_BODY, decode_body, decode_small, read_body
 from ..registry.metacache import (
     ENTRY_OVERHEAD,
-    NOT_MODIFIED,
+    Cached,
     CacheKey,
     MetaEntry,
     NotModified,
@@ -46,6 +40,19 @@ from ..registry.metacache import (
     body_etag,
     metadata_response,
 )
+from ..registry.pipeline import (
+    Artifact,
+    Fetched,
+    Registry,
+    decided,
+    decision_for,
+    fetch_metadata,
+    note_cache_state,
+    registry_key,
+    serve_artifact,
+    serve_metadata,
+)
+from ..registry.policy import Decision, Ecosystem, PackageFacts, PolicyRefused
 from ..registry.upstream import Upstream, UpstreamError, raise_for_upstream_status
 from ..settings import Settings
 from . import rewrite as npmrewrite
@@ -65,7 +72,7 @@ OFF_LOOP_BYTES = 512 * 1024
 FILE_OVERHEAD = 200
 # The largest upstream JSON body read (as sent, before decoding); the biggest real packuments are
 # tens of megabytes.  Above it the upstream's answer is an error, not a memory hog.
-MAX_PACKUMENT_BYTES = npmrewrite.MAX_DECODED
+MAX_PACKUMENT_BYTES = MAX_BODY
 
 PACKUMENT_HEADERS: Mapping[str, str] = {
     hdrs.CACHE_CONTROL: "private, max-age=300",
@@ -112,8 +119,8 @@ npm_config_key = web.AppKey("npm_config", NpmConfig)
 
 
 @dataclass(frozen=True, slots=True)
-class Fetched:
-    """A decoded upstream JSON answer."""
+class JsonAnswer:
+    """A decoded upstream JSON answer (audit, search, keys)."""
 
     status: int
     body: bytes
@@ -129,6 +136,18 @@ class PackumentEntry(MetaEntry):
     @property
     def size(self) -> int:
         return len(self.body) + ENTRY_OVERHEAD + FILE_OVERHEAD * len(self.files)
+
+    def without(self, decision: Decision) -> PackumentEntry:
+        """This packument without the versions ``decision`` removes, with its dist-tags."""
+        body = npmrewrite.without(self.body, decision.removed, decision.dist_tags)
+        return PackumentEntry(
+            body=body,
+            content_type=self.content_type,
+            etag=body_etag(body),
+            validators=self.validators,
+            headers=self.headers,
+            files={f: p for f, p in self.files.items() if p.version not in decision.removed},
+        )
 
 
 def npm_config(settings: Settings, base: URL) -> NpmConfig:
@@ -155,8 +174,35 @@ def read_only() -> web.Response:
 
 
 def form_of(accept: str | None) -> str:
-    """Which packument form an ``Accept`` header asks for (npm's corgi media type or not)."""
-    return ABBREVIATED if accept is not None and CORGI in accept else FULL
+    """Which packument form an ``Accept`` header asks for (npm's corgi media type or not).
+
+    Media types compare case-insensitively; one listed with ``q=0`` is refused, not asked for.
+    """
+    if accept is None:
+        return FULL
+    lowered = accept.lower()
+    if CORGI not in lowered:
+        return FULL
+    for item in lowered.split(","):
+        media_type, _, params = item.partition(";")
+        if media_type.strip() != CORGI:
+            continue
+        for param in params.split(";"):
+            key, _, value = param.partition("=")
+            if key.strip() == "q":
+                try:
+                    if float(value.strip()) <= 0:
+                        break
+                except ValueError:
+                    break
+        else:
+            return ABBREVIATED
+    return FULL
+
+
+# What the upstream is asked for each form: only the canonical media type the cache key names,
+# never the client's own header (an upstream might read it differently than we do).
+UPSTREAM_ACCEPT: Mapping[str, str] = {ABBREVIATED: CORGI, FULL: "application/json"}
 
 
 # -- handlers -------------------------------------------------------------------------------------
@@ -212,19 +258,32 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     return await packument(request, config, package)
 
 
+def registry_of(request: web.Request) -> Registry:
+    return request.app[registry_key]
+
+
 async def packument(request: web.Request, config: NpmConfig, package: PackagePath) -> web.Response:
     """A package document, full or abbreviated as the client's Accept asks, from the cache."""
-    headers = request.headers
-    accept = headers.get(hdrs.ACCEPT)
-    key = config.packument_key(package.name, form_of(accept))
+    registry = registry_of(request)
+    form = form_of(request.headers.get(hdrs.ACCEPT))
+    fetch = partial(fetch_packument, registry.upstream, config, package, form)
+    complete = None
+    if form == ABBREVIATED:
+        complete = partial(full_facts, registry, config, package)
+    key = config.packument_key(package.name, form)
+    return await serve_metadata(request, registry, key, fetch, complete_facts=complete)
 
-    async def fetch(validators: Validators) -> PackumentEntry | NotModified:
-        upstream = request.config_dict[upstream_key]
-        return await fetch_packument(upstream, config, package, accept, validators)
 
-    cached = await request.config_dict[metadata_cache_key].get_or_fetch(key, fetch)
-    request[REQUEST_CACHE] = cached.state.value.lower()
-    return metadata_response(request, cached)
+async def full_packument(registry: Registry, config: NpmConfig, package: PackagePath) -> Cached:
+    fetch = partial(fetch_packument, registry.upstream, config, package, FULL)
+    return await registry.metadata.get_or_fetch(config.packument_key(package.name, FULL), fetch)
+
+
+async def full_facts(
+    registry: Registry, config: NpmConfig, package: PackagePath
+) -> PackageFacts | None:
+    """The facts of the full packument (publish times included) for an abbreviated answer."""
+    return (await full_packument(registry, config, package)).entry.facts
 
 
 async def version_document(
@@ -235,7 +294,7 @@ async def version_document(
     assert spec is not None
     derive = partial(npmrewrite.version_document, spec=spec)
     missing = f"{package.name}@{spec}: not found"
-    return await derived(request, config, package, f"version {spec}", derive, missing)
+    return await derived(request, config, package, f"version {spec}", derive, missing, spec)
 
 
 async def dist_tags(request: web.Request, config: NpmConfig, rest: str) -> web.Response:
@@ -256,27 +315,46 @@ async def derived(
     what: str,
     derive: Callable[[bytes], bytes | None],
     missing: str = "not found",
+    spec: str | None = None,
 ) -> web.Response:
     """An answer ``derive`` computes from the full packument, cached beside it under ``what``.
 
     ``derive`` returning None is a 404 with ``missing`` as its message (remembered like an
     upstream 404).  A derived entry lives as long as any metadata entry, so it trails a changed
-    packument by at most one TTL.
+    packument by at most one TTL.  When the policy changes the packument, the answer is derived
+    from the packument as the policy lets it be served (and ``spec``, a version the policy
+    removed, is refused), uncached.
     """
-    cache = request.config_dict[metadata_cache_key]
-
-    async def fetch_full(validators: Validators) -> PackumentEntry | NotModified:
-        upstream = request.config_dict[upstream_key]
-        return await fetch_packument(upstream, config, package, "application/json", validators)
+    registry = registry_of(request)
+    cache = registry.metadata
+    policy = registry.policy
+    if policy.active:
+        source = await full_packument(registry, config, package)
+        found = await decision_for(registry, policy, source.entry)
+        if found is not None and not found[0].allows_all:
+            decision, facts = found
+            refusal = decision.refusal_for(spec)
+            if refusal is not None:
+                policy.applied(request.get(REQUEST_TOKEN), facts, decision, spec)
+                raise PolicyRefused(refusal)
+            key = config.packument_key(package.name, FULL)
+            served = await decided(request, registry, policy, key, source.entry)
+            answer = await off_loop_if_large(derive, served.body)
+            if answer is None:
+                raise UpstreamError(404, missing)
+            entry = MetaEntry.build(
+                answer,
+                "application/json",
+                upstream_last_modified=source.entry.validators.last_modified,
+                headers=DERIVED_HEADERS,
+            )
+            note_cache_state(request, source)
+            return metadata_response(request, Cached(entry, source.state))
 
     async def fetch(validators: Validators) -> MetaEntry:
         # The derived entry has no upstream of its own: the packument's entry revalidates.
-        source = await cache.get_or_fetch(config.packument_key(package.name, FULL), fetch_full)
-        body = source.entry.body
-        if len(body) > OFF_LOOP_BYTES:
-            answer = await asyncio.to_thread(derive, body)
-        else:
-            answer = derive(body)
+        source = await full_packument(registry, config, package)
+        answer = await off_loop_if_large(derive, source.entry.body)
         if answer is None:
             raise UpstreamError(404, missing)
         return MetaEntry.build(
@@ -287,67 +365,56 @@ async def derived(
         )
 
     cached = await cache.get_or_fetch(config.derived_key(package.name, what), fetch)
-    request[REQUEST_CACHE] = cached.state.value.lower()
+    note_cache_state(request, cached)
     return metadata_response(request, cached)
+
+
+async def off_loop_if_large(derive: Callable[[bytes], bytes | None], body: bytes) -> bytes | None:
+    if len(body) > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(derive, body)
+    return derive(body)
 
 
 async def fetch_packument(
     upstream: Upstream,
     config: NpmConfig,
     package: PackagePath,
-    accept: str | None,
+    form: str,
     validators: Validators,
 ) -> PackumentEntry | NotModified:
     """Fetch, decode and rewrite a packument (the metadata cache's fetch function)."""
-    headers: dict[str, str] = {hdrs.ACCEPT_ENCODING: "gzip, deflate", **validators.headers()}
-    if accept:
-        headers[hdrs.ACCEPT] = accept
-    url = upstream_url(config, package.escaped_name)
-    async with upstream.request("GET", url, headers=headers, what=WHAT) as resp:
-        if resp.status == 304:
-            return NOT_MODIFIED
-        raise_for_upstream_status(resp, WHAT)
-        if resp.status != 200:
-            raise UpstreamError(502, f"{WHAT} answered unexpected status {resp.status}")
-        raw = await read_limited(resp)
-        fetched = (
-            raw,
-            resp.headers.get(hdrs.CONTENT_ENCODING),
-            resp.headers.get(hdrs.CONTENT_TYPE, "application/json"),
-            resp.headers.get(hdrs.ETAG),
-            resp.headers.get(hdrs.LAST_MODIFIED),
-        )
-    build = partial(packument_entry, *fetched, package.name, config.public_root)
-    if len(raw) > OFF_LOOP_BYTES:
-        return await asyncio.to_thread(build)
-    return build()
+    build = partial(packument_entry, name=package.name, public_root=config.public_root)
+    return await fetch_metadata(
+        upstream,
+        upstream_url(config, package.escaped_name),
+        build,
+        validators=validators,
+        accept=UPSTREAM_ACCEPT[form],
+        what=WHAT,
+        limit=MAX_PACKUMENT_BYTES,
+    )
 
 
-def packument_entry(
-    raw: bytes,
-    coding: str | None,
-    content_type: str,
-    etag: str | None,
-    last_modified: str | None,
-    name: str,
-    public_root: str,
-) -> PackumentEntry:
-    """The cache entry for an upstream packument: decoded, rewritten, with its files' hashes."""
+def packument_entry(fetched: Fetched, name: str, public_root: str) -> PackumentEntry:
+    """The cache entry for an upstream packument: rewritten, with its files' hashes and facts."""
     try:
-        decoded = npmrewrite.decode_body(raw, coding)
-    except ValueError as exc:
-        raise UpstreamError(502, f"{WHAT} sent an undecodable body ({exc})") from None
-    try:
-        rewritten = npmrewrite.rewrite(decoded, name, public_root)
+        rewritten = npmrewrite.rewrite(fetched.body, name, public_root)
     except ValueError as exc:
         raise UpstreamError(502, f"{WHAT} sent an unusable packument ({exc})") from None
     return PackumentEntry(
         body=rewritten.body,
-        content_type=content_type,
+        content_type=fetched.content_type or "application/json",
         etag=body_etag(rewritten.body),
-        validators=Validators(etag, last_modified),
+        validators=Validators(fetched.etag, fetched.last_modified),
         headers=PACKUMENT_HEADERS,
         files=rewritten.files,
+        facts=PackageFacts(
+            Ecosystem.NPM,
+            name,
+            rewritten.published,
+            rewritten.dist_tags,
+            times_known=rewritten.times_known,
+        ),
     )
 
 
@@ -359,41 +426,24 @@ async def fetch_json(
     data: bytes | None = None,
     *,
     pass_client_errors: bool = False,
-) -> Fetched:
+) -> JsonAnswer:
     """One upstream JSON request, decoded; failures become UpstreamError.
 
     With ``pass_client_errors`` an upstream 4xx (other than an auth refusal of pkgate itself)
     is returned for the caller to pass on instead of being mapped.
     """
-    async with upstream.request(method, url, headers=headers, data=data, what=WHAT) as resp:
-        status = resp.status
-        if not (pass_client_errors and 400 <= status < 500 and status not in (401, 403, 407)):
-            raise_for_upstream_status(resp, WHAT)
-        if status != 200 and not (pass_client_errors and status >= 400):
-            raise UpstreamError(502, f"{WHAT} answered unexpected status {status}")
-        raw = await read_limited(resp)
-        content_type = resp.headers.get(hdrs.CONTENT_TYPE, "application/json")
-        coding = resp.headers.get(hdrs.CONTENT_ENCODING)
-    try:
-        body = npmrewrite.decode_body(raw, coding)
-    except ValueError as exc:
-        raise UpstreamError(502, f"{WHAT} sent an undecodable body ({exc})") from None
-    return Fetched(status, body, content_type)
-
-
-async def read_limited(resp: aiohttp.ClientResponse) -> bytes:
-    """An upstream JSON body, refused (502) beyond ``MAX_PACKUMENT_BYTES``."""
-    limit = MAX_PACKUMENT_BYTES
-    if resp.content_length is not None and resp.content_length > limit:
-        raise UpstreamError(502, f"{WHAT} sent a body that is too large")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise UpstreamError(502, f"{WHAT} sent a body that is too large")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    with IN_FLIGHT.hold() as held:
+        async with upstream.request(method, url, headers=headers, data=data, what=WHAT) as resp:
+            status = resp.status
+            if not (pass_client_errors and 400 <= status < 500 and status not in (401, 403, 407)):
+                raise_for_upstream_status(resp, WHAT)
+            if status != 200 and not (pass_client_errors and status >= 400):
+                raise UpstreamError(502, f"{WHAT} answered unexpected status {status}")
+            raw = await read_body(resp, held, WHAT, MAX_PACKUMENT_BYTES)
+            content_type = resp.headers.get(hdrs.CONTENT_TYPE, "application/json")
+            coding = resp.headers.get(hdrs.CONTENT_ENCODING)
+        body = await decode_body(raw, coding, held, WHAT, MAX_PACKUMENT_BYTES)
+        return JsonAnswer(status, bytes(body), content_type)
 
 
 def published_digest(published: Published | None) -> Digest | None:
@@ -403,21 +453,20 @@ def published_digest(published: Published | None) -> Digest | None:
     return Digest.from_sri(published.integrity) or Digest.from_hex("sha1", published.shasum)
 
 
-async def expected_digest(
-    request: web.Request, config: NpmConfig, package: PackagePath
-) -> Digest | None:
-    """What a tarball must hash to, per its package's packument; None when that is unknown."""
+async def published_file(
+    registry: Registry, config: NpmConfig, package: PackagePath
+) -> tuple[Published, PackumentEntry] | None:
+    """What a tarball's packument publishes for it (and that packument); None when unknown."""
     assert package.file is not None
-    cache = request.config_dict[metadata_cache_key]
+    cache = registry.metadata
     for form in (ABBREVIATED, FULL):
         entry = cache.peek(config.packument_key(package.name, form))
         if isinstance(entry, PackumentEntry):
-            return published_digest(entry.files.get(package.file))
-    if not cache.enabled:
-        return None
-    # No packument here yet (another worker served it, or it was evicted): fetch the
-    # abbreviated one once; it lands in the cache for packument requests too.
-    fetch = partial(fetch_packument, request.config_dict[upstream_key], config, package, CORGI)
+            published = entry.files.get(package.file)
+            return (published, entry) if published is not None else None
+    # No packument here yet (another worker served it, it was evicted, or the cache is off):
+    # fetch the abbreviated one; it lands in the cache for packument requests too.
+    fetch = partial(fetch_packument, registry.upstream, config, package, ABBREVIATED)
     try:
         cached = await cache.get_or_fetch(config.packument_key(package.name, ABBREVIATED), fetch)
     except UpstreamError:
@@ -425,41 +474,36 @@ async def expected_digest(
     entry = cached.entry
     if not isinstance(entry, PackumentEntry):
         return None
-    return published_digest(entry.files.get(package.file))
+    published = entry.files.get(package.file)
+    return (published, entry) if published is not None else None
 
 
 async def tarball(
     request: web.Request, config: NpmConfig, package: PackagePath
 ) -> web.StreamResponse:
-    """A tarball from the verified artifact cache, or relayed byte-for-byte when unverifiable."""
+    """A tarball: expected digest (from its packument) -> policy -> store or fetch-and-verify."""
     assert package.file is not None
-    artifacts = request.config_dict[artifact_cache_key]
-    url = upstream_url(config, f"{package.name}/-/{package.file}")
-    digest = await expected_digest(request, config, package) if artifacts.enabled else None
-    headers: dict[str, str] = {hdrs.CACHE_CONTROL: TARBALL_CACHE_CONTROL}
-    if digest is None:
-        headers["X-Cache"] = "BYPASS"
-    # A relayed HEAD stays a HEAD upstream; anything the cache stores is fetched with GET.
-    method = request.method if digest is None else hdrs.METH_GET
-    request[REQUEST_CACHE] = "bypass" if digest is None else "miss"
-    response = await artifacts.serve(
-        request,
-        key=str(url),
-        digest=digest,
-        open_upstream=partial(open_tarball, request.config_dict[upstream_key], method, url),
+    registry = registry_of(request)
+    found = await published_file(registry, config, package)
+    published, entry = found if found is not None else (None, None)
+    decision = None
+    policy = registry.policy
+    if policy.active and entry is not None:
+        decision = await decision_for(
+            registry, policy, entry, partial(full_facts, registry, config, package)
+        )
+    artifact = Artifact(
+        ecosystem="npm",
+        package=package.name,
+        version=published.version if published is not None else None,
+        filename=package.file,
+        url=upstream_url(config, f"{package.name}/-/{package.file}"),
+        digest=published_digest(published),
+        what=WHAT,
         content_type=TARBALL_TYPE,
-        headers=headers,
+        headers={hdrs.CACHE_CONTROL: TARBALL_CACHE_CONTROL},
     )
-    if response.headers.get("X-Cache") == "HIT":
-        request[REQUEST_CACHE] = "hit"
-    return response
-
-
-def open_tarball(
-    upstream: Upstream, method: str, url: URL, headers: Mapping[str, str]
-) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
-    """One upstream tarball request (the artifact cache's opener)."""
-    return upstream.request(method, url, headers=headers, what=WHAT)
+    return await serve_artifact(request, registry, artifact, decision)
 
 
 async def audit(request: web.Request, config: NpmConfig, rest: str) -> web.Response:
@@ -468,7 +512,7 @@ async def audit(request: web.Request, config: NpmConfig, rest: str) -> web.Respo
     # aiohttp's server already undid the client's gzip (npm sends it) although the header still
     # says gzip: forward decoded bytes without the header.  Sniffing covers a server that did not.
     try:
-        body = npmrewrite.decode_body(body, None, max_size=AUDIT_MAX_DECODED)
+        body = decode_small(body, None, AUDIT_MAX_DECODED)
     except ValueError:
         return json_error(400, "Audit request body is not valid gzip")
     headers: dict[str, str] = {
@@ -478,7 +522,7 @@ async def audit(request: web.Request, config: NpmConfig, rest: str) -> web.Respo
     }
     url = upstream_url(config, rest)
     fetched = await fetch_json(
-        request.config_dict[upstream_key], "POST", url, headers, body, pass_client_errors=True
+        registry_of(request).upstream, "POST", url, headers, body, pass_client_errors=True
     )
     return web.Response(status=fetched.status, body=fetched.body, content_type="application/json")
 
@@ -490,7 +534,7 @@ async def json_passthrough(request: web.Request, config: NpmConfig, rest: str) -
         hdrs.ACCEPT_ENCODING: "gzip, deflate",
     }
     url = upstream_url(config, rest, request.rel_url.raw_query_string)
-    fetched = await fetch_json(request.config_dict[upstream_key], "GET", url, headers)
+    fetched = await fetch_json(registry_of(request).upstream, "GET", url, headers)
     return web.Response(body=fetched.body, content_type="application/json")
 
 

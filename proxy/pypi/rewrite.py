@@ -10,8 +10,9 @@ path trick) is dropped, never passed on.  No aiohttp here: this module is pure d
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from html import escape
 from html.parser import HTMLParser
 from urllib.parse import unquote
@@ -465,6 +466,57 @@ def project_of_filename(filename: str) -> str | None:
     if not sep or not is_valid_name(name):
         return None
     return normalize_name(name)
+
+
+def version_of_filename(filename: str) -> str | None:
+    """The version a wheel, egg or sdist file (or its ``.metadata``) belongs to, or None."""
+    filename = filename.removesuffix(METADATA_SUFFIX)
+    lowered = filename.lower()
+    if lowered.endswith(_WHEEL_LIKE):
+        parts = filename.split("-")
+        return parts[1] if len(parts) >= 3 and parts[1] else None
+    suffix = next((s for s in _SDIST_SUFFIXES if lowered.endswith(s)), None)
+    if suffix is None:
+        return None
+    _, sep, version = filename[: -len(suffix)].rpartition("-")
+    return version if sep and version else None
+
+
+def upload_time(value: str | None) -> float | None:
+    """A PEP 700 ``upload-time`` as Unix seconds, or None when absent or unreadable."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed.timestamp() if parsed.tzinfo is not None else None
+
+
+def without_files(
+    body: bytes, media_type: str, filenames: Collection[str], versions: Collection[str]
+) -> bytes:
+    """A page ``render_project`` wrote, without the named files (and, in the JSON form's
+    ``versions``, without the named versions)."""
+    if media_type == JSON_TYPE:
+        doc = orjson.loads(body)
+        if not isinstance(doc, dict):
+            return body
+        files = doc.get("files")
+        if isinstance(files, list):
+            doc["files"] = [
+                f for f in files if not (isinstance(f, dict) and f.get("filename") in filenames)
+            ]
+        listed = doc.get("versions")
+        if isinstance(listed, list):
+            doc["versions"] = [v for v in listed if v not in versions]
+        return orjson.dumps(doc)
+    # The HTML form has one anchor per line, its text the escaped file name.
+    ends = tuple(f">{escape(name)}</a><br />\n" for name in filenames)
+    if not ends:
+        return body
+    lines = body.decode().splitlines(keepends=True)
+    return "".join(line for line in lines if not line.endswith(ends)).encode()
 
 
 # --- writing -------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from typing import Final
 
 from aiohttp import hdrs, web
 
+from .policy import Decision, PackageFacts
 from .upstream import UpstreamError
 
 CacheKey = tuple[str, str, str]
@@ -111,6 +112,12 @@ class MetaEntry:
     validators: Validators = Validators()
     headers: Mapping[str, str] = field(default_factory=dict)
     fetched_at: float = 0.0
+    # What the document says about its package, for the policy (None: nothing to judge).
+    facts: PackageFacts | None = None
+    # The last policy decision on this entry: (policy generation, decision, facts judged).
+    policy_memo: tuple[int, Decision, PackageFacts] | None = field(
+        default=None, repr=False, compare=False
+    )
     # The headers of a 200 answer per cache state, built once: warm requests only copy them.
     _answer_headers: dict[CacheState, dict[str, str]] = field(
         default_factory=dict, repr=False, compare=False
@@ -138,6 +145,10 @@ class MetaEntry:
     @property
     def size(self) -> int:
         return len(self.body) + ENTRY_OVERHEAD
+
+    def without(self, decision: Decision) -> MetaEntry:
+        """This answer without what ``decision`` removes (registries' entries override this)."""
+        return self
 
     def answer_headers(self, state: CacheState) -> Mapping[str, str]:
         """Every header of a 200 answer of this entry in ``state``: extras, type, validators."""
@@ -302,6 +313,11 @@ class MetadataCache:
             _, evicted = self._items.popitem(last=False)
             self.bytes -= evicted.size
             self.stats.evictions += 1
+
+    def keep(self, key: CacheKey, entry: MetaEntry) -> None:
+        """Store ``entry`` under ``key`` (a policy variant of another entry), LRU-bounded."""
+        if self.enabled:
+            self._put(key, entry)
 
     def invalidate(self, key: CacheKey) -> None:
         """Forget ``key`` (positive or negative)."""

@@ -86,6 +86,7 @@ class Upstream:
         timeout: float = 30.0,
         connect_timeout: float = 10.0,
         connections: int = 100,
+        deadlines: Mapping[str, float] | None = None,
         observer: UpstreamObserver | None = None,
     ) -> None:
         self.origins = frozenset(origin_of(URL(o)) for o in origins)
@@ -93,6 +94,17 @@ class Upstream:
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=timeout
         )
+        # A total deadline per request kind ("metadata", "artifact"): a whole request, body
+        # included, never takes longer however slowly the upstream drips its bytes.
+        self._timeouts = {
+            kind: aiohttp.ClientTimeout(
+                total=seconds,
+                connect=connect_timeout,
+                sock_connect=connect_timeout,
+                sock_read=timeout,
+            )
+            for kind, seconds in (deadlines or {}).items()
+        }
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
 
@@ -126,9 +138,12 @@ class Upstream:
         headers: Mapping[str, str] | None = None,
         data: Any = None,
         what: str = "upstream",
+        kind: str = "metadata",
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send one request upstream; yields the response with its body unread.
 
+        ``kind`` ("metadata" or "artifact") chooses the total deadline (connection, headers and
+        body together); a retry gets what is left of it.
         Idempotent requests are retried once on a connection error.  Timeouts raise
         UpstreamError(504), connection failures UpstreamError(502).  Status codes are the
         caller's to judge (see ``raise_for_upstream_status``).
@@ -141,8 +156,20 @@ class Upstream:
         attempts = 2 if method in {"GET", "HEAD"} else 1
         origin = origin_of(url)
         observer = self.observer
+        timeout = self._timeouts.get(kind, self._timeout)
+        deadline = time.monotonic() + timeout.total if timeout.total is not None else None
         for attempt in range(attempts):
             started = time.perf_counter()
+            if deadline is not None and attempt:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise UpstreamError(504, f"{what} timed out")
+                timeout = aiohttp.ClientTimeout(
+                    total=left,
+                    connect=timeout.connect,
+                    sock_connect=timeout.sock_connect,
+                    sock_read=timeout.sock_read,
+                )
             try:
                 resp = await self._session.request(
                     method,
@@ -150,6 +177,7 @@ class Upstream:
                     headers=dict(headers or {}),
                     data=data,
                     allow_redirects=False,
+                    timeout=timeout,
                 )
             except (TimeoutError, aiohttp.ServerTimeoutError):
                 if observer is not None:

@@ -272,7 +272,8 @@ async def test_pypi_cache__off_means_every_request_goes_upstream(
                 assert resp.status == 200
                 assert resp.headers["X-Cache"] == "BYPASS"
     assert states == ["BYPASS", "BYPASS"]
-    assert len(index.page_requests(TINYDEP)) == 3
+    # Each file request reads the page again for the hash it must match (issue 11, item 2).
+    assert len(index.page_requests(TINYDEP)) == 5
     assert len(index.file_requests()) == 2
     assert cached_files(server) == []
 
@@ -384,21 +385,17 @@ async def test_pypi_cache__corrupted_upstream_file_never_served_whole_nor_kept(
     assert len(index.file_requests()) == 4
 
 
-async def test_pypi_cache__unlisted_file_relayed_uncached(
+async def test_pypi_cache__unhashed_file_relayed_uncached(
     server: RunningServer, index: PypiIndex, http: aiohttp.ClientSession
 ) -> None:
-    data = b"not on any page"
-
-    async def unlisted(request: web.Request) -> web.StreamResponse:
-        return serve_bytes(request, data, "application/octet-stream")
-
-    index.overrides[("files", "/packages/zz/tinydep-9.9.9-py3-none-any.whl")] = unlisted
-    url = f"{server.url}/pypi/files/1/packages/zz/tinydep-9.9.9-py3-none-any.whl"
+    pub = Published(build_wheel("unhashed", "1.0"), host="files", hashed=False, with_metadata=False)
+    index.published.append(pub)
+    url = f"{server.url}/pypi/files/1{index.file_path(pub)}"
     for _ in range(2):
         async with http.get(url) as resp:
             assert resp.status == 200
             assert resp.headers["X-Cache"] == "BYPASS"
-            assert await resp.read() == data
+            assert await resp.read() == pub.dist.data
     assert len(index.file_requests()) == 2
     assert cached_files(server) == []
     assert cache_count(server, "bypass") == 2

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import zlib
-
 import orjson
 import pytest
 from yarl import URL
@@ -24,8 +21,6 @@ from proxy.pypi.rewrite import (
     safe_tail,
     verifying_hash,
 )
-from proxy.pypi.routes import decode_body
-from proxy.registry.upstream import UpstreamError
 
 OFFERS = (TEXT_HTML, "application/vnd.pypi.simple.v1+html", JSON_TYPE)
 PUBLIC = "https://proxy.test/prefix/pypi/files"
@@ -225,25 +220,6 @@ def test_simplerewrite__index_page_keeps_valid_names_only() -> None:
     assert parse_index_page(html, "text/html").projects == ("Alpha.Beta",)
     doc = {"meta": {"api-version": "1.0"}, "projects": [{"name": "x"}, {"name": 3}, "y"]}
     assert parse_index_page(orjson.dumps(doc), None).projects == ("x",)
-
-
-def test_simple__decode_body_handles_labelled_unlabelled_and_deflate() -> None:
-    raw = b'{"files": []}'
-    assert decode_body(gzip.compress(raw), "gzip") == raw
-    assert decode_body(gzip.compress(raw), None) == raw
-    assert decode_body(zlib.compress(raw), "deflate") == raw
-    assert decode_body(raw, "identity") == raw
-
-
-def test_simple__decode_body_refuses_bombs_and_unknown_encodings() -> None:
-    bomb = gzip.compress(b"\0" * 2_000_000)
-    with pytest.raises(UpstreamError) as too_big:
-        decode_body(bomb, "gzip", limit=1_000_000)
-    assert too_big.value.status == 502
-    with pytest.raises(UpstreamError):
-        decode_body(b"xx", "br")
-    with pytest.raises(UpstreamError):
-        decode_body(b"\x1f\x8bnot gzip", "gzip")
 
 
 def test_negotiate__remembered_choice_equals_fresh_choice() -> None:

@@ -14,7 +14,14 @@ from yarl import URL
 from proxy.registry.upstream import USER_AGENT
 from tests.conftest import RunningServer, StartServer, free_port
 from tests.pypi.conftest import start_pkgate
-from tests.upstreams.pypi_index import JSON_TYPE, PypiIndex, serve_bytes, serve_index
+from tests.upstreams.pypi_index import (
+    JSON_TYPE,
+    Published,
+    PypiIndex,
+    build_wheel,
+    serve_bytes,
+    serve_index,
+)
 from tokenapi.issue import ensure_user, issue_token
 
 PIP_ACCEPT = (
@@ -313,37 +320,57 @@ async def test_simple_file__head_has_exact_length_and_no_body(
     assert len(index.file_requests()) == 1
 
 
-async def test_simple_file__unlisted_head_is_relayed_as_head(
+def publish_unhashed(server: RunningServer, index: PypiIndex) -> tuple[Published, str]:
+    """A wheel its page links without any hash (relayed, never stored) and its pkgate URL."""
+    pub = Published(build_wheel("unhashed", "1.0"), host="files", hashed=False, with_metadata=False)
+    index.published.append(pub)
+    return pub, f"{server.url}/pypi/files/1{index.file_path(pub)}"
+
+
+async def test_simple_file__unhashed_head_is_relayed_as_head(
     server: RunningServer, index: PypiIndex, http: aiohttp.ClientSession
 ) -> None:
-    data = b"unlisted bytes"
-
-    async def unlisted(request: web.Request) -> web.StreamResponse:
-        return serve_bytes(request, data, "application/octet-stream")
-
-    index.overrides[("files", "/packages/extra/unlisted-1.0-py3-none-any.whl")] = unlisted
-    url = f"{server.url}/pypi/files/1/packages/extra/unlisted-1.0-py3-none-any.whl"
+    pub, url = publish_unhashed(server, index)
     async with http.head(url) as resp:
         assert resp.status == 200
-        assert resp.headers["Content-Length"] == str(len(data))
+        assert resp.headers["Content-Length"] == str(len(pub.dist.data))
         assert resp.headers["X-Cache"] == "BYPASS"
     assert [r.method for r in index.file_requests()] == ["HEAD"]
 
 
-async def test_simple_file__unlisted_unsatisfiable_range_is_416(
+async def test_simple_file__unhashed_unsatisfiable_range_is_416(
     server: RunningServer, index: PypiIndex, http: aiohttp.ClientSession
 ) -> None:
-    data = b"unlisted bytes"
-
-    async def unlisted(request: web.Request) -> web.StreamResponse:
-        return serve_bytes(request, data, "application/octet-stream")
-
-    index.overrides[("files", "/packages/extra/unlisted-1.0-py3-none-any.whl")] = unlisted
-    url = f"{server.url}/pypi/files/1/packages/extra/unlisted-1.0-py3-none-any.whl"
-    async with http.get(url, headers={"Range": "bytes=9999-"}) as resp:
+    pub, url = publish_unhashed(server, index)
+    async with http.get(url, headers={"Range": "bytes=9999999-"}) as resp:
         assert resp.status == 416
-        assert resp.headers["Content-Range"] == f"bytes */{len(data)}"
+        assert resp.headers["Content-Range"] == f"bytes */{len(pub.dist.data)}"
         assert "error" in await resp.json()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "files/1/__stats",
+        "files/1/packages/extra/unlisted-1.0-py3-none-any.whl",
+        "files/0/packages/tinydep/tinydep-9.9.9.tar.gz",
+        "files/0/packages/tinydep/tinydep-1.0.0.tar.gz.metadata",
+    ],
+)
+async def test_simple_file__paths_no_page_published_are_never_fetched(
+    server: RunningServer, index: PypiIndex, http: aiohttp.ClientSession, path: str
+) -> None:
+    async def anything(request: web.Request) -> web.StreamResponse:
+        return serve_bytes(request, b"whatever the origin holds", "application/octet-stream")
+
+    raw = "/" + path.split("/", 2)[2]
+    for server_name in ("index", "files"):
+        index.overrides[(server_name, raw)] = anything
+    async with http.get(f"{server.url}/pypi/{path}") as resp:
+        assert resp.status == 404
+        assert await resp.json() == {"error": "Not found"}
+    assert index.file_requests() == []
+    assert not any(r.path == raw for r in index.requests)
 
 
 @pytest.mark.parametrize(
@@ -437,9 +464,10 @@ async def test_simple_file__upstream_404_is_404(
 async def test_simple_file__broken_upstream_body_is_cut_short(
     server: RunningServer, index: PypiIndex, http: aiohttp.ClientSession
 ) -> None:
-    index.overrides[("files", "/packages/broken.whl")] = index.broken_body
+    _, url = publish_unhashed(server, index)
+    index.overrides[("files", url.split("/pypi/files/1", 1)[1])] = index.broken_body
     with pytest.raises(aiohttp.ClientPayloadError):
-        async with http.get(f"{server.url}/pypi/files/1/packages/broken.whl") as resp:
+        async with http.get(url) as resp:
             await resp.read()
 
 

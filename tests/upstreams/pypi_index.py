@@ -178,6 +178,7 @@ class Published:
     requires_python: str | None = None
     yanked: str | None = None  # None: not yanked; "": yanked without a reason
     with_metadata: bool = True
+    hashed: bool = True  # False: the page links the file without any hash
 
 
 def standard_projects() -> list[Published]:
@@ -341,7 +342,7 @@ class PypiIndex(Faults):
             entry: dict[str, Any] = {
                 "filename": pub.dist.filename,
                 "url": self._href(pub),
-                "hashes": {"sha256": pub.dist.sha256},
+                "hashes": {"sha256": pub.dist.sha256} if pub.hashed else {},
                 "requires-python": pub.requires_python,
                 "yanked": pub.yanked if pub.yanked else pub.yanked is not None,
                 "size": len(pub.dist.data),
@@ -369,7 +370,8 @@ class PypiIndex(Faults):
             f"<title>Links for {normalize(name)}</title></head><body>",
         ]
         for pub in self.project(name):
-            attrs = [f'href="{html.escape(self._href(pub))}#sha256={pub.dist.sha256}"']
+            fragment = f"#sha256={pub.dist.sha256}" if pub.hashed else ""
+            attrs = [f'href="{html.escape(self._href(pub))}{fragment}"']
             if pub.requires_python:
                 attrs.append(f'data-requires-python="{html.escape(pub.requires_python)}"')
             if pub.yanked is not None:

@@ -1,0 +1,387 @@
+"""The registry pipeline: the steps every npm and PyPI answer goes through, written once (SPEC §14).
+
+Serve metadata (a packument, a version document, an index page)::
+
+    cache or (fetch -> decode -> parse/rewrite)  ->  policy  ->  respond
+    ``MetadataCache.get_or_fetch(key, fetch)``      ``decided``    ``metadata_response``
+    with ``fetch_metadata(..., build)``
+
+``fetch_metadata`` does the upstream side for any registry: a conditional GET, the status mapping,
+the bounded read and the decoding (``decode``), and hands the decoded body to the registry's
+``build`` (parse, rewrite, render: a ``MetaEntry`` carrying the ``PackageFacts`` the policy
+judges), on a worker thread when the body is large.  ``decided`` applies the policy's decision to a
+cached entry: unchanged, a variant without the removed versions (made by the entry's own
+``without``, kept in the metadata cache beside it), or ``PolicyRefused``.
+
+Serve artifact (a tarball, a wheel, a ``.metadata``)::
+
+    expected digest  ->  policy  ->  store hit or (fetch -> verify while streaming)  ->  respond
+    (the registry)   ``check_artifact``   ``ArtifactCache.serve``
+
+``serve_artifact`` runs the last three steps for an ``Artifact`` the registry describes, and after
+a complete answer calls every ``ArtifactServedHook`` registered on the ``Registry`` (token id,
+ecosystem, package, version, file name, bytes sent): the one place downloads are observed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Final, TypeVar
+
+import aiohttp
+from aiohttp import hdrs, web
+from yarl import URL
+
+from tokenapi.keys import REQUEST_TOKEN
+from tokenapi.store import Token
+
+from ..keys import REQUEST_CACHE, artifact_cache_key, metadata_cache_key, upstream_key
+from .artifacts import ArtifactCache, Digest
+from .decode import IN_FLIGHT, MAX_BODY, decode_body, read_body
+from .metacache import (
+    NOT_MODIFIED,
+    Cached,
+    CacheKey,
+    Fetch,
+    MetadataCache,
+    MetaEntry,
+    NotModified,
+    Validators,
+    metadata_response,
+)
+from .policy import (
+    Decision,
+    NoPolicy,
+    PackageFacts,
+    Policy,
+    PolicyRefused,
+)
+from .upstream import Upstream, UpstreamError, raise_for_upstream_status
+
+log = logging.getLogger(__name__)
+
+# Building an entry from a decoded body larger than this runs on a worker thread.
+OFF_LOOP_BYTES: Final = 256 * 1024
+NO_POLICY: Final = NoPolicy()
+
+E = TypeVar("E", bound=MetaEntry)
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactServed:
+    """One artifact answered complete to a client (what download history records)."""
+
+    token_id: str | None
+    ecosystem: str
+    package: str
+    version: str | None
+    filename: str
+    bytes: int
+
+
+ArtifactServedHook = Callable[[ArtifactServed], None]
+
+
+class Registry:
+    """The shared machinery of one server's registries, read from the root application.
+
+    Handlers reach it through ``registry_key`` on their sub-application (set when mounting), so a
+    warm request costs no ``config_dict`` chain walk.  ``on_served`` hooks are called on the event
+    loop after every complete artifact answer; they must not block (queue and flush elsewhere).
+    """
+
+    def __init__(self, root: web.Application) -> None:
+        self._root = root
+        self.on_served: list[ArtifactServedHook] = []
+        # The policy stage; a supply-chain engine replaces it at start-up (``registry.policy =``).
+        self.policy: Policy = NO_POLICY
+
+    @property
+    def upstream(self) -> Upstream:
+        return self._root[upstream_key]
+
+    @property
+    def metadata(self) -> MetadataCache:
+        return self._root[metadata_cache_key]
+
+    @property
+    def artifacts(self) -> ArtifactCache:
+        return self._root[artifact_cache_key]
+
+    def served(self, event: ArtifactServed) -> None:
+        for hook in self.on_served:
+            try:
+                hook(event)
+            except Exception:
+                log.exception("an artifact-served hook failed")
+
+
+registry_key: Final = web.AppKey("registry", Registry)
+
+
+# -- metadata -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """An upstream metadata answer, decoded."""
+
+    url: URL
+    body: bytes | bytearray
+    content_type: str | None
+    etag: str | None
+    last_modified: str | None
+
+
+async def fetch_metadata(
+    upstream: Upstream,
+    url: URL,
+    build: Callable[[Fetched], E],
+    *,
+    validators: Validators,
+    accept: str,
+    what: str,
+    limit: int = MAX_BODY,
+) -> E | NotModified:
+    """One conditional upstream GET of a metadata document, decoded and built into an entry.
+
+    The metadata cache's fetch step for every registry: 304 is ``NOT_MODIFIED`` (only ever when
+    ``validators`` were sent), failure statuses become ``UpstreamError``, the body is read and
+    decoded within ``limit`` and the process-wide budget, and ``build`` (which raises
+    ``UpstreamError`` for a document it cannot use) runs off the loop for large bodies.
+    """
+    headers: dict[str, str] = {
+        hdrs.ACCEPT: accept,
+        hdrs.ACCEPT_ENCODING: "gzip, deflate",
+        **validators.headers(),
+    }
+    with IN_FLIGHT.hold() as held:
+        async with upstream.request(
+            "GET", url, headers=headers, what=what, kind="metadata"
+        ) as resp:
+            if resp.status == 304 and validators.headers():
+                return NOT_MODIFIED
+            raise_for_upstream_status(resp, what)
+            if resp.status != 200:
+                raise UpstreamError(502, f"{what} answered unexpected status {resp.status}")
+            raw = await read_body(resp, held, what, limit)
+            coding = resp.headers.get(hdrs.CONTENT_ENCODING)
+            fetched_headers = (
+                resp.headers.get(hdrs.CONTENT_TYPE),
+                resp.headers.get(hdrs.ETAG),
+                resp.headers.get(hdrs.LAST_MODIFIED),
+            )
+        body = await decode_body(raw, coding, held, what, limit)
+        del raw
+        fetched = Fetched(url, body, *fetched_headers)
+        del body
+        if len(fetched.body) > OFF_LOOP_BYTES:
+            return await asyncio.to_thread(build, fetched)
+        return build(fetched)
+
+
+def note_cache_state(request: web.Request, cached: Cached) -> None:
+    """Record how the answer was obtained, for the access log and metrics."""
+    request[REQUEST_CACHE] = cached.state.value.lower()
+
+
+async def serve_metadata(
+    request: web.Request,
+    registry: Registry,
+    key: CacheKey,
+    fetch: Fetch,
+    *,
+    complete_facts: Callable[[], Awaitable[PackageFacts | None]] | None = None,
+) -> web.Response:
+    """Cache or fetch -> policy -> respond, for one metadata document."""
+    cached = await registry.metadata.get_or_fetch(key, fetch)
+    note_cache_state(request, cached)
+    policy = registry.policy
+    if policy.active:
+        entry = await decided(request, registry, policy, key, cached.entry, complete_facts)
+        if entry is not cached.entry:
+            cached = Cached(entry, cached.state)
+    return metadata_response(request, cached)
+
+
+async def decision_for(
+    registry: Registry,
+    policy: Policy,
+    entry: MetaEntry,
+    complete_facts: Callable[[], Awaitable[PackageFacts | None]] | None = None,
+) -> tuple[Decision, PackageFacts] | None:
+    """The policy's decision on ``entry``'s package (memoised on the entry), or None (no facts)."""
+    facts = entry.facts
+    if facts is None:
+        return None
+    memo = entry.policy_memo
+    generation = policy.generation
+    if memo is not None and memo[0] == generation:
+        valid_until = memo[1].valid_until
+        if valid_until is None or time.time() < valid_until:
+            return memo[1], memo[2]
+    if not facts.times_known and policy.needs_publish_times and complete_facts is not None:
+        facts = await complete_facts() or facts
+    decision = policy.decide(facts)
+    entry.policy_memo = (generation, decision, facts)
+    return decision, facts
+
+
+async def decided(
+    request: web.Request,
+    registry: Registry,
+    policy: Policy,
+    key: CacheKey,
+    entry: MetaEntry,
+    complete_facts: Callable[[], Awaitable[PackageFacts | None]] | None = None,
+) -> MetaEntry:
+    """``entry`` as the policy lets it be served: itself, a variant without removed versions, or
+    ``PolicyRefused``.  Variants live in the metadata cache, keyed by the entry and generation."""
+    found = await decision_for(registry, policy, entry, complete_facts)
+    if found is None:
+        return entry
+    decision, facts = found
+    if decision.allows_all:
+        return entry
+    policy.applied(request.get(REQUEST_TOKEN), facts, decision, None)
+    if decision.refusal is not None:
+        raise PolicyRefused(decision.refusal)
+    cache = registry.metadata
+    variant_key = (key[0], key[1], f"{key[2]} policy {policy.generation} {entry.etag}")
+    variant = cache.peek(variant_key)
+    if variant is None:
+        if len(entry.body) > OFF_LOOP_BYTES:
+            variant = await asyncio.to_thread(entry.without, decision)
+        else:
+            variant = entry.without(decision)
+        variant.fetched_at = entry.fetched_at
+        cache.keep(variant_key, variant)
+    return variant
+
+
+# -- artifacts ------------------------------------------------------------------------------------
+
+Opener = Callable[[str, Mapping[str, str]], AbstractAsyncContextManager[aiohttp.ClientResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    """What a registry knows about one artifact request before anything is fetched."""
+
+    ecosystem: str
+    package: str
+    version: str | None
+    filename: str
+    url: URL  # upstream URL
+    digest: Digest | None  # what its bytes must hash to, when published
+    what: str  # names the upstream in error messages
+    content_type: str
+    headers: Mapping[str, str]  # extra response headers (Cache-Control ...)
+
+
+def check_artifact(
+    request: web.Request,
+    policy: Policy,
+    artifact: Artifact,
+    decision: tuple[Decision, PackageFacts] | None,
+) -> None:
+    """The policy step for an artifact: raises ``PolicyRefused`` for a removed version or file."""
+    if decision is None:
+        return
+    verdict, facts = decision
+    if verdict.allows_all:
+        return
+    refusal = verdict.refusal_for(artifact.version) or verdict.removed_files.get(
+        artifact.filename.removesuffix(".metadata")
+    )
+    if refusal is not None:
+        policy.applied(request.get(REQUEST_TOKEN), facts, verdict, artifact.version)
+        raise PolicyRefused(refusal)
+
+
+async def serve_artifact(
+    request: web.Request,
+    registry: Registry,
+    artifact: Artifact,
+    decision: tuple[Decision, PackageFacts] | None = None,
+) -> web.StreamResponse:
+    """Policy -> store hit or fetch-and-verify -> respond, then the artifact-served hooks."""
+    check_artifact(request, registry.policy, artifact, decision)
+    store = registry.artifacts
+    upstream = registry.upstream
+    digest = artifact.digest if store.enabled else None
+    headers = dict(artifact.headers)
+    if digest is None:
+        headers["X-Cache"] = "BYPASS"
+    # A relayed HEAD stays a HEAD upstream; anything the cache stores is fetched with GET.
+    method = request.method if digest is None else hdrs.METH_GET
+
+    def open_upstream(
+        extra: Mapping[str, str],
+    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        return upstream.request(
+            method, artifact.url, headers=extra, what=artifact.what, kind="artifact"
+        )
+
+    request[REQUEST_CACHE] = "bypass" if digest is None else "miss"
+    response = await store.serve(
+        request,
+        key=str(artifact.url),
+        digest=digest,
+        open_upstream=open_upstream,
+        content_type=artifact.content_type,
+        headers=headers,
+    )
+    if response.headers.get("X-Cache") == "HIT":
+        request[REQUEST_CACHE] = "hit"
+    if registry.on_served and request.method == hdrs.METH_GET:
+        if not response.prepared:
+            # Send it here (FileResponse.prepare writes the whole file) so that completion is
+            # known before the hooks run.
+            await response.prepare(request)
+        sent = completed_bytes(request, response)
+        if sent is not None:
+            token: Token | None = request.get(REQUEST_TOKEN)
+            registry.served(
+                ArtifactServed(
+                    token.id if token is not None else None,
+                    artifact.ecosystem,
+                    artifact.package,
+                    artifact.version,
+                    artifact.filename,
+                    sent,
+                )
+            )
+    return response
+
+
+def completed_bytes(request: web.Request, response: web.StreamResponse) -> int | None:
+    """The body bytes of a complete 200 answer, or None when it was cut short or partial."""
+    if response.status != 200:
+        return None
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        return None
+    length = response.content_length
+    return length if length is not None else response.body_length
+
+
+__all__ = [
+    "Artifact",
+    "ArtifactServed",
+    "ArtifactServedHook",
+    "Fetched",
+    "Registry",
+    "check_artifact",
+    "decided",
+    "decision_for",
+    "fetch_metadata",
+    "registry_key",
+    "serve_artifact",
+    "serve_metadata",
+]
