@@ -11,6 +11,7 @@ from tokenapi.config import TokenApiConfig
 
 from .auth import NPM_CHALLENGE, PYPI_CHALLENGE
 from .errors import error_middleware
+from .history import download_recorder
 from .keys import artifact_cache_key, metadata_cache_key, settings_key, upstream_key
 from .metrics import metrics_key, metrics_middleware, setup_metrics
 from .npm import routes as npm
@@ -50,6 +51,7 @@ def token_api_config(settings: Settings) -> TokenApiConfig:
         login_failures=settings.login_limit,
         session_lifetime=settings.session_lifetime,
         token_max_lifetime=settings.token_max_lifetime,
+        download_history_days=settings.download_history_days,
     )
 
 
@@ -108,6 +110,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[settings_key] = settings
     app[registry_key] = Registry(app)
+    app[registry_key].on_served.append(download_recorder(app))
     setup_metrics(app)
     tokenapi.http.setup(app, token_api_config(settings), supplychain_admin.ENDPOINTS)
     app.cleanup_ctx.append(upstream_ctx)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from tokenapi import inputs
+from tokenapi.downloads import build_query, history
 from tokenapi.errors import InvalidInput, NotFound, PkgateError
 from tokenapi.issue import ensure_user, issue_token
 from tokenapi.passwords import hash_password_async
@@ -112,6 +113,53 @@ async def _token_revoke(ns: argparse.Namespace) -> int:
     finally:
         await store.close()
     print(f"revoked token {ns.id}", file=sys.stderr)
+    return 0
+
+
+async def _downloads(ns: argparse.Namespace) -> int:
+    params = {
+        k: str(v)
+        for k, v in (
+            ("ecosystem", ns.ecosystem),
+            ("package", ns.package),
+            ("version", ns.version),
+            ("email", ns.email),
+            ("since", ns.since),
+            ("limit", ns.limit),
+        )
+        if v is not None
+    }
+    query = build_query(params, params.keys(), email=inputs.normalize_email)
+    store = await _with_store(_store_settings(ns))
+    try:
+        page = await history(store, None, query)
+    finally:
+        await store.close()
+    rows = [
+        {
+            "downloaded_at": _iso(r.download.downloaded_at),
+            "email": r.email,
+            "token_id": r.download.token_id,
+            "token": f"{r.token_name} ({r.token_prefix})",
+            "ecosystem": r.download.ecosystem,
+            "package": r.download.package,
+            "version": r.download.version,
+            "filename": r.download.filename,
+        }
+        for r in page.rows
+    ]
+    if ns.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    columns = ("downloaded_at", "email", "token", "ecosystem", "package", "version", "filename")
+    titles = {c: ("time" if c == "downloaded_at" else c).upper() for c in columns}
+    widths = {c: max([len(titles[c])] + [len(str(r[c])) for r in rows]) for c in columns}
+    print("  ".join(titles[c].ljust(widths[c]) for c in columns).rstrip())
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(widths[c]) for c in columns).rstrip())
+    if page.next_cursor is not None:
+        more = f"(more than {query.limit} rows; narrow the filters or raise --limit)"
+        print(more, file=sys.stderr)
     return 0
 
 
@@ -221,6 +269,17 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("id")
     store_args(revoke)
     revoke.set_defaults(coro=_token_revoke)
+
+    downloads = sub.add_parser("downloads", help="list the download history, newest first")
+    downloads.add_argument("--package")
+    downloads.add_argument("--version")
+    downloads.add_argument("--email", help="owner of the tokens")
+    downloads.add_argument("--ecosystem", choices=("npm", "pypi"))
+    downloads.add_argument("--since", help="ISO 8601 time or Unix seconds")
+    downloads.add_argument("--limit", type=int, default=1000, help="at most this many rows")
+    downloads.add_argument("--json", action="store_true")
+    store_args(downloads)
+    downloads.set_defaults(coro=_downloads)
 
     user_p = sub.add_parser("user", help="manage users").add_subparsers(
         dest="action", required=True

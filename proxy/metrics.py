@@ -33,7 +33,8 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from tokenapi.keys import recorder_key, store_key
+from tokenapi.breach import BreachNotifier
+from tokenapi.keys import breach_key, recorder_key, store_key
 from tokenapi.lastused import UsageRecorder
 
 from .accesslog import AccessLogSink, access_log_key
@@ -54,6 +55,7 @@ class _ScrapeTimeCollector(Collector):
 
     def __init__(self) -> None:
         self.recorder: UsageRecorder | None = None
+        self.breach: BreachNotifier | None = None
         self.tokens_active: int | None = None
         self.access_log: AccessLogSink | None = None
 
@@ -89,10 +91,48 @@ class _ScrapeTimeCollector(Collector):
             )
             pending.add_metric([], sink.pending_bytes)
             yield pending
+        yield from _history_families(recorder, self.breach)
         if self.tokens_active is not None:
             active = GaugeMetricFamily("pkgate_tokens_active", "Tokens that are not revoked")
             active.add_metric([], self.tokens_active)
             yield active
+
+
+def _history_families(
+    recorder: UsageRecorder | None, breach: BreachNotifier | None
+) -> Iterator[Metric]:
+    """Download history and breach mail series (SPEC 16)."""
+    for name, doc, value in (
+        (
+            "pkgate_downloads_recorded",
+            "Download records written to the history",
+            recorder.downloads_written if recorder else 0,
+        ),
+        (
+            "pkgate_downloads_dropped",
+            "Download records dropped because the store stayed unavailable too long",
+            recorder.downloads_dropped if recorder else 0,
+        ),
+        (
+            "pkgate_breach_mails_queued",
+            "Breach notifications queued",
+            breach.queued if breach else 0,
+        ),
+        ("pkgate_breach_mails_sent", "Breach mails sent", breach.sent if breach else 0),
+        (
+            "pkgate_breach_mail_failures",
+            "Breach notification mail attempts that failed (each is retried)",
+            breach.failures if breach else 0,
+        ),
+        (
+            "pkgate_breach_mails_failed",
+            "Breach notifications given up after every retry failed",
+            breach.gave_up if breach else 0,
+        ),
+    ):
+        family = CounterMetricFamily(name, doc)
+        family.add_metric([], value)
+        yield family
 
 
 class _Counts:
@@ -251,6 +291,7 @@ class Metrics:
         """The text exposition, with the scrape-time values read from ``app`` first."""
         self._scrape.recorder = app.get(recorder_key)
         self._scrape.access_log = app.get(access_log_key)
+        self._scrape.breach = app.get(breach_key)
         store = app.get(store_key)
         self._scrape.tokens_active = await store.count_active_tokens() if store else None
         return generate_latest(self.registry)

@@ -388,6 +388,9 @@ class Settings:
     discover: bool = setting(
         True, _bool, "with neither upstream set, find both on this machine (npm and pip config)"
     )
+    download_history_days: int = setting(
+        90, _positive_int, "days the download history is kept before it is pruned"
+    )
     shutdown_grace: float = setting(
         30.0, _positive_seconds, "seconds in-flight requests may take to finish on SIGTERM"
     )

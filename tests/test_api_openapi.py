@@ -251,6 +251,17 @@ SPECIFIC: dict[tuple[str, str, int], Scenario] = {
     ("POST", "/admin/tokens", 413): lambda c: _admin_create(c, HUGE),
     ("POST", "/admin/tokens", 415): lambda c: _admin_raw(c, "x=1"),
     ("GET", "/openapi.json", 200): lambda c: c("GET", "/api/openapi.json"),
+    ("GET", "/v1/tokens/downloads", 200): lambda c: _with_token(
+        c, "GET", "/api/v1/tokens/downloads"
+    ),
+    ("GET", "/v1/tokens/downloads", 400): lambda c: _with_token(
+        c, "GET", "/api/v1/tokens/downloads?limit=0"
+    ),
+    ("GET", "/downloads", 200): lambda c: _with_token(c, "GET", "/api/downloads"),
+    ("GET", "/downloads", 400): lambda c: _with_token(c, "GET", "/api/downloads?cursor=x"),
+    ("GET", "/admin/downloads", 200): lambda c: _admin(c, "GET", "/api/admin/downloads"),
+    ("GET", "/admin/downloads", 400): lambda c: _admin(c, "GET", "/api/admin/downloads?since=x"),
+    ("GET", "/admin/downloads", 403): lambda c: _with_token(c, "GET", "/api/admin/downloads"),
 }
 
 

@@ -40,3 +40,4 @@ class TokenApiConfig:
     token_max_lifetime: float | None = None
     # Wall-clock seconds: token expiry and OIDC checks read it (tests pass a controllable one).
     clock: Callable[[], float] = time.time
+    download_history_days: int = 90

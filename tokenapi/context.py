@@ -1,4 +1,4 @@
-"""The identity resources of a server: store, validation cache and last-used recorder."""
+"""The identity resources of a server: store, validation cache, last-used recorder, breach mail."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from .keys import config_key, recorder_key, store_key, validator_key
+from .breach import BreachNotifier
+from .downloads import pruning
+from .keys import breach_key, config_key, mailer_key, recorder_key, store_key, validator_key
 from .lastused import UsageRecorder
 from .store import Store
 from .validation import TokenValidator
@@ -18,11 +20,19 @@ async def identity_ctx(app: web.Application) -> AsyncIterator[None]:
     store = await Store.open(config.database)
     validator = TokenValidator(store, ttl=config.token_cache_ttl, clock=config.clock)
     recorder = UsageRecorder(store, config.last_used_flush)
+    notifier = BreachNotifier(store, app[mailer_key], config, recorder)
     app[store_key] = store
     app[validator_key] = validator
     app[recorder_key] = recorder
+    app[breach_key] = notifier
     try:
-        async with validator.running(), recorder.running():
+        # The recorder's last flush runs after the notifier and pruning have stopped.
+        async with (
+            validator.running(),
+            recorder.running(),
+            pruning(store, config.download_history_days),
+            notifier.running(),
+        ):
             yield
     finally:
         await store.close()

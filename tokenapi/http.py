@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from . import admin_api, email_api, named_api, session_api
+from . import admin_api, downloads_api, email_api, named_api, session_api
 from .config import TokenApiConfig
 from .context import identity_ctx
 from .keys import api_state_key, config_key, mailer_key
@@ -32,6 +32,7 @@ def endpoints(extra: Sequence[Endpoint] = ()) -> list[Endpoint]:
         *session_api.ENDPOINTS,
         *admin_api.ENDPOINTS,
         *extra,
+        *downloads_api.ENDPOINTS,
     ]
     found.append(
         Endpoint(

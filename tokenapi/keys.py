@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .breach import BreachNotifier
 from .config import TokenApiConfig
 from .lastused import UsageRecorder
 from .mail import Mailer
@@ -17,6 +18,7 @@ validator_key = web.AppKey("validator", TokenValidator)
 recorder_key = web.AppKey("usage_recorder", UsageRecorder)
 mailer_key = web.AppKey("mailer", Mailer)
 api_state_key = web.AppKey("token_api_state", ApiState)
+breach_key = web.AppKey("breach_notifier", BreachNotifier)
 
 # Per-request: the token that authenticated the request (absent for anonymous requests).
 REQUEST_TOKEN = web.RequestKey("pkgate_token", Token)

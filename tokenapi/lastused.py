@@ -1,4 +1,8 @@
-"""Last-used recording: memory on the request path, one batched transaction per flush interval."""
+"""Last-used and download recording: memory on the request path, one transaction per interval.
+
+Downloads (SPEC 16) ride in the same batch as last-used times: the request path appends a record
+to a list, and the flush writes both in one store transaction.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,18 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from .errors import StoreUnavailable
-from .store import Store, Usage, UsageUpdate
+from .store import Download, Store, Usage, UsageUpdate
 
 log = logging.getLogger(__name__)
+
+# Downloads kept in memory while the store cannot take them; beyond this the oldest are dropped
+# (and counted) rather than letting a long outage exhaust memory.
+MAX_PENDING_DOWNLOADS = 200_000
 
 
 @dataclass(slots=True)
@@ -45,6 +54,40 @@ class UsageRecorder:
         self.last_batch_size = 0
         self.tokens_written = 0
         self._current: asyncio.Future[int] | None = None
+        self._downloads: list[Download] = []
+        self._flushing_downloads: list[Download] = []
+        self._in_flush = False
+        self.downloads_written = 0
+        self.downloads_dropped = 0
+
+    def record_download(
+        self,
+        token_id: str,
+        ecosystem: str,
+        package: str,
+        version: str,
+        filename: str,
+        now: float | None = None,
+    ) -> None:
+        """Note one artifact served to a token; touches memory only."""
+        if len(self._downloads) >= MAX_PENDING_DOWNLOADS:
+            del self._downloads[0]
+            self.downloads_dropped += 1
+        self._downloads.append(
+            Download(
+                uuid.uuid4().hex,  # same order in every collation: a cursor key
+                token_id,
+                ecosystem,
+                package,
+                version,
+                filename,
+                time.time() if now is None else now,
+            )
+        )
+
+    def pending_downloads(self) -> list[Download]:
+        """Downloads memory holds that the store may not have yet."""
+        return [*self._flushing_downloads, *self._downloads]
 
     def record(self, token_id: str, ecosystem: str, now: float | None = None) -> None:
         """Note one use of a token; touches memory only."""
@@ -57,9 +100,11 @@ class UsageRecorder:
 
     async def flush(self) -> int:
         """Write everything pending in one transaction; on failure keep it for the next try."""
-        if not self._pending or self._flushing:
+        if (not self._pending and not self._downloads) or self._in_flush:
             return 0
+        self._in_flush = True
         self._flushing, self._pending = self._pending, {}
+        self._flushing_downloads, self._downloads = self._downloads, []
         batch = [
             UsageUpdate(
                 token_id,
@@ -68,17 +113,24 @@ class UsageRecorder:
             )
             for token_id, p in self._flushing.items()
         ]
+        downloads = self._flushing_downloads
         try:
-            written = await self._store.record_usage(batch)
+            written = await self._store.record_usage(batch, downloads)
         except BaseException:
             # Merge back so nothing recorded is lost; a later flush retries.
             for token_id, p in self._flushing.items():
                 target = self._pending.setdefault(token_id, _Pending())
                 for eco, (n, last) in p.counts.items():
                     target.add(eco, last, int(n), last)
+            self._downloads[:0] = downloads
             self._flushing = {}
+            self._flushing_downloads = []
+            self._in_flush = False
             raise
         self._flushing = {}
+        self._flushing_downloads = []
+        self._in_flush = False
+        self.downloads_written += len(downloads)
         self.flushes += 1
         self.last_batch_size = written
         self.tokens_written += written
@@ -117,6 +169,15 @@ class UsageRecorder:
             if p is not None and (best is None or p.last_used_at > best):
                 best = p.last_used_at
         return best
+
+    async def sync(self) -> None:
+        """Write what memory holds now, after any flush already under way (background use only)."""
+        current = self._current
+        if current is not None and not current.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(current)
+        self._current = asyncio.ensure_future(self.flush())
+        await asyncio.shield(self._current)
 
     async def _run(self) -> None:
         while True:

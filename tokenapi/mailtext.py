@@ -137,3 +137,80 @@ WHERE = {
 }
 
 PLACEHOLDER = {"en": "<YOUR_TOKEN>", "ja": "<YOUR_TOKEN>"}
+
+BREACH_SUBJECT = {
+    "en": Template("[pkgate] Security alert: $packages ($advisory)"),
+    "ja": Template("[pkgate] セキュリティ警告: $packages ($advisory)"),
+}
+
+BREACH_LINE = {
+    "en": Template(
+        "    $package $version ($ecosystem)\n"
+        "        downloaded $when with token \"$token_name\" ($token_prefix…)$times"
+    ),
+    "ja": Template(
+        "    $package $version ($ecosystem)\n"
+        "        ダウンロード日時 $when、トークン「$token_name」($token_prefix…)$times"
+    ),
+}
+
+BREACH_TIMES = {
+    "en": Template(", $count times (last $last)"),
+    "ja": Template("、計 $count 回 (最終 $last)"),
+}
+
+BREACH = {
+    "en": Template("""\
+Hello,
+
+a package that your pkgate tokens downloaded from $public_url has since been reported
+as malicious or vulnerable, and pkgate now blocks it:
+
+    $advisory: $summary
+
+What your tokens downloaded before this was known:
+
+$lines
+
+What to do
+==========
+
+1. Remove the package from every project, lock file and machine (developer machines, CI
+   runners, containers) that installed it; reinstall from a clean state.
+2. Treat those machines as possibly compromised: look for unknown processes, scheduled jobs
+   and changed files, and check your CI logs from the time of the download.
+3. Rotate every secret that was reachable from them: cloud and registry credentials, SSH
+   keys, API tokens (your pkgate token too: $api/v1/tokens/regenerate).
+4. Details of the advisory: search for $advisory in the OSV database.
+
+You get this mail once per advisory. To stop security mails for a token, revoke it:
+curl -X DELETE -H "Authorization: Bearer <YOUR_TOKEN>" $api/v1/tokens
+"""),
+    "ja": Template("""\
+こんにちは。
+
+$public_url からあなたの pkgate トークンでダウンロードされたパッケージが、その後
+悪意のある、または脆弱なパッケージとして報告され、現在 pkgate でブロックされています。
+
+    $advisory: $summary
+
+判明する前にあなたのトークンがダウンロードしたもの:
+
+$lines
+
+対応のお願い
+============
+
+1. このパッケージをインストールしたすべてのプロジェクト、ロックファイル、マシン (開発用
+   マシン、CI ランナー、コンテナ) から削除し、クリーンな状態から再インストールしてください。
+2. それらのマシンが侵害された可能性があるものとして扱い、不明なプロセスや定期実行ジョブ、
+   変更されたファイルを確認し、ダウンロード時刻の CI ログを確認してください。
+3. それらのマシンから参照できたすべての秘密情報 (クラウドやレジストリの認証情報、SSH 鍵、
+   API トークン、pkgate トークンも: $api/v1/tokens/regenerate) を再発行してください。
+4. アドバイザリの詳細は OSV データベースで $advisory を検索してください。
+
+このメールはアドバイザリごとに 1 回だけ送信されます。トークンへのセキュリティメールを
+止めるにはトークンを無効化してください:
+curl -X DELETE -H "Authorization: Bearer <YOUR_TOKEN>" $api/v1/tokens
+"""),
+}

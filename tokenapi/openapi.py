@@ -50,11 +50,12 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
         "responses": responses,
     }
     params = _PARAM.findall(endpoint.path)
-    if params:
-        op["parameters"] = [
-            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-            for p in params
-        ]
+    parameters: list[Any] = [
+        {"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params
+    ]
+    parameters.extend(dict(q) for q in endpoint.query)
+    if parameters:
+        op["parameters"] = parameters
     if endpoint.body is not None:
         op["requestBody"] = {
             "required": True,

@@ -129,6 +129,7 @@ class Endpoint:
     body: Schema | None = None
     result: Schema | None = None
     tag: str = "tokens"
+    query: tuple[Schema, ...] = ()  # OpenAPI parameter objects (in: query)
 
 
 @dataclass

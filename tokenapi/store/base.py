@@ -102,6 +102,78 @@ class UsageUpdate:
     counts: Mapping[str, tuple[int, float]]  # ecosystem -> (requests, last used)
 
 
+@dataclass(frozen=True, slots=True)
+class Download:
+    """One artifact served to a token (``package`` and ``version`` as the ecosystem spells them)."""
+
+    id: str
+    token_id: str
+    ecosystem: str
+    package: str
+    version: str
+    filename: str
+    downloaded_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadRow:
+    """A download with the token and owner it belongs to, as the history lists it."""
+
+    download: Download
+    token_name: str
+    token_prefix: str
+    user_id: str
+    email: str
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadQuery:
+    """Filters of a history listing; ``after`` is the (time, id) of the last row already shown."""
+
+    token_id: str | None = None
+    user_id: str | None = None
+    email: str | None = None
+    ecosystem: str | None = None
+    package: str | None = None  # as stored: PyPI names normalised by the caller
+    version: str | None = None
+    since: float | None = None
+    before: float | None = None
+    after: tuple[float, str] | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Affected:
+    """A download of a package by a user who still holds an active token (breach candidates)."""
+
+    row: DownloadRow
+    language: str
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A breach notification claimed for delivery."""
+
+    advisory_id: str
+    user_id: str
+    email: str
+    language: str
+    summary: str
+    first_seen: float
+    details: str  # JSON written by the notifier
+    attempts: int
+    active_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewNotification:
+    advisory_id: str
+    user_id: str
+    summary: str
+    first_seen: float
+    details: str
+
+
 _TOKEN_COLUMNS = (
     "t.id, t.user_id, t.name, t.kind, t.prefix, t.created_at, t.last_used_at, t.revoked_at,"
     " u.email, t.expires_at, t.scopes"
@@ -552,12 +624,37 @@ class Store(ABC):
 
     # -- usage ----------------------------------------------------------------------------
 
-    async def record_usage(self, updates: Iterable[UsageUpdate]) -> int:
-        """Write a batch of last-used updates in one transaction; returns tokens written."""
+    async def record_usage(
+        self, updates: Iterable[UsageUpdate], downloads: Iterable[Download] = ()
+    ) -> int:
+        """Write last-used updates and downloads in one transaction; returns tokens written."""
         batch = list(updates)
-        if not batch:
+        served = list(downloads)
+        if not batch and not served:
             return 0
         async with self.transaction() as db:
+            if served:
+                await db.executemany(
+                    "INSERT INTO downloads"
+                    " (id, token_id, ecosystem, package, version, filename, downloaded_at)"
+                    " SELECT CAST(? AS TEXT), id, CAST(? AS TEXT), CAST(? AS TEXT),"
+                    " CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS DOUBLE PRECISION)"
+                    " FROM tokens WHERE id = ? ON CONFLICT (id) DO NOTHING",
+                    [
+                        (
+                            d.id,
+                            d.ecosystem,
+                            d.package,
+                            d.version,
+                            d.filename,
+                            d.downloaded_at,
+                            d.token_id,
+                        )
+                        for d in served
+                    ],
+                )
+            if not batch:
+                return 0
             await db.executemany(
                 "UPDATE tokens SET last_used_at ="
                 f" {self.d.greatest('coalesce(last_used_at, 0)', '?')} WHERE id = ?",
@@ -641,6 +738,194 @@ class Store(ABC):
         async with self.transaction() as db:
             cur = await db.execute("DELETE FROM sessions WHERE digest = ?", (digest,))
             return cur.rowcount > 0
+
+    # -- download history -----------------------------------------------------------------
+
+    async def list_downloads(self, query: DownloadQuery) -> list[DownloadRow]:
+        """Downloads matching ``query``, newest first (time, then id, both descending)."""
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("d.token_id", query.token_id),
+            ("t.user_id", query.user_id),
+            ("d.ecosystem", query.ecosystem),
+            ("d.package", query.package),
+            ("d.version", query.version),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if query.email is not None:
+            where.append(f"{self.d.nocase('u.email')} = {self.d.nocase('?')}")
+            params.append(query.email)
+        if query.since is not None:
+            where.append("d.downloaded_at >= ?")
+            params.append(query.since)
+        if query.before is not None:
+            where.append("d.downloaded_at < ?")
+            params.append(query.before)
+        if query.after is not None:
+            at, last_id = query.after
+            where.append("(d.downloaded_at < ? OR (d.downloaded_at = ? AND d.id < ?))")
+            params.extend((at, at, last_id))
+        sql = (
+            "SELECT d.id, d.token_id, d.ecosystem, d.package, d.version, d.filename,"
+            " d.downloaded_at, t.name, t.prefix, t.user_id, u.email"
+            " FROM downloads d JOIN tokens t ON t.id = d.token_id JOIN users u ON u.id = t.user_id"
+            + (f" WHERE {' AND '.join(where)}" if where else "")
+            + " ORDER BY d.downloaded_at DESC, d.id DESC LIMIT ?"
+        )
+        rows = await self._fetchall(sql, (*params, query.limit))
+        return [_download_row(r) for r in rows]
+
+    async def token_owners(self, token_ids: Iterable[str]) -> dict[str, tuple[str, str, str, str]]:
+        """For each known token id: (name, prefix, user id, owner email), revoked ones included."""
+        ids = sorted(set(token_ids))
+        if not ids:
+            return {}
+        marks = ", ".join("?" for _ in ids)
+        rows = await self._fetchall(
+            "SELECT t.id, t.name, t.prefix, t.user_id, u.email FROM tokens t"
+            f" JOIN users u ON u.id = t.user_id WHERE t.id IN ({marks})",
+            ids,
+        )
+        return {str(r[0]): (str(r[1]), str(r[2]), str(r[3]), str(r[4])) for r in rows}
+
+    async def prune_downloads(self, before: float) -> int:
+        """Delete downloads older than ``before``; returns how many went."""
+        async with self.transaction() as db:
+            cur = await db.execute("DELETE FROM downloads WHERE downloaded_at < ?", (before,))
+            return int(cur.rowcount)
+
+    async def package_downloads(
+        self, ecosystem: str, package: str, *, before: float
+    ) -> list[Affected]:
+        """Downloads of a package before a time, by users who still hold an active token."""
+        rows = await self._fetchall(
+            "SELECT d.id, d.token_id, d.ecosystem, d.package, d.version, d.filename,"
+            " d.downloaded_at, t.name, t.prefix, t.user_id, u.email, u.language"
+            " FROM downloads d JOIN tokens t ON t.id = d.token_id JOIN users u ON u.id = t.user_id"
+            " WHERE d.ecosystem = ? AND d.package = ? AND d.downloaded_at < ?"
+            " AND EXISTS (SELECT 1 FROM tokens a WHERE a.user_id = t.user_id"
+            " AND a.revoked_at IS NULL)"
+            " ORDER BY d.downloaded_at, d.id",
+            (ecosystem, package, before),
+        )
+        return [Affected(_download_row(r), str(r[11])) for r in rows]
+
+    # -- breach notifications -------------------------------------------------------------
+
+    async def add_notifications(self, items: Iterable[NewNotification], now: float) -> int:
+        """Queue notifications; one per (advisory, user) ever, so repeats are ignored."""
+        batch = list(items)
+        if not batch:
+            return 0
+        created = 0
+        async with self.transaction() as db:
+            for n in batch:
+                cur = await db.execute(
+                    "INSERT INTO breach_notifications (advisory_id, user_id, summary, first_seen,"
+                    " details, next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (advisory_id, user_id) DO NOTHING",
+                    (n.advisory_id, n.user_id, n.summary, n.first_seen, n.details, now, now),
+                )
+                created += max(cur.rowcount, 0)
+        return created
+
+    async def claim_notifications(
+        self, now: float, *, lease: float, limit: int = 20
+    ) -> list[Notification]:
+        """Due pending notifications, leased to this caller so no other process sends them."""
+        async with self.transaction() as db:
+            async with db.execute(
+                "SELECT n.advisory_id, n.user_id, u.email, u.language, n.summary, n.first_seen,"
+                " n.details, n.attempts FROM breach_notifications n"
+                " JOIN users u ON u.id = n.user_id"
+                " WHERE n.state = 'pending' AND n.next_attempt_at <= ?"
+                " AND (n.claimed_until IS NULL OR n.claimed_until <= ?)"
+                f" ORDER BY n.next_attempt_at LIMIT ?{self.d.for_update}",
+                (now, now, limit),
+            ) as cur:
+                rows = list(await cur.fetchall())
+            claimed = []
+            for r in rows:
+                await db.execute(
+                    "UPDATE breach_notifications SET claimed_until = ?"
+                    " WHERE advisory_id = ? AND user_id = ?",
+                    (now + lease, r[0], r[1]),
+                )
+                async with db.execute(
+                    "SELECT count(*) FROM tokens WHERE user_id = ? AND revoked_at IS NULL",
+                    (r[1],),
+                ) as cur:
+                    active = await cur.fetchone()
+                claimed.append(
+                    Notification(
+                        str(r[0]),
+                        str(r[1]),
+                        str(r[2]),
+                        str(r[3]),
+                        str(r[4]),
+                        float(r[5]),
+                        str(r[6]),
+                        int(r[7]),
+                        int(active[0]),
+                    )
+                )
+        return claimed
+
+    async def finish_notification(
+        self, advisory_id: str, user_id: str, *, state: str, now: float, error: str | None = None
+    ) -> None:
+        """Mark a notification sent, skipped or failed for good."""
+        async with self.transaction() as db:
+            await db.execute(
+                "UPDATE breach_notifications SET state = ?, finished_at = ?, claimed_until = NULL,"
+                " last_error = coalesce(CAST(? AS TEXT), last_error), attempts = attempts + ?"
+                " WHERE advisory_id = ? AND user_id = ?",
+                (state, now, error, 0 if state == "skipped" else 1, advisory_id, user_id),
+            )
+
+    async def retry_notification(
+        self, advisory_id: str, user_id: str, *, at: float, error: str
+    ) -> None:
+        """Count a failed attempt and schedule the next one."""
+        async with self.transaction() as db:
+            await db.execute(
+                "UPDATE breach_notifications SET attempts = attempts + 1, last_error = ?,"
+                " next_attempt_at = ?, claimed_until = NULL WHERE advisory_id = ? AND user_id = ?",
+                (error, at, advisory_id, user_id),
+            )
+
+    async def next_notification_due(self) -> float | None:
+        """When the earliest pending notification may be tried (leases included)."""
+        row = await self._fetchone(
+            f"SELECT min({self.d.greatest('next_attempt_at', 'coalesce(claimed_until, 0)')})"
+            " FROM breach_notifications WHERE state = 'pending'"
+        )
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def notification_summary(self) -> tuple[dict[str, int], list[tuple[str, str, int, str]]]:
+        """Counts by state, and the unsent ones that failed (advisory, email, attempts, error)."""
+        counts = {state: 0 for state in ("pending", "sent", "failed", "skipped")}
+        for r in await self._fetchall(
+            "SELECT state, count(*) FROM breach_notifications GROUP BY state"
+        ):
+            counts[str(r[0])] = int(r[1])
+        failing = await self._fetchall(
+            "SELECT n.advisory_id, u.email, n.attempts, n.last_error"
+            " FROM breach_notifications n JOIN users u ON u.id = n.user_id"
+            " WHERE n.state IN ('pending', 'failed') AND n.last_error IS NOT NULL"
+            " ORDER BY n.created_at DESC LIMIT 20"
+        )
+        return counts, [(str(r[0]), str(r[1]), int(r[2]), str(r[3])) for r in failing]
+
+
+def _download_row(r: Any) -> DownloadRow:
+    download = Download(
+        str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5]), float(r[6])
+    )
+    return DownloadRow(download, str(r[7]), str(r[8]), str(r[9]), str(r[10]))
 
 
 def _same(a: str, b: str) -> bool:

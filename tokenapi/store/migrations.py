@@ -211,6 +211,73 @@ MIGRATIONS: tuple[Migration, ...] = (
     CREATE INDEX mail_outbox_due ON mail_outbox (next_attempt_at);
     """,
     ),
+    # 5: download history (SPEC 16) and the breach notifications sent from it.
+    Migration(
+        sqlite="""
+    CREATE TABLE downloads (
+        id TEXT PRIMARY KEY,
+        token_id TEXT NOT NULL REFERENCES tokens (id) ON DELETE CASCADE,
+        ecosystem TEXT NOT NULL,
+        package TEXT NOT NULL,
+        version TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        downloaded_at REAL NOT NULL
+    );
+    CREATE INDEX downloads_time ON downloads (downloaded_at, id);
+    CREATE INDEX downloads_token ON downloads (token_id, downloaded_at);
+    CREATE INDEX downloads_package ON downloads (ecosystem, package, version);
+    CREATE TABLE breach_notifications (
+        advisory_id TEXT NOT NULL,
+        user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+        summary TEXT NOT NULL,
+        first_seen REAL NOT NULL,
+        details TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending'
+            CHECK (state IN ('pending', 'sent', 'failed', 'skipped')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        claimed_until REAL,
+        last_error TEXT,
+        created_at REAL NOT NULL,
+        finished_at REAL,
+        PRIMARY KEY (advisory_id, user_id)
+    );
+    CREATE INDEX breach_notifications_due ON breach_notifications (next_attempt_at)
+        WHERE state = 'pending';
+    """,
+        postgresql="""
+    CREATE TABLE downloads (
+        id TEXT PRIMARY KEY,
+        token_id TEXT NOT NULL REFERENCES tokens (id) ON DELETE CASCADE,
+        ecosystem TEXT NOT NULL,
+        package TEXT NOT NULL,
+        version TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        downloaded_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX downloads_time ON downloads (downloaded_at, id);
+    CREATE INDEX downloads_token ON downloads (token_id, downloaded_at);
+    CREATE INDEX downloads_package ON downloads (ecosystem, package, version);
+    CREATE TABLE breach_notifications (
+        advisory_id TEXT NOT NULL,
+        user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+        summary TEXT NOT NULL,
+        first_seen DOUBLE PRECISION NOT NULL,
+        details TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending'
+            CHECK (state IN ('pending', 'sent', 'failed', 'skipped')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at DOUBLE PRECISION NOT NULL,
+        claimed_until DOUBLE PRECISION,
+        last_error TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        finished_at DOUBLE PRECISION,
+        PRIMARY KEY (advisory_id, user_id)
+    );
+    CREATE INDEX breach_notifications_due ON breach_notifications (next_attempt_at)
+        WHERE state = 'pending';
+    """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
