@@ -160,6 +160,9 @@ class BreachNotifier:
         self._incoming: list[list[BreachEntry]] = []
         self._wake = asyncio.Event()
         self._stopping = False
+        self._steps_started = 0
+        self._steps_finished = 0
+        self._progress = asyncio.Event()
         # Counters for /metrics (this process).
         self.queued = 0
         self.sent = 0
@@ -277,6 +280,8 @@ class BreachNotifier:
     async def _run(self) -> None:
         while not self._stopping:
             self._wake.clear()
+            self._steps_started += 1
+            step = self._steps_started
             try:
                 await self._step()
                 due = await self._store.next_notification_due()
@@ -286,9 +291,22 @@ class BreachNotifier:
             except Exception:
                 log.exception("breach notifications failed, will retry")
                 due = None
+            self._steps_finished = step
+            self._progress.set()
             wait = self.poll if due is None else min(max(due - self.clock(), 0.0), self.poll)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def wait_idle(self) -> None:
+        """Until the background loop has looked up every entry handed over and sent what is due."""
+        target = self._steps_started + 1
+        self._wake.set()
+        while self._steps_finished < target or self._incoming:
+            if self._steps_finished >= target:  # entries arrived during that pass: one more
+                target = self._steps_started + 1
+                self._wake.set()
+            self._progress.clear()
+            await self._progress.wait()
 
     @contextlib.asynccontextmanager
     async def running(self, grace: float = 10.0) -> AsyncIterator[None]:
