@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import aiohttp
 import pytest
@@ -37,16 +36,25 @@ def mail() -> Iterator[SmtpServer]:
         yield server
 
 
-async def start(
-    start_server: StartServer, registry: NpmRegistry, mail: SmtpServer, **extra: Any
-) -> RunningServer:
-    # Downloads stay in memory (flush far away): the notifier must write them out first.
-    return await start_server(
-        npm_upstream=str(registry.url) + "/",
-        smtp_url=mail.url,
-        last_used_flush=3600,
-        **extra,
-    )
+@pytest.fixture
+def start(
+    start_server: StartServer, registry: NpmRegistry, mail: SmtpServer, database_url: str
+) -> Callable[[], Awaitable[RunningServer]]:
+    """A pkgate on the SQLite or the PostgreSQL store; each call is a (re)start on the same one."""
+
+    async def started() -> RunningServer:
+        # Downloads stay in memory (flush far away): the notifier must write them out first.
+        return await start_server(
+            npm_upstream=str(registry.url) + "/",
+            smtp_url=mail.url,
+            last_used_flush=3600,
+            database_url=database_url,
+        )
+
+    return started
+
+
+Start = Callable[[], Awaitable[RunningServer]]
 
 
 def notifier(server: RunningServer) -> BreachNotifier:
@@ -81,9 +89,9 @@ async def metric(server: RunningServer, name: str) -> float:
 
 
 async def test_breach__mails_each_affected_user_once_in_their_language(
-    start_server: StartServer, registry: NpmRegistry, mail: SmtpServer
+    start: Start, registry: NpmRegistry, mail: SmtpServer
 ) -> None:
-    server = await start(start_server, registry, mail)
+    server = await start()
     store = server.store
     await store.create_user("hana@example.com", language="ja")
     alice = await server.token("alice@example.com", name="laptop")
@@ -141,9 +149,9 @@ async def test_breach__mails_each_affected_user_once_in_their_language(
 
 
 async def test_breach__no_second_mail_after_a_restart(
-    start_server: StartServer, registry: NpmRegistry, mail: SmtpServer
+    start: Start, registry: NpmRegistry, mail: SmtpServer
 ) -> None:
-    server = await start(start_server, registry, mail)
+    server = await start()
     secret = await server.token("alice@example.com")
     await download(server, registry, secret, "1.1.0")
     first_seen = time.time()
@@ -152,7 +160,7 @@ async def test_breach__no_second_mail_after_a_restart(
     assert recipients(mail) == ["alice@example.com"]
     await server.close()
 
-    again = await start(start_server, registry, mail)  # same data directory
+    again = await start()  # same data directory
     notifier(again).entries_added([entry(first_seen)])
     await notifier(again).wait_idle()
     assert recipients(mail) == ["alice@example.com"]
@@ -160,9 +168,9 @@ async def test_breach__no_second_mail_after_a_restart(
 
 
 async def test_breach__smtp_failure_is_counted_retried_and_survives_a_restart(
-    start_server: StartServer, registry: NpmRegistry, mail: SmtpServer
+    start: Start, registry: NpmRegistry, mail: SmtpServer
 ) -> None:
-    server = await start(start_server, registry, mail)
+    server = await start()
     secret = await server.token("alice@example.com")
     await download(server, registry, secret, "1.1.0")
     first_seen = time.time()
@@ -190,7 +198,7 @@ async def test_breach__smtp_failure_is_counted_retried_and_survives_a_restart(
 
     # A restart keeps the notification; once the backoff has passed it goes out, once.
     mail.inbox.refuse = False
-    again = await start(start_server, registry, mail)
+    again = await start()
     later = notifier(again)
     later.clock = lambda: time.time() + 4 * 3600
     await later.wait_idle()
@@ -203,9 +211,9 @@ async def test_breach__smtp_failure_is_counted_retried_and_survives_a_restart(
 
 
 async def test_breach__gives_up_after_max_attempts_and_reports_it(
-    start_server: StartServer, registry: NpmRegistry, mail: SmtpServer
+    start: Start, registry: NpmRegistry, mail: SmtpServer
 ) -> None:
-    server = await start(start_server, registry, mail)
+    server = await start()
     secret = await server.token("alice@example.com")
     await download(server, registry, secret, "1.1.0")
     mail.inbox.refuse = True
@@ -228,9 +236,9 @@ async def test_breach__gives_up_after_max_attempts_and_reports_it(
 
 
 async def test_breach__user_who_revokes_before_the_send_is_skipped(
-    start_server: StartServer, registry: NpmRegistry, mail: SmtpServer
+    start: Start, registry: NpmRegistry, mail: SmtpServer
 ) -> None:
-    server = await start(start_server, registry, mail)
+    server = await start()
     secret = await server.token("alice@example.com")
     await download(server, registry, secret, "1.1.0")
     mail.inbox.refuse = True
@@ -248,9 +256,9 @@ async def test_breach__user_who_revokes_before_the_send_is_skipped(
 
 
 async def test_breach__pypi_names_compare_normalised(
-    start_server: StartServer, registry: NpmRegistry, mail: SmtpServer
+    start: Start, registry: NpmRegistry, mail: SmtpServer
 ) -> None:
-    server = await start(start_server, registry, mail)
+    server = await start()
     secret = await server.token("py@example.com")
     token = await server.validator.validate(secret)
     assert token is not None

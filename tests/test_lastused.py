@@ -1,4 +1,3 @@
-
 import pytest
 
 from tokenapi.errors import StoreUnavailable
