@@ -9,6 +9,7 @@ from aiohttp import web
 import tokenapi.http
 from tokenapi.config import TokenApiConfig
 
+from . import breachwire
 from .auth import NPM_CHALLENGE, PYPI_CHALLENGE
 from .errors import error_middleware
 from .history import download_recorder
@@ -115,7 +116,9 @@ def create_app(settings: Settings) -> web.Application:
     tokenapi.http.setup(app, token_api_config(settings), supplychain_admin.ENDPOINTS)
     app.cleanup_ctx.append(upstream_ctx)
     app.cleanup_ctx.append(cache_ctx)
-    supplychain.setup(app, settings, app[metrics_key].registry)
+    chain = supplychain.setup(app, settings, app[metrics_key].registry)
+    if chain.blocklist is not None:
+        breachwire.connect(app, chain.blocklist)  # new entries mail their past downloaders
     setup_ops(app)
     setup_web(app)
     setup_registry_limits(app, settings)

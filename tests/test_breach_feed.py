@@ -10,8 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from proxy.breachwire import connect
-from proxy.supplychain.blocklist import Blocklist
+from tests.api_support import call
 from tests.conftest import RunningServer, StartServer
 from tests.smtp import SmtpServer, smtp_server
 from tests.upstreams.npm_registry import NpmRegistry, serve_registry
@@ -53,55 +52,49 @@ async def download(server: RunningServer, registry: NpmRegistry, secret: str, ve
         assert resp.status == 200
 
 
-async def with_blocklist(server: RunningServer, feed: Path) -> Blocklist:
-    blocklist = Blocklist([str(feed)], data_dir=server.settings.data_dir, refresh=3600)
-    connect(server.app, blocklist)
-    await blocklist.start()
-    return blocklist
-
-
 async def test_feed_update__mails_the_downloader_once_across_refreshes_and_restarts(
     start_server: StartServer, registry: NpmRegistry, mail: SmtpServer, tmp_path: Path
 ) -> None:
     feed = tmp_path / "feed"
     publish(feed, "MAL-2026-0001", "unrelated", ["1.0.0"])
-    settings = {"npm_upstream": str(registry.url) + "/", "smtp_url": mail.url}
+    settings = {
+        "npm_upstream": str(registry.url) + "/",
+        "smtp_url": mail.url,
+        "blocklist_feeds": (str(feed),),
+    }
     server = await start_server(**settings)
-    blocklist = await with_blocklist(server, feed)
-    try:
-        secret = await server.token("dev@example.com", name="laptop")
-        bystander = await server.token("other@example.com")
-        await download(server, registry, secret, "1.1.0")
-        await download(server, registry, bystander, "1.0.0")
+    await server.store.create_user("root@example.com", is_admin=True)
+    admin = await server.token("root@example.com")
+    secret = await server.token("dev@example.com", name="laptop")
+    bystander = await server.token("other@example.com")
+    await download(server, registry, secret, "1.1.0")
+    await download(server, registry, bystander, "1.0.0")
 
-        publish(feed, "MAL-2026-0002", "pkg-plain", ["1.1.0"])
-        await blocklist.refresh()
-        await server.app[breach_key].wait_idle()
-        assert [str(m["To"]) for m in mail.inbox.messages] == ["dev@example.com"]
-        assert "MAL-2026-0002" in mail.inbox.messages[0]["Subject"]
-        text = mail.inbox.text()
-        assert "pkg-plain 1.1.0 (npm)" in text
-        assert f'token "laptop" ({secret[:8]}…)' in text
-        assert "Malicious code in pkg-plain" in text
+    publish(feed, "MAL-2026-0002", "pkg-plain", ["1.1.0"])
+    refreshed = await call(server, "POST", "/api/admin/blocklist/refresh", token=admin)
+    assert refreshed.status == 200, refreshed.body
+    await server.app[breach_key].wait_idle()
+    assert [str(m["To"]) for m in mail.inbox.messages] == ["dev@example.com"]
+    assert "MAL-2026-0002" in mail.inbox.messages[0]["Subject"]
+    text = mail.inbox.text()
+    assert "pkg-plain 1.1.0 (npm)" in text
+    assert f'token "laptop" ({secret[:8]}…)' in text
+    assert "Malicious code in pkg-plain" in text
 
-        await blocklist.refresh()  # nothing new
-        await server.app[breach_key].wait_idle()
-        assert len(mail.inbox.messages) == 1
-        # The tarball is now refused, so nothing new can be downloaded after first-seen.
-        assert blocklist.verdict("npm", "pkg-plain", "1.1.0") is not None
-    finally:
-        await blocklist.close()
+    # The next refresh finds nothing new; the admin status shows what was sent.
+    assert (await call(server, "POST", "/api/admin/blocklist/refresh", token=admin)).status == 200
+    await server.app[breach_key].wait_idle()
+    assert len(mail.inbox.messages) == 1
+    status = await call(server, "GET", "/api/admin/blocklist", token=admin)
+    assert status.body["breach_notifications"]["notifications"]["sent"] == 1
+    assert status.body["breach_notifications"]["send_failures"] == 0
     await server.close()
 
     # Restart on the same data, and even lose the blocklist's memory of what it had seen:
     # the store's record of notifications still keeps anyone from a second mail.
     (server.settings.data_dir / "blocklist" / "seen.json").unlink()
     again = await start_server(**settings)
-    blocklist = await with_blocklist(again, feed)
-    try:
-        await again.app[breach_key].wait_idle()
-        assert len(mail.inbox.messages) == 1
-        status = await again.app[breach_key].status()
-        assert status["notifications"]["sent"] == 1
-    finally:
-        await blocklist.close()
+    await again.app[breach_key].wait_idle()
+    assert len(mail.inbox.messages) == 1
+    status = await call(again, "GET", "/api/admin/blocklist", token=admin)
+    assert status.body["breach_notifications"]["notifications"]["sent"] == 1

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from tokenapi.keys import store_key
+from tokenapi.keys import breach_key, store_key
 from tokenapi.webauth import require_admin
 from tokenapi.webio import ApiError, Endpoint, json_response
 
@@ -43,10 +43,19 @@ def _chain(request: web.Request) -> SupplyChain:
     return request.config_dict[supplychain_key]
 
 
+async def _status(request: web.Request) -> dict[str, Any]:
+    """The chain's status with the breach notifications' (SPEC 16: failures visible here)."""
+    status = _chain(request).status()
+    notifier = request.config_dict.get(breach_key)
+    if notifier is not None:
+        status["breach_notifications"] = await notifier.status()
+    return status
+
+
 async def blocklist_status(request: web.Request) -> web.Response:
     """Sources, entry counts, last refresh and its outcome, errors, policy counters."""
     await require_admin(request)
-    return json_response(with_iso_times(_chain(request).status()))
+    return json_response(with_iso_times(await _status(request)))
 
 
 async def blocklist_refresh(request: web.Request) -> web.Response:
@@ -59,7 +68,7 @@ async def blocklist_refresh(request: web.Request) -> web.Response:
     if store is not None:
         await store.request_blocklist_refresh()  # the other processes
     await chain.blocklist.refresh()
-    return json_response(with_iso_times(chain.status()))
+    return json_response(with_iso_times(await _status(request)))
 
 
 _SOURCE = {
@@ -98,6 +107,20 @@ STATUS_SCHEMA: Final = {
         "min_release_age_exempt": {"type": "array", "items": {"type": "string"}},
         "decisions": {"type": "array", "items": {"type": "object"}},
         "unknown_publish_times": {"type": "object"},
+        "breach_notifications": {
+            "type": "object",
+            "description": "mails to past downloaders of newly blocked versions (SPEC 16)",
+            "properties": {
+                "notifications": {
+                    "type": "object",
+                    "description": "count by state: pending, sent, failed (gave up), skipped",
+                    "additionalProperties": {"type": "integer"},
+                },
+                "send_failures": {"type": "integer", "description": "failed attempts (retried)"},
+                "last_error": {"type": ["string", "null"]},
+                "failing": {"type": "array", "items": {"type": "object"}},
+            },
+        },
     },
 }
 
