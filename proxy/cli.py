@@ -17,7 +17,9 @@ from tokenapi.downloads import build_query, history
 from tokenapi.errors import InvalidInput, NotFound, PkgateError
 from tokenapi.issue import ensure_user, issue_token
 from tokenapi.passwords import hash_password_async
-from tokenapi.store import Store, Token
+from tokenapi.store import Store, Token, sqlite_path
+from tokenapi.store.copy import copy_store
+from tokenapi.store.postgres import masked
 
 from . import discover
 from . import settings as settings_mod
@@ -217,6 +219,29 @@ async def _blocklist_refresh(ns: argparse.Namespace) -> int:
     return await supplychain_cli.blocklist_refresh(_store_settings(ns), _with_store, ns.wait)
 
 
+async def _db_copy(ns: argparse.Namespace) -> int:
+    settings = _store_settings(ns)
+    try:
+        target_url = settings_mod.FIELDS["database_url"].metadata["parse"](ns.to)
+    except ValueError as exc:
+        raise SettingsError(f"--to: {exc}") from None
+    if str(settings.database) == str(target_url) or settings.database == sqlite_path(target_url):
+        raise SettingsError("--to: the target is the source database")
+    source = await _with_store(settings)
+    try:
+        target = await Store.open(target_url)
+        try:
+            report = await copy_store(source, target)
+        finally:
+            await target.close()
+    finally:
+        await source.close()
+    for table, n in report.counts.items():
+        print(f"{table:24} {n:>10}", file=sys.stderr)
+    print(f"copied {report.rows} rows into {masked(target_url)}; row counts match", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pkgate", description="Authenticating proxy for npm and Python package registries"
@@ -290,6 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
     ucreate.add_argument("--password-stdin", action="store_true")
     store_args(ucreate)
     ucreate.set_defaults(coro=_user_create)
+
+    db_p = sub.add_parser("db", help="the database").add_subparsers(dest="action", required=True)
+    dcopy = db_p.add_parser(
+        "copy", help="copy the whole store into an empty database (e.g. SQLite -> PostgreSQL)"
+    )
+    dcopy.add_argument("--to", required=True, metavar="URL", help="postgresql://user:pass@host/db")
+    store_args(dcopy)
+    dcopy.set_defaults(coro=_db_copy)
 
     supplychain_cli.add_commands(sub, store_args, _blocklist_status, _blocklist_refresh)
     return parser

@@ -25,7 +25,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -325,6 +325,18 @@ class Store(ABC):
     @abstractmethod
     async def schema_version(self) -> int:
         """The number of the last migration applied."""
+
+    @abstractmethod
+    async def columns(self, table: str) -> list[str]:
+        """A table's column names in their order."""
+
+    async def _after_bulk_load(self, tx: Tx, tables: list[str]) -> None:
+        """Called in the transaction that loaded rows with their own keys (``db copy``)."""
+        return None
+
+    def snapshot(self) -> AbstractAsyncContextManager[None]:
+        """Reads inside the block see one consistent state of the database."""
+        return nullcontext()
 
     @abstractmethod
     async def tables(self) -> list[str]:

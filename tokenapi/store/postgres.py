@@ -262,6 +262,30 @@ class PostgresStore(Store):
             ordered.extend(ready or [n for n in parents if n not in ordered])
         return ordered
 
+    async def columns(self, table: str) -> list[str]:
+        rows = await self._fetchall(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = ? ORDER BY ordinal_position",
+            (table,),
+        )
+        return [str(r[0]) for r in rows]
+
+    async def _after_bulk_load(self, tx: Tx, tables: list[str]) -> None:
+        """Rows came with their own serial keys: move each identity past the largest one."""
+        async with tx.execute(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND is_identity = 'YES'"
+        ) as cur:
+            identities = [(str(r[0]), str(r[1])) for r in await cur.fetchall()]
+        for table, column in identities:
+            if table not in tables:
+                continue
+            await tx.execute(
+                f'SELECT setval(pg_get_serial_sequence(?, ?), coalesce(max("{column}"), 0) + 1,'
+                f' false) FROM "{table}"',
+                (table, column),
+            )
+
     # -- revocations from other instances -------------------------------------------------
 
     async def data_version(self) -> int:

@@ -184,6 +184,15 @@ class SqliteStore(Store):
             ordered.extend(ready)
         return ordered
 
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[None]:
+        """One read transaction on the reader: every read in the block sees the same commit."""
+        await self._reader.execute("BEGIN")
+        try:
+            yield
+        finally:
+            await self._reader.execute("COMMIT")
+
     async def columns(self, table: str) -> list[str]:
         rows = await self._fetchall(f'PRAGMA table_info("{table}")')
         return [str(r[1]) for r in rows]
