@@ -53,6 +53,8 @@ def token_api_config(settings: Settings) -> TokenApiConfig:
         session_lifetime=settings.session_lifetime,
         token_max_lifetime=settings.token_max_lifetime,
         download_history_days=settings.download_history_days,
+        oidc_issuers=settings.oidc_issuers,
+        oidc_limit_ip=settings.oidc_limit_ip,
     )
 
 

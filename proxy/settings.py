@@ -20,6 +20,8 @@ from typing import Any
 
 from yarl import URL
 
+from tokenapi.oidcconfig import OidcIssuer, parse_issuers
+
 ENV_PREFIX = "PKGATE_"
 
 
@@ -335,6 +337,12 @@ class Settings:
     token_max_lifetime: float | None = setting(
         None, _opt_positive_seconds, "longest lifetime of a named token in seconds (default none)"
     )
+    oidc_issuers: tuple[OidcIssuer, ...] = setting(
+        (),
+        parse_issuers,
+        "CI OIDC issuers whose ID tokens may be exchanged for tokens ([[oidc_issuers]] in TOML)",
+    )
+    oidc_limit_ip: int = setting(60, _positive_int, "OIDC token exchanges per client IP per minute")
     registry_rate_per_token: int = setting(
         200, _non_negative_int, "registry requests per second per token, after the burst (0 = off)"
     )

@@ -7,11 +7,14 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from tests.api_support import NPM_UPSTREAM, Answer, call
 from tests.conftest import RunningServer, StartServer, free_port
+from tests.oidc_issuer import Issuer, serve_issuer
 from tests.smtp import SmtpServer, smtp_server
 from tokenapi.http import endpoints
+from tokenapi.oidcconfig import parse_issuers
 from tokenapi.passwords import hash_password_async
 
 PASSWORD = "pw-for-openapi-test"
@@ -194,6 +197,25 @@ async def _admin_create_429(c: Ctx) -> Answer:
     return await _admin_create(c, {"email": "n@example.com"}, admin)
 
 
+DEAD_ISSUER = f"http://127.0.0.1:{free_port()}"
+
+
+async def _oidc(c: Ctx, issuer: Issuer, aud: str | None = None) -> Answer:
+    id_token = issuer.sign(issuer.claims(aud or str(c.server.url)))
+    return await c("POST", "/api/v1/oidc/token", json={"id_token": id_token})
+
+
+async def _oidc_429(c: Ctx) -> Answer:
+    await c("POST", "/api/v1/oidc/token", json={"id_token": "x"})
+    return await c("POST", "/api/v1/oidc/token", json={"id_token": "x"})
+
+
+async def _oidc_dead(c: Ctx) -> Answer:
+    dead = Issuer()
+    dead.url = URL(DEAD_ISSUER)
+    return await _oidc(c, dead)
+
+
 ANY_ID = "00000000-0000-4000-8000-000000000000"
 
 SPECIFIC: dict[tuple[str, str, int], Scenario] = {
@@ -262,6 +284,11 @@ SPECIFIC: dict[tuple[str, str, int], Scenario] = {
     ("GET", "/admin/downloads", 200): lambda c: _admin(c, "GET", "/api/admin/downloads"),
     ("GET", "/admin/downloads", 400): lambda c: _admin(c, "GET", "/api/admin/downloads?since=x"),
     ("GET", "/admin/downloads", 403): lambda c: _with_token(c, "GET", "/api/admin/downloads"),
+    ("POST", "/v1/oidc/token", 201): lambda c: _oidc(c, c.issuer),  # type: ignore[attr-defined]
+    ("POST", "/v1/oidc/token", 400): lambda c: c("POST", "/api/v1/oidc/token", json={}),
+    ("POST", "/v1/oidc/token", 401): lambda c: _oidc(c, c.issuer, aud="elsewhere"),  # type: ignore[attr-defined]
+    ("POST", "/v1/oidc/token", 429): _oidc_429,
+    ("POST", "/v1/oidc/token", 503): lambda c: _oidc_dead(c),
 }
 
 
@@ -293,16 +320,29 @@ async def test_openapi__documented_status_is_produced(
     start_server: StartServer, mail: SmtpServer, method: str, path: str, status: int
 ) -> None:
     smtp_url = f"smtp://127.0.0.1:{free_port()}" if status == 503 else mail.url
-    server = await start_server(
-        npm_upstream=NPM_UPSTREAM,
-        smtp_url=smtp_url,
-        register_limit_email=2,
-        token_create_limit=1,
-        login_limit=1,
-        reset_limit_email=1,
-    )
-    ctx = Ctx(server)
-    ctx.mail = mail  # type: ignore[attr-defined]
+    async with serve_issuer() as issuer:
+        server = await start_server(
+            npm_upstream=NPM_UPSTREAM,
+            smtp_url=smtp_url,
+            register_limit_email=2,
+            token_create_limit=1,
+            login_limit=1,
+            reset_limit_email=1,
+            oidc_issuers=parse_issuers(
+                [
+                    {"issuer": issuer.issuer, "owner": "ci@example.com"},
+                    {"issuer": DEAD_ISSUER, "owner": "ci@example.com"},
+                ]
+            ),
+            oidc_limit_ip=1 if status == 429 else 60,
+        )
+        ctx = Ctx(server)
+        ctx.mail = mail  # type: ignore[attr-defined]
+        ctx.issuer = issuer  # type: ignore[attr-defined]
+        await _produce(ctx, method, path, status)
+
+
+async def _produce(ctx: Ctx, method: str, path: str, status: int) -> None:
     api_path = "/api" + path
     (endpoint,) = [e for e in endpoints() if (e.method, e.path) == (method, path)]
     scenario = SPECIFIC.get((method, path, status)) or generic(

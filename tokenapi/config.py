@@ -10,6 +10,8 @@ from pathlib import Path
 
 from yarl import URL
 
+from .oidcconfig import OidcIssuer
+
 
 @dataclass(frozen=True, slots=True)
 class TokenApiConfig:
@@ -41,3 +43,6 @@ class TokenApiConfig:
     # Wall-clock seconds: token expiry and OIDC checks read it (tests pass a controllable one).
     clock: Callable[[], float] = time.time
     download_history_days: int = 90
+    # CI identity providers whose ID tokens POST /api/v1/oidc/token exchanges (SPEC 18).
+    oidc_issuers: tuple[OidcIssuer, ...] = ()
+    oidc_limit_ip: int = 60  # exchanges per client IP per minute

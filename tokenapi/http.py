@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from . import admin_api, downloads_api, email_api, named_api, session_api
+from . import admin_api, downloads_api, email_api, named_api, oidc, session_api
 from .config import TokenApiConfig
 from .context import identity_ctx
 from .keys import api_state_key, config_key, mailer_key
@@ -31,6 +31,7 @@ def endpoints(extra: Sequence[Endpoint] = ()) -> list[Endpoint]:
         *named_api.ENDPOINTS,
         *session_api.ENDPOINTS,
         *admin_api.ENDPOINTS,
+        *oidc.ENDPOINTS,
         *extra,
         *downloads_api.ENDPOINTS,
     ]
@@ -64,4 +65,5 @@ def setup(
     app[mailer_key] = Mailer(config)
     app[api_state_key] = ApiState.from_config(config)
     app.cleanup_ctx.append(identity_ctx)
+    app.cleanup_ctx.append(oidc.oidc_ctx)
     app.add_subapp(f"{config.public_url.path.rstrip('/')}/api", api_app(extra))
