@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import signal
 import socket
 import sys
+from collections.abc import Callable
+
+from aiohttp import web
 
 from tokenapi.store import Store
 
@@ -16,6 +16,7 @@ from .accesslog import AccessLogSink, access_log_class, access_log_key, access_l
 from .app import create_app
 from .server import run_app
 from .settings import Settings
+from .supervisor import Supervisor
 
 log = logging.getLogger("pkgate")
 
@@ -46,13 +47,21 @@ def _install_loop_policy() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def _run_worker(settings: Settings, sock: socket.socket) -> None:
+def _run_worker(
+    settings: Settings, sock: socket.socket, ready: Callable[[], None] | None = None
+) -> None:
     _install_loop_policy()
     # Opened in the worker (after the fork): its writer thread belongs to this process.
     sink = AccessLogSink.for_settings(settings)
     app = create_app(settings)
     if sink is not None:
         app[access_log_key] = sink
+    if ready is not None:
+
+        async def started(_app: web.Application) -> None:
+            ready()  # after every cleanup context started: store open, watches running
+
+        app.on_startup.append(started)
     # On SIGTERM run_app stops listening, waits up to shutdown_grace for in-flight requests
     # (downloads included), then runs the cleanup contexts: last-used flush, store close.
     # The access log is written out last, once no request can add a line.
@@ -94,26 +103,13 @@ def serve(settings: Settings) -> int:
     if settings.workers == 1:
         _run_worker(settings, sock)
         return 0
-    children: list[int] = []
-    for _ in range(settings.workers):
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            try:
-                _run_worker(settings, sock)
-            finally:
-                os._exit(0)
-        children.append(pid)
-    sock.close()
-
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    status = 0
-    for child in children:
-        _, code = os.waitpid(child, 0)
-        status = status or os.waitstatus_to_exitcode(code)
-    return status
+    supervisor = Supervisor(
+        sock,
+        settings.workers,
+        lambda worker_sock, ready: _run_worker(settings, worker_sock, ready),
+        grace=settings.shutdown_grace,
+    )
+    try:
+        return supervisor.run()
+    finally:
+        sock.close()
