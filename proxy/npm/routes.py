@@ -135,7 +135,7 @@ class PackumentEntry(MetaEntry):
 
     @property
     def size(self) -> int:
-        return len(self.body) + ENTRY_OVERHEAD + FILE_OVERHEAD * len(self.files)
+        return self.stored_size + ENTRY_OVERHEAD + FILE_OVERHEAD * len(self.files)
 
     def without(self, decision: Decision) -> PackumentEntry:
         """This packument without the versions ``decision`` removes, with its dist-tags."""

@@ -122,7 +122,7 @@ class PageEntry(MetaEntry):
 
     @property
     def size(self) -> int:
-        return len(self.body) + ENTRY_OVERHEAD + FILE_HASH_OVERHEAD * len(self.files)
+        return self.stored_size + ENTRY_OVERHEAD + FILE_HASH_OVERHEAD * len(self.files)
 
     def without(self, decision: Decision) -> PageEntry:
         """This page without the files of the versions (and the files) ``decision`` removes."""

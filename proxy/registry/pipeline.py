@@ -255,7 +255,7 @@ async def decided(
     variant_key = (key[0], key[1], f"{key[2]} policy {policy.generation} {entry.etag}")
     variant = cache.peek(variant_key)
     if variant is None:
-        if len(entry.body) > OFF_LOOP_BYTES:
+        if entry.length > OFF_LOOP_BYTES:
             variant = await asyncio.to_thread(entry.without, decision)
         else:
             variant = entry.without(decision)

@@ -49,7 +49,7 @@ async def test_packument__second_request_is_a_hit_without_upstream(
     assert body_again == body
     assert again.headers["ETag"] == first.headers["ETag"]
     assert again.headers["Content-Type"] == first.headers["Content-Type"]
-    assert again.headers["Vary"] == "Accept"
+    assert again.headers["Vary"] == "Accept, Accept-Encoding"
     assert len(upstream_gets(registry, "/pkg-plain")) == 1
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
+import os
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -10,14 +13,17 @@ import pytest
 from aiohttp import web
 
 from proxy.registry.metacache import (
+    COMPRESS_MIN,
     ENTRY_OVERHEAD,
     NOT_MODIFIED,
+    STREAM_PIECE,
     CacheKey,
     CacheState,
     MetadataCache,
     MetaEntry,
     NotModified,
     Validators,
+    accepts_gzip,
     metadata_response,
     not_modified,
 )
@@ -209,7 +215,7 @@ async def test_metadata_cache__stale_beyond_limit_raises_upstream_error() -> Non
 
 async def test_metadata_cache__lru_evicts_least_recently_used_by_bytes() -> None:
     clock = Clock()
-    body = b"x" * 1000
+    body = os.urandom(1000)  # incompressible: stored and charged as it is
     cache = make_cache(clock, max_bytes=3 * (1000 + ENTRY_OVERHEAD))
     keys: list[CacheKey] = [("npm", f"p{i}", "full") for i in range(4)]
     for key in keys[:3]:
@@ -224,7 +230,7 @@ async def test_metadata_cache__lru_evicts_least_recently_used_by_bytes() -> None
 async def test_metadata_cache__entry_larger_than_bound_is_served_not_kept() -> None:
     clock = Clock()
     cache = make_cache(clock, max_bytes=2000)
-    up = FakeUpstream(b"y" * 5000)
+    up = FakeUpstream(os.urandom(5000))
     result = await cache.get_or_fetch(KEY, up)
     assert result.entry.body == up.body
     assert cache.peek(KEY) is None
@@ -354,3 +360,148 @@ def test_settings__cache_defaults() -> None:
     assert settings.metadata_cache_bytes == 64 * 1024**2
     assert settings.artifact_cache_bytes == 10 * 1024**3
     assert settings.artifact_dir == settings.data_dir / "cache" / "artifacts"
+
+
+# ------------------------------------------------------------------ compressed entries
+
+
+def packument_like(versions: int) -> bytes:
+    """A JSON document shaped like a packument (compressible the way real ones are)."""
+    doc = {
+        "name": "big",
+        "dist-tags": {"latest": f"1.0.{versions - 1}"},
+        "versions": {
+            f"1.0.{i}": {
+                "name": "big",
+                "version": f"1.0.{i}",
+                "dependencies": {f"dep-{j}": f"^{j}.{i % 7}.0" for j in range(12)},
+                "dist": {
+                    "tarball": f"http://127.0.0.1/npm/big/-/big-1.0.{i}.tgz",
+                    "integrity": "sha512-" + os.urandom(48).hex(),
+                },
+            }
+            for i in range(versions)
+        },
+    }
+    return json.dumps(doc).encode()
+
+
+def test_meta_entry__kept_gzipped_and_charged_at_its_compressed_size() -> None:
+    body = packument_like(400)
+    e = MetaEntry.build(body, "application/json")
+    assert e.coding == "gzip"
+    assert e.stored_size < len(body) / 2
+    assert gzip.decompress(e.stored) == body
+    assert e.body == body
+    assert e.length == len(body)
+    assert e.size == e.stored_size + ENTRY_OVERHEAD
+
+
+def test_meta_entry__small_or_incompressible_bodies_kept_as_they_are() -> None:
+    small = MetaEntry.build(b"{" + b" " * (COMPRESS_MIN - 3) + b"}", "application/json")
+    noise = MetaEntry.build(os.urandom(50_000), "application/octet-stream")
+    assert (small.coding, noise.coding) == (None, None)
+    assert small.stored_size == COMPRESS_MIN - 1
+
+
+async def test_metadata_cache__bytes_count_compressed_entries() -> None:
+    body = packument_like(400)
+    cache = make_cache(Clock())
+    cached = await cache.get_or_fetch(KEY, FakeUpstream(body))
+    assert cache.bytes == cached.entry.stored_size + ENTRY_OVERHEAD < len(body) / 2
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, False),
+        ("", False),
+        ("gzip", True),
+        ("gzip, deflate", True),
+        ("gzip, deflate, br, zstd", True),
+        ("deflate, gzip;q=1.0, *;q=0.5", True),
+        ("x-gzip", True),
+        ("identity", False),
+        ("br", False),
+        ("gzip;q=0", False),
+        ("GZIP ; Q=0.001", True),
+        ("*", True),
+        ("*;q=0", False),
+        ("*, gzip;q=0", False),
+        ("gzip;q=nonsense", False),
+    ],
+)
+def test_accepts_gzip(header: str | None, expected: bool) -> None:
+    assert accepts_gzip(header) is expected
+
+
+@pytest.fixture
+async def big_app() -> AsyncIterator[tuple[str, FakeUpstream]]:
+    """metadata_response of a compressible document larger than one streamed piece."""
+    up = FakeUpstream(packument_like(3000))
+    assert len(up.body) > 2 * STREAM_PIECE
+    cache = make_cache(Clock(), max_bytes=64 << 20)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        cached = await cache.get_or_fetch(KEY, up)
+        return metadata_response(request, cached)
+
+    app = web.Application()
+    app.router.add_get("/pkg", handler)
+    runner, url = await serve_app(app)
+    yield str(url / "pkg"), up
+    await runner.cleanup()
+
+
+async def test_metadata_response__gzip_to_clients_that_accept_it_identity_to_others(
+    big_app: tuple[str, FakeUpstream],
+) -> None:
+    url, up = big_app
+    async with aiohttp.ClientSession(auto_decompress=False) as http:
+        async with http.get(url, headers={"Accept-Encoding": "gzip, deflate"}) as zipped:
+            assert zipped.status == 200
+            assert zipped.headers["Content-Encoding"] == "gzip"
+            assert zipped.headers["Vary"] == "Accept-Encoding"
+            raw = await zipped.read()
+            assert int(zipped.headers["Content-Length"]) == len(raw) < len(up.body) / 2
+            assert gzip.decompress(raw) == up.body
+            gzip_etag = zipped.headers["ETag"]
+        async with http.get(url, headers={"Accept-Encoding": "identity"}) as plain:
+            assert plain.status == 200
+            assert "Content-Encoding" not in plain.headers
+            assert plain.headers["Vary"] == "Accept-Encoding"
+            assert await plain.read() == up.body
+            plain_etag = plain.headers["ETag"]
+        async with http.get(url, headers={"Accept-Encoding": "br, gzip;q=0"}) as refused:
+            assert "Content-Encoding" not in refused.headers
+            assert await refused.read() == up.body
+    # One entity tag per representation.
+    assert gzip_etag != plain_etag
+    assert gzip_etag.endswith('-gzip"')
+
+
+async def test_metadata_response__304_per_representation(
+    big_app: tuple[str, FakeUpstream],
+) -> None:
+    url, _ = big_app
+    gz = {"Accept-Encoding": "gzip"}
+    plain = {"Accept-Encoding": "identity"}
+    async with aiohttp.ClientSession(auto_decompress=False) as http:
+        async with http.get(url, headers=gz) as first:
+            gzip_etag = first.headers["ETag"]
+        async with http.get(url, headers=plain) as first_plain:
+            plain_etag = first_plain.headers["ETag"]
+        async with http.get(url, headers={**gz, "If-None-Match": gzip_etag}) as again:
+            assert again.status == 304
+            assert again.headers["ETag"] == gzip_etag
+            assert "Content-Encoding" not in again.headers
+            assert again.headers["Vary"] == "Accept-Encoding"
+        async with http.get(url, headers={**plain, "If-None-Match": plain_etag}) as plain_again:
+            assert plain_again.status == 304
+        # A tag of the other representation does not match: the client gets this one whole.
+        async with http.get(url, headers={**plain, "If-None-Match": gzip_etag}) as other:
+            assert other.status == 200
+            assert other.headers["ETag"] == plain_etag
+        async with http.head(url, headers=gz) as head:
+            assert head.status == 200
+            assert head.headers["Content-Encoding"] == "gzip"
