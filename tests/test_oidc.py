@@ -445,3 +445,13 @@ def test_readme__issuer_example_is_a_valid_config(tmp_path: Path) -> None:
     github, gitlab = load({}, env={}, config_file=path).oidc_issuers
     assert github.owner == gitlab.owner == "ci@example.com"
     assert [r.name for r in github.claims] == ["repository_owner", "ref"]
+
+
+def test_settings__issuers_from_the_environment_as_json() -> None:
+    env = {
+        "PKGATE_OIDC_ISSUERS": json.dumps([{"issuer": "https://ci.example.com", "owner": "a@b.cd"}])
+    }
+    (entry,) = load({}, env=env).oidc_issuers
+    assert (entry.issuer, entry.owner) == ("https://ci.example.com", "a@b.cd")
+    with pytest.raises(SettingsError, match="PKGATE_OIDC_ISSUERS"):
+        load({}, env={"PKGATE_OIDC_ISSUERS": "[{"})

@@ -309,9 +309,7 @@ OLD_TOKEN = (
 
 async def test_migration__existing_tokens_keep_working_unlimited(database_url: str) -> None:
     secret = tokens.generate()
-    old_token = OLD_TOKEN.format(
-        digest=tokens.digest(secret), prefix=tokens.display_prefix(secret)
-    )
+    old_token = OLD_TOKEN.format(digest=tokens.digest(secret), prefix=tokens.display_prefix(secret))
     path = sqlite_path(database_url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -350,3 +348,40 @@ async def test_regenerate__keeps_expiry_and_scopes(server: RunningServer, clock:
     assert ts(new.body["expires_at"]) == pytest.approx(old.expires_at, abs=0.01)
     clock.advance(300)
     assert (await registry(server, "pypi", new.body["token"]))[:2] == (401, {"error": EXPIRED})
+
+
+async def test_store__limits_kept_listed_and_counted_on_both_backends(database_url: str) -> None:
+    store = await Store.open(database_url)
+    try:
+        user = await ensure_user(store, "b@example.com")
+        now = 1_000_000.0
+        short, _ = await issue_token(
+            store, user, name="short", expires_at=now + 10, scopes=("pypi",)
+        )
+        await issue_token(store, user, name="forever")
+        found = await store.get_token(short.id)
+        assert found is not None
+        assert (found.expires_at, found.scopes) == (now + 10, ("pypi",))
+        assert {t.name for t in await store.list_tokens(user_id=user.id, now=now)} == {
+            "short",
+            "forever",
+        }
+        assert [t.name for t in await store.list_tokens(user_id=user.id, now=now + 10)] == [
+            "forever"
+        ]
+        assert await store.count_active_tokens(now=now + 10) == 1
+        new, _ = await store.replace_token(
+            short.id,
+            user.id,
+            name="short",
+            kind="api",
+            digest=tokens.digest(tokens.generate()),
+            prefix="pkg_xxxx",
+            expires_at=found.expires_at,
+            scopes=found.scopes,
+        )
+        assert (new.expires_at, new.scopes) == (now + 10, ("pypi",))
+        with pytest.raises(ValueError, match="scopes"):
+            await issue_token(store, user, name="bad", scopes=("maven",))
+    finally:
+        await store.close()

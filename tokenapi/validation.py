@@ -102,13 +102,19 @@ class TokenValidator:
 
     async def validate(self, secret: str) -> Token | None:
         """The usable token for ``secret``; None when malformed, unknown, revoked or expired."""
+        hit = self.cached(secret)  # the hot path: no await, no store
+        if hit is not None:
+            return hit
         token = await self.resolve(secret)
         return None if token is None or token.expired(self.clock()) else token
 
     async def check(self, secret: str, ecosystem: str | None = None) -> Token | str:
         """The token for ``secret`` if it may be used in ``ecosystem`` (None: any) now, else the
         reason it is refused (INVALID, EXPIRED or "token not valid for <ecosystem>")."""
-        token = await self.resolve(secret)
+        hit = self.cached(secret)
+        if hit is not None and (ecosystem is None or ecosystem in hit.scopes):
+            return hit
+        token = hit or await self.resolve(secret)
         reason = refusal(token, ecosystem, self.clock())
         if reason is not None:
             return reason
