@@ -86,6 +86,16 @@ def _timestamp(value: object) -> float:
     return when.timestamp()
 
 
+def _duration(seconds: float) -> str:
+    """``30 days``, ``12 hours``, ``90 seconds``: the largest unit that divides evenly."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = int(seconds // size)
+            return f"{n} {unit}{'' if n == 1 else 's'}"
+    n = round(seconds)
+    return f"{n} second{'' if n == 1 else 's'}"
+
+
 def expiry(
     expires_in: object, expires_at: object, *, now: float, max_lifetime: float | None
 ) -> float | None:
@@ -109,6 +119,6 @@ def expiry(
             return now + max_lifetime
         if when - now > max_lifetime + 1e-6:
             raise InvalidInput(
-                f"Token lifetime must be at most {max_lifetime:g} seconds (token_max_lifetime)"
+                f"Token lifetime must be at most {_duration(max_lifetime)} (token_max_lifetime)"
             )
     return when

@@ -14,7 +14,7 @@ from aiohttp import web
 from tokenapi.keys import config_key
 
 from .keys import jinja_key, static_key
-from .pages import setup_pages
+from .pages import duration, setup_pages
 from .static import StaticFiles
 
 
@@ -31,6 +31,7 @@ def setup_web(app: web.Application) -> None:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    app[jinja_key].filters["duration"] = duration
     static = StaticFiles(f"{base}/-/static")
     app[static_key] = static
     app.router.add_get(f"{base}/-/static/{{name}}", static.handle)

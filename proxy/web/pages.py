@@ -19,9 +19,12 @@ from tokenapi.errors import StoreUnavailable
 from tokenapi.keys import config_key, recorder_key, store_key
 from tokenapi.named_api import listed
 from tokenapi.store import Token
+from tokenapi.tokens import ALL_SCOPES
 from tokenapi.webauth import Caller
 from tokenapi.webio import iso
 
+from ..supplychain.admin import with_iso_times
+from ..supplychain.service import supplychain_key
 from .keys import jinja_key, static_key
 from .security import secure_page, signed_in
 
@@ -115,15 +118,48 @@ async def token_rows(request: web.Request, found: list[Token]) -> list[dict[str,
     return rows
 
 
+DAY = 86400.0
+EXPIRY_CHOICES = (
+    (DAY, "1 day"),
+    (7 * DAY, "7 days"),
+    (30 * DAY, "30 days"),
+    (90 * DAY, "90 days"),
+    (365 * DAY, "1 year"),
+)
+
+
+def expiry_choices(max_lifetime: float | None) -> list[tuple[str, str]]:
+    """(value, label) of the create form's expiry menu; "" asks for the API's default."""
+    if max_lifetime is None:
+        choices = [("", "Never")]
+    else:
+        days = max_lifetime / DAY
+        longest = f"{days:g} days" if days >= 1 else f"{max_lifetime / 3600:g} hours"
+        choices = [("", f"Longest allowed ({longest})")]
+    choices += [
+        (str(int(s)), label) for s, label in EXPIRY_CHOICES if not max_lifetime or s < max_lifetime
+    ]
+    return choices
+
+
+def setup_snippets(request: web.Request) -> list[tuple[str, clientsetup.Snippet]]:
+    """(scope, snippet) for every client of every enabled registry, with the placeholder."""
+    config = request.config_dict[config_key]
+    out: list[tuple[str, clientsetup.Snippet]] = []
+    if config.npm_enabled:
+        out += [("npm", s) for s in clientsetup.npm_snippets(config.public_url, SECRET_PLACEHOLDER)]
+    if config.pypi_enabled:
+        out += [
+            ("pypi", s) for s in clientsetup.pypi_snippets(config.public_url, SECRET_PLACEHOLDER)
+        ]
+    return out
+
+
 async def my_tokens(request: web.Request, caller: Caller) -> web.StreamResponse:
     """My tokens, the form that creates one, and the setup shown after creating it."""
     config = request.config_dict[config_key]
-    found = await request.config_dict[store_key].list_tokens(user_id=caller.user.id)
-    snippets = clientsetup.snippets(
-        config.public_url,
-        SECRET_PLACEHOLDER,
-        npm_enabled=config.npm_enabled,
-        pypi_enabled=config.pypi_enabled,
+    found = await request.config_dict[store_key].list_tokens(
+        user_id=caller.user.id, now=config.clock()
     )
     return render(
         request,
@@ -132,8 +168,10 @@ async def my_tokens(request: web.Request, caller: Caller) -> web.StreamResponse:
             "title": "My tokens",
             "nav": "tokens",
             "tokens": await token_rows(request, found),
-            "snippets": snippets,
+            "snippets": setup_snippets(request),
             "placeholder": SECRET_PLACEHOLDER,
+            "expiry_choices": expiry_choices(config.token_max_lifetime),
+            "scopes": ALL_SCOPES,
             "public_url": str(config.public_url),
         },
         caller=caller,
@@ -143,7 +181,8 @@ async def my_tokens(request: web.Request, caller: Caller) -> web.StreamResponse:
 async def admin_tokens(request: web.Request, caller: Caller) -> web.StreamResponse:
     """Everyone's tokens; ``?email=`` keeps those whose owner's address contains the text."""
     query = request.query.get("email", "").strip()
-    found = await request.config_dict[store_key].list_tokens()
+    now = request.config_dict[config_key].clock()
+    found = await request.config_dict[store_key].list_tokens(now=now)
     if query:
         needle = query.casefold()
         found = [t for t in found if needle in t.email.casefold()]
@@ -160,6 +199,32 @@ async def admin_tokens(request: web.Request, caller: Caller) -> web.StreamRespon
     )
 
 
+def duration(seconds: float | None) -> str:
+    """``3 days``, ``1 hour``, ``90 seconds``; ``off`` for 0 or None."""
+    if not seconds:
+        return "off"
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = int(seconds // size)
+            return f"{n} {unit}{'' if n == 1 else 's'}"
+    n = round(seconds)
+    return f"{n} second{'' if n == 1 else 's'}"
+
+
+async def blocklist(request: web.Request, caller: Caller) -> web.StreamResponse:
+    """The supply-chain policy's state: the admin API's blocklist status, as a page."""
+    status = with_iso_times(request.config_dict[supplychain_key].status())
+    return render(
+        request,
+        "blocklist.html",
+        {"title": "Blocklist", "nav": "blocklist", "status": status},
+        caller=caller,
+    )
+
+
 def setup_pages(app: web.Application, base: str) -> None:
     app.router.add_get(f"{base}/", page(my_tokens), name="web_home")
     app.router.add_get(f"{base}/-/admin", page(admin_tokens, admin=True), name="web_admin")
+    app.router.add_get(
+        f"{base}/-/admin/blocklist", page(blocklist, admin=True), name="web_blocklist"
+    )

@@ -15,7 +15,10 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 
 from tests.api_support import TOKEN_RE
-from tests.conftest import isolated_env, run
+from tests.conftest import StartServer, isolated_env, run
+from tests.smtp import SmtpServer
+from tests.upstreams.npm_registry import NpmRegistry
+from tests.upstreams.pypi_index import PypiIndex
 from tests.web.conftest import TIMEZONE, Browsing, Site, open_context, shot, sign_in
 from tokenapi.issue import issue_token
 
@@ -187,7 +190,7 @@ async def test_tokens__keyboard_order_and_visible_focus(site: Site, page: Page) 
     await sign_in(page, site, "me@example.com")
     await page.goto(site.url)
     order = []
-    for _ in range(7):
+    for _ in range(10):
         await page.keyboard.press("Tab")
         order.append(
             await page.evaluate(
@@ -208,6 +211,9 @@ async def test_tokens__keyboard_order_and_visible_focus(site: Site, page: Page) 
         "My tokens",
         "Sign out",
         "Name",
+        "Expires",
+        "npm registry (npm, yarn, pnpm, bun)",
+        "Python index (pip, uv, poetry)",
         "Create token",
         f"Revoke laptop ({token.prefix})",
     ], order
@@ -255,3 +261,110 @@ async def test_tokens__phone_width_and_dates_in_viewer_time_zone(
         await phone.watch.check(phone.pages)
     finally:
         await phone.context.close()
+
+
+async def pypi_status(site: Site, secret: str) -> int:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"{site.url}pypi/simple/tinydep/",
+            headers={"Authorization": aiohttp.encode_basic_auth("token", secret)},
+        ) as resp,
+    ):
+        return resp.status
+
+
+async def test_tokens__expiry_and_scopes_chosen_in_the_form(
+    site: Site, page: Page, browsing: Browsing
+) -> None:
+    await site.user("me@example.com")
+    await sign_in(page, site, "me@example.com")
+    await page.get_by_label("Name").fill("npm-only")
+    await page.get_by_label("Expires").select_option(label="7 days")
+    await page.get_by_label("Python index (pip, uv, poetry)").uncheck()
+    await page.get_by_role("button", name="Create token").click()
+    panel = page.get_by_role("region", name="Your new token “npm-only”")
+    await expect(panel).to_be_visible()
+    secret = (await page.locator("#new-secret").text_content() or "").strip()
+    await expect(page.locator("#new-scopes")).to_have_text("npm")
+    await expect(page.locator("#new-expires time")).to_contain_text("GMT+9")
+    # Only the setup of the npm family: the token is no good for pip.
+    summaries = await panel.locator("details.snippet summary").all_text_contents()
+    assert [s.split()[0] for s in summaries][:4] == ["npm", "yarn", "pnpm", "bun"]
+    assert not [s for s in summaries if s.split()[0] in ("pip", "uv", "poetry")]
+    (token,) = await site.server.store.list_tokens()
+    assert token.scopes == ("npm",)
+    assert token.expires_at is not None
+    assert abs(token.expires_at - token.created_at - 7 * 86400) < 5
+    row = page.locator("#my-tokens tbody tr", has_text="npm-only")
+    await expect(row.locator("td[data-label='Scopes']")).to_have_text("npm")
+    await expect(row.locator("td[data-label='Expires'] time")).to_have_attribute(
+        "datetime", re.compile(r"^\d{4}-\d\d-\d\dT")
+    )
+    assert await registry_status(site, secret) == 200
+    assert await pypi_status(site, secret) == 401
+    await panel.get_by_role("button", name="I have saved it").click()
+
+    # A chosen day: the token ends with that day in the viewer's zone (Tokyo).
+    await page.get_by_label("Name").fill("until-new-year")
+    await page.get_by_label("Expires").select_option(label="On a date…")
+    await expect(page.get_by_label("Expiry date")).to_be_visible()
+    await page.get_by_label("Expiry date").fill("2099-01-01")
+    await page.get_by_role("button", name="Create token").click()
+    await expect(page.get_by_role("region", name="Your new token “until-new-year”")).to_be_visible()
+    await expect(page.get_by_label("Expiry date")).to_be_hidden()
+    (dated,) = [t for t in await site.server.store.list_tokens() if t.name == "until-new-year"]
+    assert dated.expires_at is not None
+    local = datetime.fromtimestamp(dated.expires_at, ZoneInfo(TIMEZONE))
+    assert (local.year, local.month, local.day, local.hour, local.minute) == (2099, 1, 1, 23, 59)
+    assert dated.scopes == ("npm", "pypi")
+
+    # No registry ticked: said before anything is sent.
+    await page.get_by_role("button", name="I have saved it").click()
+    await page.get_by_label("Name").fill("nothing")
+    await page.get_by_label("npm registry (npm, yarn, pnpm, bun)").uncheck()
+    await page.get_by_label("Python index (pip, uv, poetry)").uncheck()
+    await page.get_by_role("button", name="Create token").click()
+    await expect(page.get_by_role("alert")).to_have_text(
+        "Choose at least one registry the token works for."
+    )
+    await shot(page, "tokens-scopes-error")
+    assert len(await site.server.store.list_tokens()) == 2
+
+
+async def test_tokens__lifetime_cap_offers_only_shorter_choices(
+    start_server: StartServer,
+    mail: SmtpServer,
+    npm_upstream: NpmRegistry,
+    pypi_upstream: PypiIndex,
+    page: Page,
+    browsing: Browsing,
+) -> None:
+    server = await start_server(
+        npm_upstream=str(npm_upstream.url) + "/", smtp_url=mail.url, token_max_lifetime=30 * 86400
+    )
+    site = Site(server, mail, npm_upstream, pypi_upstream)
+    await site.user("me@example.com")
+    await sign_in(page, site, "me@example.com")
+    options = await page.get_by_label("Expires").locator("option").all_text_contents()
+    assert options == ["Longest allowed (30 days)", "1 day", "7 days", "On a date…"]
+    # Only npm is served: only the npm family's setup is offered.
+    await page.get_by_label("Name").fill("capped")
+    await page.get_by_role("button", name="Create token").click()
+    panel = page.get_by_role("region", name="Your new token “capped”")
+    await expect(panel).to_be_focused()
+    summaries = await panel.locator("details.snippet summary").all_text_contents()
+    assert [s.split()[0] for s in summaries] == ["npm", "yarn", "pnpm", "bun"]
+    (token,) = await server.store.list_tokens()
+    assert token.expires_at is not None
+    assert abs(token.expires_at - token.created_at - 30 * 86400) < 5
+    # Past the cap: the API's refusal, as a sentence.
+    await panel.get_by_role("button", name="I have saved it").click()
+    browsing.watch.expect_status(400)
+    await page.get_by_label("Name").fill("too-long")
+    await page.get_by_label("Expires").select_option(label="On a date…")
+    await page.get_by_label("Expiry date").fill("2099-01-01")
+    await page.get_by_role("button", name="Create token").click()
+    await expect(page.get_by_role("alert")).to_have_text(
+        "Token lifetime must be at most 30 days (token_max_lifetime)."
+    )

@@ -110,6 +110,16 @@
     }
   }
 
+  // After a section was replaced, the focus goes to its heading (the old button is gone).
+  function focusHeading(id) {
+    const section = document.getElementById(id);
+    const heading = section ? section.querySelector("h2") : null;
+    if (heading) {
+      heading.setAttribute("tabindex", "-1");
+      heading.focus();
+    }
+  }
+
   // --- forms --------------------------------------------------------------------------------
 
   const actions = {
@@ -142,12 +152,36 @@
     },
 
     async "create-token"(form) {
-      const answer = await api("POST", "/tokens", { name: field(form, "name").trim() });
+      const body = { name: field(form, "name").trim() };
+      const expiry = field(form, "expiry");
+      if (expiry === "date") {
+        const day = field(form, "date");
+        if (!day) {
+          showError(form, "Choose the day the token expires.");
+          return form.elements.namedItem("date");
+        }
+        // The end of that day where the viewer is.
+        const parts = day.split("-").map(Number);
+        body.expires_at = new Date(parts[0], parts[1] - 1, parts[2], 23, 59, 59).toISOString();
+      } else if (expiry) {
+        body.expires_in = Number(expiry);
+      }
+      const scopes = Array.from(form.querySelectorAll("input[name=scopes]:checked"))
+        .map(function (el) { return el.value; });
+      if (form.querySelector("input[name=scopes]")) {
+        if (!scopes.length) {
+          showError(form, "Choose at least one registry the token works for.");
+          return form.querySelector("input[name=scopes]");
+        }
+        body.scopes = scopes;
+      }
+      const answer = await api("POST", "/tokens", body);
       if (!answer.ok) {
         showError(form, sentence(answer.status, answer.data));
         return form.elements.namedItem("name");
       }
       form.reset();
+      form.elements.namedItem("expiry").dispatchEvent(new Event("change", { bubbles: true }));
       await refreshSection("my-tokens");
       return showCreated(answer.data);
     },
@@ -163,7 +197,24 @@
     setup.querySelectorAll("code").forEach(function (el) {
       el.textContent = el.textContent.split(placeholder).join(token.token);
     });
+    // Only the setup of the registries the token works for, the first one open.
+    const scopes = token.scopes || [];
+    setup.querySelectorAll("details[data-scope]").forEach(function (el) {
+      if (scopes.length && scopes.indexOf(el.dataset.scope) < 0) el.remove();
+    });
+    const first = setup.querySelector("details");
+    if (first) first.open = true;
     document.getElementById("new-secret").textContent = token.token;
+    const expires = document.getElementById("new-expires");
+    if (token.expires_at) {
+      const time = document.createElement("time");
+      time.setAttribute("datetime", token.expires_at);
+      expires.replaceChildren(time);
+      localTimes(expires);
+    } else {
+      expires.textContent = "never";
+    }
+    document.getElementById("new-scopes").textContent = scopes.join(", ");
     document.getElementById("created-h").textContent = "Your new token “" + token.name + "”";
     panel.hidden = false;
     return panel;
@@ -260,11 +311,7 @@
     }
     if (section && section.id) {
       await refreshSection(section.id);
-      const heading = document.getElementById(section.id).querySelector("h2");
-      if (heading) {
-        heading.setAttribute("tabindex", "-1");
-        heading.focus();
-      }
+      focusHeading(section.id);
     }
     announce("Token “" + button.dataset.name + "” revoked. It no longer works anywhere.");
   }
@@ -294,6 +341,18 @@
       askRevoke(button);
     } else if (button.dataset.action === "dismiss-created") {
       dismissCreated();
+    } else if (button.dataset.action === "refresh-blocklist") {
+      button.disabled = true;
+      const answer = await api("POST", "/admin/blocklist/refresh");
+      if (answer.ok) {
+        await refreshSection("blocklist");
+        focusHeading("blocklist");
+        announce("Blocklist refreshed.");
+      } else {
+        button.disabled = false;
+        const box = document.getElementById("refresh-error");
+        if (box) box.textContent = sentence(answer.status, answer.data);
+      }
     } else if (button.dataset.action === "signout") {
       button.disabled = true;
       const answer = await api("DELETE", "/session");
@@ -303,6 +362,20 @@
         button.disabled = false;
         announce(sentence(answer.status, answer.data));
       }
+    }
+  });
+
+  // The expiry menu shows the date field only for "On a date…".
+  document.addEventListener("change", function (event) {
+    const select = event.target;
+    if (!select.dataset || !select.dataset.toggleDate) return;
+    const box = document.getElementById(select.dataset.toggleDate);
+    box.hidden = select.value !== "date";
+    if (!box.hidden) {
+      const input = box.querySelector("input");
+      const today = new Date();
+      input.min = today.getFullYear() + "-" + String(today.getMonth() + 1).padStart(2, "0") +
+        "-" + String(today.getDate()).padStart(2, "0");
     }
   });
 
