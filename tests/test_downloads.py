@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from tests.api_support import Answer, call
 from tests.conftest import RunningServer, StartServer, pkgate_cmd, run
+from tests.procs import ServerProcess
 from tests.upstreams.npm_registry import NpmRegistry, serve_registry
 from tokenapi.downloads import DAY, npm_tarball_version, prune, pruning, pypi_file
 from tokenapi.issue import ensure_user, issue_token
@@ -382,3 +384,52 @@ async def test_cli_downloads__lists_with_filters(tmp_path: Path) -> None:
     out = await run(*pkgate_cmd("downloads", "--email", "nope", "--data-dir", str(data)))
     assert out.returncode != 0
     assert "email" in out.stderr.lower()
+
+
+# --- shutdown --------------------------------------------------------------------------------
+
+
+async def test_sigterm__flushes_downloads_still_in_memory(
+    tmp_path: Path, registry: NpmRegistry
+) -> None:
+    data = tmp_path / "proc-data"
+    store = await Store.open(data / "pkgate.db")
+    try:
+        user = await ensure_user(store, "ci@example.com")
+        token, secret = await issue_token(store, user, name="ci")
+    finally:
+        await store.close()
+    # A flush interval far beyond the test: only the shutdown flush can write the history.
+    server = ServerProcess(
+        data, ["--npm-upstream", f"{registry.url}/", "--last-used-flush", "3600"]
+    )
+    await server.start()
+    try:
+        for name, version in (("pkg-plain", "1.1.0"), ("@acme/scoped", "2.0.0")):
+            path = registry.tarball_path(registry.package(name, version))
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(
+                    server.url.with_path("/npm" + path),
+                    headers={"Authorization": f"Bearer {secret}"},
+                ) as resp,
+            ):
+                assert resp.status == 200
+                await resp.read()
+        store = await Store.open(data / "pkgate.db")
+        try:
+            assert await store.list_downloads(_everything()) == []  # still in memory
+        finally:
+            await store.close()
+    finally:
+        assert await server.stop(signal.SIGTERM) == 0
+    store = await Store.open(data / "pkgate.db")
+    try:
+        rows = await store.list_downloads(_everything())
+    finally:
+        await store.close()
+    assert sorted((r.download.package, r.download.version) for r in rows) == [
+        ("@acme/scoped", "2.0.0"),
+        ("pkg-plain", "1.1.0"),
+    ]
+    assert {r.download.token_id for r in rows} == {token.id}
