@@ -2,6 +2,7 @@
 
 Pure modules: ``versions`` (semver / PEP 440 ordering and OSV ranges), ``osv`` (records ->
 entries), ``sources`` (reading feeds, bounded), ``manual`` (the ``blocklist_file``), ``blocklist``
-(the index and its refresh loop, the new-entry hook), ``policy`` (decisions), ``npmview`` and
-``pypiview`` (metadata with withheld versions taken out).  ``service`` wires them into the server.
+(the index and its refresh loop, the new-entry hook), ``policy`` (decisions), ``npmview``
+(dist-tags moved off withheld versions), ``gate`` (the registry pipeline's policy seam),
+``service``, ``admin`` and ``cli`` (the server, the admin API and ``pkgate blocklist``).
 """

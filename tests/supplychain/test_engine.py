@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -11,9 +10,9 @@ import orjson
 import pytest
 from aiohttp import web
 
-from proxy.supplychain import manual, npmview, osv, pypiview, sources
+from proxy.supplychain import manual, npmview, osv, sources
 from proxy.supplychain.blocklist import Blocklist, NewEntry
-from proxy.supplychain.policy import BLOCKED, QUARANTINED, AgeRule, Engine, format_duration
+from proxy.supplychain.policy import format_duration
 from proxy.supplychain.versions import Event, Range, npm_key
 
 NOW = 1_800_000_000.0
@@ -402,150 +401,14 @@ def test_format_duration() -> None:
     assert format_duration(600) == "10m"
 
 
-async def engine_with(tmp_path: Path, records: list[Any], age: AgeRule) -> Engine:
-    feed = tmp_path / "feed.json"
-    feed.write_bytes(orjson.dumps(records))
-    bl = Blocklist([str(feed)], data_dir=tmp_path / "data")
-    await bl.start()
-    await bl.close()
-    return Engine(bl, age, clock=lambda: NOW)
-
-
-def packument(versions: dict[str, float], tags: dict[str, str]) -> bytes:
-    return orjson.dumps(
-        {
-            "name": "pkg",
-            "dist-tags": tags,
-            "versions": {
-                v: {
-                    "name": "pkg",
-                    "version": v,
-                    "dist": {"tarball": f"http://pkgate.test/npm/pkg/-/pkg-{v}.tgz"},
-                }
-                for v in versions
-            },
-            "time": {
-                "created": "2020-01-01T00:00:00.000Z",
-                **{v: _iso(t) for v, t in versions.items()},
-            },
-        }
-    )
-
-
-def _iso(ts: float) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
-async def test_npm_view_withholds_blocked_and_young_versions_and_moves_tags(
-    tmp_path: Path,
-) -> None:
-    engine = await engine_with(
-        tmp_path,
-        [mal("MAL-80", "pkg", versions=["1.2.0"], summary="Steals tokens")],
-        AgeRule(npm=3 * DAY),
-    )
-    body = packument(
-        {
-            "1.0.0": NOW - 30 * DAY,
-            "1.1.0": NOW - 20 * DAY,
-            "1.2.0": NOW - 10 * DAY,
-            "1.3.0": NOW - DAY,
-            "2.0.0-rc.1": NOW - 9 * DAY,
-            "2.0.0-rc.2": NOW - 3600,
-        },
-        {"latest": "1.3.0", "next": "2.0.0-rc.2", "old": "1.2.0", "keep": "1.0.0"},
-    )
-    view = npmview.view(engine, "pkg", body)
-    assert view.body is not None
-    doc = json.loads(view.body)
-    assert sorted(doc["versions"]) == ["1.0.0", "1.1.0", "2.0.0-rc.1"]
-    assert sorted(k for k in doc["time"] if k != "created") == sorted(doc["versions"])
-    assert doc["dist-tags"] == {
-        "latest": "1.1.0",
-        "next": "2.0.0-rc.1",
-        "old": "1.1.0",
-        "keep": "1.0.0",
+def test_dist_tags_move_to_the_highest_remaining_version_of_their_kind() -> None:
+    remaining = ["1.0.0", "1.1.0", "1.10.0-rc.1", "2.0.0-rc.1", "0.9.0"]
+    withheld = {"1.2.0": 1, "2.0.0-rc.2": 1, "3.0.0": 1}
+    tags = {"latest": "1.2.0", "next": "2.0.0-rc.2", "stable": "3.0.0", "keep": "0.9.0"}
+    assert npmview.retag(tags, remaining, withheld) == {
+        "latest": "1.1.0",  # the highest release by semver precedence (not 1.10.0-rc.1)
+        "next": "2.0.0-rc.1",  # a prerelease tag: the highest prerelease
+        "stable": "1.1.0",
+        "keep": "0.9.0",
     }
-    blocked = view.files["pkg-1.2.0.tgz"]
-    assert blocked.rule == BLOCKED
-    assert blocked.message("pkg") == "pkg@1.2.0 is blocked: Steals tokens (MAL-80)"
-    young = view.files["pkg-1.3.0.tgz"]
-    assert young.rule == QUARANTINED
-    assert young.message("pkg").startswith("pkg@1.3.0 is withheld until ")
-    assert "published 1d 0h ago, minimum age 3d" in young.message("pkg")
-    assert view.evaluation.valid_until == NOW + 2 * DAY  # when 1.3.0 comes of age
-    # Abbreviated bodies have no time: the full packument's times are passed in.
-    abbreviated = orjson.loads(body)
-    times = npmview.publish_times(abbreviated)
-    del abbreviated["time"]
-    again = npmview.view(engine, "pkg", orjson.dumps(abbreviated), times)
-    assert again.body is not None
-    assert sorted(json.loads(again.body)["versions"]) == sorted(doc["versions"])
-
-
-async def test_npm_view_denies_a_package_with_nothing_left(tmp_path: Path) -> None:
-    engine = await engine_with(tmp_path, [mal("MAL-81", "pkg")], AgeRule())
-    view = npmview.view(engine, "pkg", packument({"1.0.0": NOW - DAY}, {"latest": "1.0.0"}))
-    assert view.denied is not None
-    assert view.denied.advisory == "MAL-81"
-    assert "pkg-1.0.0.tgz" in view.files
-    exempt = Engine(None, AgeRule(npm=3 * DAY, exempt=("@corp/*", "pkg")), clock=lambda: NOW)
-    assert npmview.view(exempt, "pkg", packument({"1.0.0": NOW}, {})).body is None
-    assert exempt.age.is_exempt("npm", "@corp/tool")
-    assert not exempt.age.is_exempt("npm", "x")
-
-
-async def test_npm_view_changes_nothing_without_a_match(tmp_path: Path) -> None:
-    engine = await engine_with(tmp_path, [mal("MAL-82", "other")], AgeRule())
-    view = npmview.view(engine, "pkg", packument({"1.0.0": NOW}, {"latest": "1.0.0"}))
-    assert view.body is None
-    assert view.denied is None
-    assert not view.files
-
-
-def test_pypi_file_versions() -> None:
-    assert pypiview.version_of("Demo_Pkg-1.0.0-py3-none-any.whl") == "1.0.0"
-    assert pypiview.version_of("demo_pkg-2.0rc1.tar.gz") == "2.0rc1"
-    assert pypiview.version_of("demo-pkg-1.2.tar.bz2") == "1.2"
-    assert pypiview.version_of("demo_pkg-1.0.0-py3-none-any.whl.metadata") == "1.0.0"
-    assert pypiview.version_of("README") is None
-
-
-async def test_pypi_view_filters_json_and_html(tmp_path: Path) -> None:
-    engine = await engine_with(
-        tmp_path, [mal("MAL-90", "demo-pkg", "PyPI", versions=["1.1"])], AgeRule(pypi=3 * DAY)
-    )
-    files = [
-        ("demo_pkg-1.0-py3-none-any.whl", NOW - 40 * DAY),
-        ("demo_pkg-1.0.tar.gz", NOW - 40 * DAY),
-        ("demo_pkg-1.1-py3-none-any.whl", NOW - 30 * DAY),
-        ("demo_pkg-1.2-py3-none-any.whl", NOW - DAY),
-        ("demo_pkg-1.3-py3-none-any.whl", None),
-    ]
-    pv = pypiview.view(engine, "Demo.Pkg", files)
-    assert pv.evaluation.unknown_times == 1
-    assert set(pv.files) == {"demo_pkg-1.1-py3-none-any.whl", "demo_pkg-1.2-py3-none-any.whl"}
-    page = {
-        "meta": {"api-version": "1.1"},
-        "name": "demo-pkg",
-        "versions": ["1.0", "1.1", "1.2", "1.3"],
-        "files": [{"filename": f, "url": f"http://x/{f}"} for f, _ in files],
-    }
-    filtered = json.loads(pypiview.filter_json(orjson.dumps(page), pv))
-    assert filtered["versions"] == ["1.0", "1.3"]
-    assert [f["filename"] for f in filtered["files"]] == [
-        "demo_pkg-1.0-py3-none-any.whl",
-        "demo_pkg-1.0.tar.gz",
-        "demo_pkg-1.3-py3-none-any.whl",
-    ]
-    html = "".join(f'    <a href="http://x/{f}#sha256=00">{f}</a><br />\n' for f, _ in files)
-    out = pypiview.filter_html(f"<html>\n{html}</html>\n".encode(), pv).decode()
-    assert "demo_pkg-1.1-py3" not in out
-    assert "demo_pkg-1.2-py3" not in out
-    assert out.count("<a ") == 3
-    metadata = pypiview.decision_for_file(pv, "demo_pkg-1.1-py3-none-any.whl.metadata")
-    assert metadata is not None
-    assert metadata.advisory == "MAL-90"
-    assert pypiview.decision_for_file(pv, "demo_pkg-1.0.tar.gz") is None
+    assert npmview.retag({"beta": "2.0.0-rc.2"}, ["1.0.0"], withheld) == {}  # dropped

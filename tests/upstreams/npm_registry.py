@@ -42,6 +42,7 @@ class NpmPackage:
     version: str
     manifest: dict[str, Any]
     tarball: bytes
+    published: str = "2024-01-02T00:00:00.000Z"  # its entry in the packument's ``time``
 
     @property
     def unscoped(self) -> str:
@@ -235,9 +236,10 @@ class NpmRegistry(Faults):
                 "signatures": [{"keyid": "SHA256:test", "sig": "c2lnbmF0dXJl"}],
             }
             versions[package.version] = manifest
-            times[package.version] = "2024-01-02T00:00:00.000Z"
-        times["modified"] = "2024-01-02T00:00:00.000Z"
-        latest = max(versions, key=lambda v: tuple(int(x) for x in v.split(".")))
+            times[package.version] = package.published
+        times["modified"] = max(times.values())
+        releases = [v for v in versions if "-" not in v] or list(versions)
+        latest = max(releases, key=lambda v: tuple(int(x) for x in v.split(".")))
         doc: dict[str, Any] = {"name": name, "dist-tags": {"latest": latest}, "versions": versions}
         if abbreviated:
             doc["modified"] = times["modified"]

@@ -179,6 +179,7 @@ class Published:
     yanked: str | None = None  # None: not yanked; "": yanked without a reason
     with_metadata: bool = True
     hashed: bool = True  # False: the page links the file without any hash
+    upload_time: str | None = UPLOAD_TIME  # PEP 700 ``upload-time``; None: not advertised
 
 
 def standard_projects() -> list[Published]:
@@ -346,10 +347,11 @@ class PypiIndex(Faults):
                 "requires-python": pub.requires_python,
                 "yanked": pub.yanked if pub.yanked else pub.yanked is not None,
                 "size": len(pub.dist.data),
-                "upload-time": UPLOAD_TIME,
                 # PEP 740 key with a URL on another origin: pkgate must not pass it on.
                 "provenance": str(self.urls["foreign"]) + "/provenance/" + pub.dist.filename,
             }
+            if pub.upload_time is not None:
+                entry["upload-time"] = pub.upload_time
             if pub.with_metadata:
                 entry["core-metadata"] = {"sha256": pub.dist.metadata_sha256}
                 entry["data-dist-info-metadata"] = {"sha256": pub.dist.metadata_sha256}
