@@ -1,7 +1,7 @@
 """The supply-chain policy inside the server: lifecycle, the policy seam, metrics, status.
 
 ``setup`` builds the blocklist (feeds, manual file) and the release-age rule from the settings,
-installs ``SupplyChainPolicy`` under ``proxy.registry.policy.policy_key`` (the registry pipeline
+installs ``SupplyChainPolicy`` as the registry pipeline's policy (``Registry.policy``: the pipeline
 asks it about every metadata answer and artifact; see ``gate.py``), registers the metrics, and
 adds a cleanup context that starts the blocklist (last good copies, first refresh, refresh loop)
 and watches the database for ``pkgate blocklist refresh`` requests.
@@ -30,6 +30,7 @@ from tokenapi.errors import StoreUnavailable
 from tokenapi.keys import store_key
 from tokenapi.store import Store
 
+from ..registry.pipeline import registry_key
 from ..settings import Settings
 from .blocklist import Blocklist
 from .gate import SupplyChainPolicy
@@ -237,6 +238,8 @@ def setup(app: web.Application, settings: Settings, registry: Any | None = None)
     """Put a ``SupplyChain`` on ``app`` (``registry``: a Prometheus registry for its metrics)."""
     chain = SupplyChain.from_settings(settings)
     app[supplychain_key] = chain
+    if chain.enabled:
+        app[registry_key].policy = chain.policy
     if registry is not None:
         registry.register(PolicyCollector(chain))
     app.cleanup_ctx.append(supplychain_ctx)
