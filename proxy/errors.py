@@ -9,12 +9,14 @@ from aiohttp import web
 
 from tokenapi.errors import InvalidInput, StoreUnavailable
 
-from .registry.policy import POLICY_HEADER, PolicyRefused
+from .registry.policy import POLICY_HEADER, PolicyRefused, Refusal
 from .registry.upstream import UpstreamError
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+MAX_REASON_PHRASE = 300
 
 _REASONS = {
     404: "Not found",
@@ -26,6 +28,15 @@ _REASONS = {
 def json_error(status: int, message: str, *, headers: dict[str, str] | None = None) -> web.Response:
     """A ``{"error": message}`` answer."""
     return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def policy_refusal(refusal: Refusal) -> web.Response:
+    """403 with the refusal as the JSON ``error`` and, for clients that print only the status
+    line (yarn, pnpm, pip, poetry), as the reason phrase too (ASCII, one line)."""
+    phrase = refusal.message.encode("ascii", "replace").decode().replace("\r", " ")
+    response = json_error(403, refusal.message, headers={POLICY_HEADER: refusal.kind.value})
+    response.set_status(403, phrase.replace("\n", " ")[:MAX_REASON_PHRASE])
+    return response
 
 
 @web.middleware
@@ -44,8 +55,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         }
         return json_error(exc.status, message, headers=headers)
     except PolicyRefused as exc:
-        refusal = exc.refusal
-        return json_error(403, refusal.message, headers={POLICY_HEADER: refusal.kind.value})
+        return policy_refusal(exc.refusal)
     except UpstreamError as exc:
         log.warning("upstream failure on %s: %s", request.rel_url.path, exc.message)
         return json_error(exc.status, exc.message)

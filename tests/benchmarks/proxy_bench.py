@@ -38,6 +38,9 @@ PY = sys.executable
 NPM_DEPS = 200
 BIG = 100 * 1024 * 1024
 MID = 20 * 1024 * 1024
+# Row 8: a blocklist this large (none of it about the packages measured) and old publish times.
+POLICY_ENTRIES = 10_000
+OLD_TIME = "2024-01-02T00:00:00.000Z"
 
 
 # ---------------------------------------------------------------- fake upstream and baseline
@@ -93,6 +96,10 @@ def build_upstream(root: Path) -> None:
         # Every version points at the one real file; only 1.0.0 is installed.
         doc = {"name": name, "dist-tags": {"latest": "1.0.0"}, "versions": versions}
         (root / "npm" / f"{name}.json").write_text(json.dumps(doc))
+        if name == "bench-pkg":
+            # The same with publish times (row 8: the policy's age rule reads them).
+            timed = {**doc, "name": "policy-pkg", "time": {v: OLD_TIME for v in versions}}
+            (root / "npm" / "policy-pkg.json").write_text(json.dumps(timed))
         sha256 = hashlib.sha256(data).hexdigest()
         links = "".join(
             f'<a href="../../files/{path.name}#sha256={sha256}">{name}-1.0.{p}.tar.gz</a><br/>\n'
@@ -403,6 +410,7 @@ class Bench:
             5: self.artifact_memory,
             6: self.npm_install,
             7: self.workers,
+            8: self.policy_overhead,
         }
         with process(upstream_cmd, self.up_port):
             for number, measure in rows.items():
@@ -458,6 +466,62 @@ class Bench:
         self.row(f"{item}, access log on vs off", fig("on"), fig("off") + " log off",
                  both("on", "off"))  # fmt: skip
         del on, off, base
+
+    def policy_overhead(self) -> None:
+        """Row 8 (SPEC 13): warm metadata with the supply-chain policy on (a 10,000-entry
+        blocklist, min_release_age 3d) vs off, measured in turns like rows 1-2."""
+        feed = self.work / "feed-10k.json"
+        records = [
+            {
+                "id": f"MAL-2026-{i:05d}",
+                "summary": f"Malicious code in mal-{i} (npm)",
+                "affected": [
+                    {
+                        "package": {"ecosystem": "npm" if i % 2 else "PyPI", "name": f"mal-{i}"},
+                        "versions": [f"1.0.{i % 7}"],
+                    }
+                ],
+            }
+            for i in range(POLICY_ENTRIES)
+        ]
+        feed.write_text(json.dumps(records))
+        policy = ("--blocklist-feeds", str(feed), "--min-release-age", "3d")
+        for item, path, content_type in (
+            ("8. warm packument, policy on vs off", "/npm/policy-pkg", "application/json"),
+            ("8. warm index page, policy on vs off", "/pypi/simple/bench-pkg/", "text/html"),
+        ):
+            self.turns(item, path, content_type, {"off": (), "on": policy})
+
+    def turns(
+        self, item: str, path: str, content_type: str, configs: dict[str, tuple[str, ...]]
+    ) -> None:
+        """pkgate in each of ``configs`` side by side, measured in turns; ratio on/off."""
+        ns = self.ns
+        targets: dict[str, tuple[str, str | None, int]] = {}
+        with contextlib.ExitStack() as stack:
+            for label, extra in configs.items():
+                self.serial += 1
+                data = f"turns{self.serial}"
+                secret = self.token(data)
+                args, port = self.pkgate(data, *extra)
+                pid = stack.enter_context(process(args, port))
+                url = f"http://127.0.0.1:{port}{path}"
+                status, _ = curl(url, secret)
+                if status != 200:
+                    return self.row(item, f"n/a ({label}: route answered {status})", "", "")
+                targets[label] = (url, secret, pid)
+            runs: dict[str, list[WrkResult]] = {label: [] for label in targets}
+            for _ in range(ns.rounds):
+                for label, (url, secret, pid) in targets.items():
+                    runs[label].append(wrk(url, secret, ns.duration, ns.connections, pid))
+        rps = {k: statistics.median(r.rps for r in v) for k, v in runs.items()}
+        cpu = {k: statistics.median(r.cpu_us for r in v) for k, v in runs.items()}
+        self.row(
+            item,
+            f"{rps['on']:,.0f}/s, {cpu['on']:.0f} µs CPU",
+            f"{rps['off']:,.0f}/s, {cpu['off']:.0f} µs CPU policy off",
+            f"{rps['on'] / rps['off']:.2f}x ({cpu['off'] / cpu['on']:.2f}x by CPU)",
+        )
 
     def cold_latency(self) -> None:
         ns = self.ns
