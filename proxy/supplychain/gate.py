@@ -55,22 +55,18 @@ class SupplyChainPolicy:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._blocklist = engine.blocklist
+        # Read on every registry request: plain attributes, fixed for the process's life.
+        self.active = engine.enabled
+        self.needs_publish_times = bool(engine.age.npm or engine.age.pypi)
         # (ecosystem, rule, action) -> versions withheld; ecosystem -> versions kept unknown.
         self.decisions: dict[tuple[str, str, str], int] = {}
         self.unknown_times: dict[str, int] = {NPM: 0, PYPI: 0}
 
     @property
-    def active(self) -> bool:
-        return self.engine.enabled
-
-    @property
     def generation(self) -> int:
-        return self.engine.generation
-
-    @property
-    def needs_publish_times(self) -> bool:
-        age = self.engine.age
-        return bool(age.npm or age.pypi)
+        blocklist = self._blocklist
+        return 0 if blocklist is None else blocklist.generation
 
     def decide(self, facts: PackageFacts) -> Decision:
         ecosystem = str(facts.ecosystem)
