@@ -221,7 +221,11 @@ async def download(
 
     Raises SourceError for any failure (status, size, time, connection).
     """
-    headers: dict[str, str] = {"Accept": "application/json, application/zip, */*;q=0.5"}
+    # The bytes are stored as sent (no transparent decoding), so ask for them unencoded.
+    headers: dict[str, str] = {
+        "Accept": "application/json, application/zip, */*;q=0.5",
+        "Accept-Encoding": "identity",
+    }
     if etag:
         headers["If-None-Match"] = etag
     if last_modified:
@@ -241,6 +245,9 @@ async def download(
                         return Downloaded(None, etag, last_modified)
                     if resp.status != 200:
                         raise SourceError(f"answered HTTP {resp.status}")
+                    coding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+                    if coding != "identity":
+                        raise SourceError(f"sent a {coding}-encoded body (identity was asked)")
                     if resp.content_length is not None and resp.content_length > max_bytes:
                         raise SourceError("body is larger than the size bound")
                     size = 0

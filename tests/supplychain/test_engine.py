@@ -364,6 +364,9 @@ async def test_url_feeds_use_conditional_get_and_survive_failures(
     state = {"mode": "ok", "conditional": 0}
 
     async def handler(request: web.Request) -> web.StreamResponse:
+        assert request.headers["Accept-Encoding"] == "identity"
+        if state["mode"] == "gzip":
+            return web.Response(body=b"\x1f\x8b", headers={"Content-Encoding": "gzip"})
         if state["mode"] == "fail":
             return web.Response(status=503)
         if state["mode"] == "corrupt":
@@ -384,11 +387,16 @@ async def test_url_feeds_use_conditional_get_and_survive_failures(
         status = await bl.refresh()
         assert state["conditional"] == 1
         assert status["sources"][0]["outcome"] == "not-modified"
-        for mode in ("fail", "corrupt"):
+        for mode in ("fail", "corrupt", "gzip"):
             state["mode"] = mode
             status = await bl.refresh()
             assert status["sources"][0]["outcome"] == "error"
             assert bl.verdict("npm", "evil", "1") is not None
+        await server.close()  # unreachable: nothing listens any more
+        status = await bl.refresh()
+        assert status["sources"][0]["error"] == "request failed (ClientConnectorError)"
+        assert status["sources"][0]["serving"] == "last-good"
+        assert bl.verdict("npm", "evil", "1") is not None
     finally:
         await bl.close()
 
