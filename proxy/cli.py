@@ -7,14 +7,16 @@ import asyncio
 import getpass
 import json
 import os
+import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from tokenapi import inputs
 from tokenapi.downloads import build_query, history
-from tokenapi.errors import InvalidInput, NotFound, PkgateError
+from tokenapi.errors import InvalidInput, NotFound, PkgateError, StoreUnavailable
 from tokenapi.issue import ensure_user, issue_token
 from tokenapi.passwords import hash_password_async
 from tokenapi.store import Store, Token, sqlite_path
@@ -42,6 +44,23 @@ async def _with_store(settings: Settings) -> Store:
     return await Store.open(settings.database)
 
 
+T = TypeVar("T")
+BUSY_RETRY_FOR = 60.0
+
+
+async def _while_busy(work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work``, again after a short random pause while the database is too busy to take
+    the write (many shells or a loaded server at once): a command waits, it does not fail."""
+    deadline = time.monotonic() + BUSY_RETRY_FOR
+    while True:
+        try:
+            return await work()
+        except StoreUnavailable as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(random.uniform(0.05, 0.5))  # jitter, not a secret
+
+
 async def _token_create(ns: argparse.Namespace) -> int:
     email = inputs.normalize_email(ns.email)
     name = inputs.token_name(ns.name)
@@ -52,16 +71,21 @@ async def _token_create(ns: argparse.Namespace) -> int:
     )
     listed = None if ns.scopes is None else ns.scopes.replace(",", " ").split()
     scopes = inputs.scopes(listed, field="--scopes")
-    store = await _with_store(settings)
+    store = await _while_busy(lambda: _with_store(settings))
     try:
-        user = await ensure_user(store, email)
-        token, secret = await issue_token(
-            store, user, name=name, expires_at=expires_at, scopes=scopes
-        )
+
+        async def create() -> tuple[Token, str]:
+            user = await ensure_user(store, email)
+            return await issue_token(store, user, name=name, expires_at=expires_at, scopes=scopes)
+
+        token, secret = await _while_busy(create)
     finally:
         await store.close()
     limits = f"{','.join(token.scopes)}, expires {_iso(token.expires_at) or 'never'}"
-    print(f"created token {token.id} ({token.prefix}…) for {user.email}: {limits}", file=sys.stderr)
+    print(
+        f"created token {token.id} ({token.prefix}…) for {token.email or email}: {limits}",
+        file=sys.stderr,
+    )
     print(secret)
     return 0
 

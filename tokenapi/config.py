@@ -38,6 +38,7 @@ class TokenApiConfig:
     reset_window: float = 3600.0
     session_lifetime: float = 7 * 24 * 3600.0
     smtp_timeout: float = 30.0
+
     # Longest lifetime of a named token in seconds (None: unlimited); SPEC 18.
     token_max_lifetime: float | None = None
     # Wall-clock seconds: token expiry and OIDC checks read it (tests pass a controllable one).

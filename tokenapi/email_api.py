@@ -1,12 +1,15 @@
 """The email-token API (``/api/v1/tokens``): register, status, regenerate, reset, revoke.
 
 Registration answers the same ``202`` whether or not the address already has a token, so the API
-cannot be used to find out who has an account.  Mail goes out before anything is committed: if the
-send fails the answer is 503 and no user, token or reset code has been written.
+cannot be used to find out who has an account.  The token (or reset code) and its mail are written
+in one transaction and the mail is sent at once: if that send fails, everything the registration
+wrote is taken back and the answer is 503; if the process dies first, the queued mail is sent by
+the background sender (``tokenapi.mailqueue``).  Either way every mailed token works.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -14,12 +17,13 @@ import secrets
 
 from aiohttp import web
 
-from . import inputs, tokens
+from . import inputs, mailqueue, tokens
 from .clientip import client_ip
 from .errors import InvalidInput, NotFound
 from .keys import api_state_key, config_key, mailer_key, recorder_key, store_key, validator_key
-from .mail import reset_message, welcome_message
-from .store import Token
+from .mail import MailError, reset_message, welcome_message
+from .store import Token, registration
+from .store import mailqueue as queue
 from .store.resets import Limited, redeem_reset_code
 from .webauth import require_token
 from .webio import ApiError, Endpoint, json_response, read_json, too_many
@@ -81,35 +85,40 @@ async def register(request: web.Request) -> web.Response:
     if retry is not None:
         raise too_many(retry)
     mailer = request.config_dict[mailer_key]
-    # One registration per address at a time, so two racing requests cannot both mail a token.
+    secret, code = tokens.generate(), new_reset_code()
+
+    def welcome(to: str, lang: str) -> str:
+        return mailqueue.serialize(welcome_message(config, to, lang, secret))
+
+    def reset(to: str, lang: str) -> str:
+        return mailqueue.serialize(reset_message(config, to, lang, code))
+
+    # The token (or code) and its mail are written together; the mail is then sent at once.
+    # In this process one registration per address runs at a time; across processes the
+    # store's unique indexes serialise them (see tokenapi.store.registration).
     async with state.lock(f"register:{email}"):
-        user = await store.get_user_by_email(email)
-        active = await store.active_email_token(user.id) if user is not None else None
-        if user is not None and active is not None:
-            lang = language if body.get("language") is not None else user.language
-            code = new_reset_code()
-            await mailer.send(reset_message(config, user.email, lang, code))
-            await store.create_reset_code(
-                user.id, reset_code_digest(user.id, code), ttl=RESET_CODE_TTL
-            )
+        done = await registration.register(
+            store,
+            email,
+            language=language,
+            language_given=body.get("language") is not None,
+            token_name=EMAIL_TOKEN_NAME,
+            digest=tokens.digest(secret),
+            prefix=tokens.display_prefix(secret),
+            welcome=welcome,
+            reset=reset,
+            code_digest=lambda user_id: reset_code_digest(user_id, code),
+            code_ttl=RESET_CODE_TTL,
+            lease=mailqueue.lease_for(config.smtp_timeout),
+        )
+        try:
+            await mailer.send(mailqueue.parse(done.message))
+        except MailError:
+            if await asyncio.shield(registration.undo(store, done)):
+                raise
+            # Our lease ran out and another sender delivered it meanwhile: it went out.
         else:
-            secret = tokens.generate()
-            to = user.email if user is not None else email
-            await mailer.send(welcome_message(config, to, language, secret))
-            digest, prefix = tokens.digest(secret), tokens.display_prefix(secret)
-            if user is None:
-                await store.create_user_with_token(
-                    email,
-                    language=language,
-                    name=EMAIL_TOKEN_NAME,
-                    kind="email",
-                    digest=digest,
-                    prefix=prefix,
-                )
-            else:
-                await store.create_token(
-                    user.id, name=EMAIL_TOKEN_NAME, kind="email", digest=digest, prefix=prefix
-                )
+            await asyncio.shield(queue.delete(store, done.mail_id))
     return json_response({"message": REGISTERED}, 202)
 
 

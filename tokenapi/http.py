@@ -16,6 +16,7 @@ from .config import TokenApiConfig
 from .context import identity_ctx
 from .keys import api_state_key, config_key, mailer_key
 from .mail import Mailer
+from .mailqueue import mail_queue_ctx
 from .openapi import openapi_handler
 from .webio import ApiState, Endpoint, api_errors
 
@@ -66,4 +67,5 @@ def setup(
     app[api_state_key] = ApiState.from_config(config)
     app.cleanup_ctx.append(identity_ctx)
     app.cleanup_ctx.append(oidc.oidc_ctx)
+    app.cleanup_ctx.append(mail_queue_ctx)
     app.add_subapp(f"{config.public_url.path.rstrip('/')}/api", api_app(extra))

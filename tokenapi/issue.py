@@ -5,15 +5,26 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from . import tokens
+from .errors import Conflict
 from .store import Store, Token, User
 
 
 async def ensure_user(store: Store, email: str, *, language: str = "en") -> User:
-    """The user with this address, created if it does not exist yet."""
+    """The user with this address, created if it does not exist yet.
+
+    Two processes creating the same new address at once both see no user; the one that loses
+    the race on the unique index reads the winner's user instead of failing.
+    """
     user = await store.get_user_by_email(email)
-    if user is None:
-        user = await store.create_user(email, language=language)
-    return user
+    if user is not None:
+        return user
+    try:
+        return await store.create_user(email, language=language)
+    except Conflict:
+        user = await store.get_user_by_email(email)
+        if user is None:
+            raise
+        return user
 
 
 async def issue_token(
