@@ -94,10 +94,14 @@ async def test_package_downloads__only_before_the_time_and_users_with_an_active_
     rec.record_download(gone.id, "npm", "evil", "1.0.0", "evil-1.0.0.tgz", NOW - 10)
     await rec.flush()
     await store.revoke_token(gone.id)
+    rec.record_download(alice.id, "npm", "evil", "1.0.0", "evil-1.0.0.tgz", NOW - 30)
+    await rec.flush()
     found = await store.package_downloads("npm", "evil", before=NOW)
-    assert [(a.row.email, a.row.download.version, a.language) for a in found] == [
-        ("alice@example.com", "1.0.0", "en")
+    assert [(a.email, a.version, a.language, a.count) for a in found] == [
+        ("alice@example.com", "1.0.0", "en", 2)
     ]
+    assert (found[0].first, found[0].last) == (NOW - 30, NOW - 10)
+    assert found[0].token_id == alice.id
 
 
 async def test_notifications__once_per_advisory_and_user_claimed_once(store: Store) -> None:

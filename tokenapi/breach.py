@@ -69,28 +69,21 @@ def _iso(ts: float) -> str:
 
 
 def _affected_lines(found: list[Affected]) -> list[dict[str, Any]]:
-    """Downloads grouped by (package, version, token): first, last and how many."""
-    groups: dict[tuple[str, str, str, str], dict[str, Any]] = {}
-    for a in found:
-        d = a.row.download
-        key = (d.ecosystem, d.package, d.version, d.token_id)
-        g = groups.get(key)
-        if g is None:
-            groups[key] = {
-                "ecosystem": d.ecosystem,
-                "package": d.package,
-                "version": d.version,
-                "token_name": a.row.token_name,
-                "token_prefix": a.row.token_prefix,
-                "first": d.downloaded_at,
-                "last": d.downloaded_at,
-                "count": 1,
-            }
-        else:
-            g["first"] = min(g["first"], d.downloaded_at)
-            g["last"] = max(g["last"], d.downloaded_at)
-            g["count"] += 1
-    return sorted(groups.values(), key=lambda g: (g["package"], g["version"], g["first"]))
+    """What the mail lists: per package, version and token, first and last download, count."""
+    lines = [
+        {
+            "ecosystem": a.ecosystem,
+            "package": a.package,
+            "version": a.version,
+            "token_name": a.token_name,
+            "token_prefix": a.token_prefix,
+            "first": a.first,
+            "last": a.last,
+            "count": a.count,
+        }
+        for a in found
+    ]
+    return sorted(lines, key=lambda g: (g["package"], g["version"], g["first"]))
 
 
 def breach_message(config: TokenApiConfig, n: Notification) -> EmailMessage:
@@ -198,8 +191,8 @@ class BreachNotifier:
                     entry.ecosystem, package, before=entry.first_seen
                 )
                 for a in found:
-                    if self._hit(entry, a.row.download.version):
-                        per_user.setdefault(a.row.user_id, []).append(a)
+                    if self._hit(entry, a.version):
+                        per_user.setdefault(a.user_id, []).append(a)
             for user_id, found in per_user.items():
                 lines = _affected_lines(found)[:MAX_LINES]
                 items.append(

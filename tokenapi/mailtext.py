@@ -146,7 +146,7 @@ BREACH_SUBJECT = {
 BREACH_LINE = {
     "en": Template(
         "    $package $version ($ecosystem)\n"
-        "        downloaded $when with token \"$token_name\" ($token_prefix…)$times"
+        '        downloaded $when with token "$token_name" ($token_prefix…)$times'
     ),
     "ja": Template(
         "    $package $version ($ecosystem)\n"

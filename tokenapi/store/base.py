@@ -144,10 +144,24 @@ class DownloadQuery:
 
 @dataclass(frozen=True, slots=True)
 class Affected:
-    """A download of a package by a user who still holds an active token (breach candidates)."""
+    """How often one token of a user who still holds an active token downloaded one version.
 
-    row: DownloadRow
+    Grouped in the database, so a popular package costs one row per token and version, not one
+    per download.
+    """
+
+    user_id: str
+    email: str
     language: str
+    token_id: str
+    token_name: str
+    token_prefix: str
+    ecosystem: str
+    package: str
+    version: str
+    first: float
+    last: float
+    count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -812,18 +826,36 @@ class Store(ABC):
     async def package_downloads(
         self, ecosystem: str, package: str, *, before: float
     ) -> list[Affected]:
-        """Downloads of a package before a time, by users who still hold an active token."""
+        """Downloads of a package before a time, per (token, version), by users who still hold
+        an active token."""
         rows = await self._fetchall(
-            "SELECT d.id, d.token_id, d.ecosystem, d.package, d.version, d.filename,"
-            " d.downloaded_at, t.name, t.prefix, t.user_id, u.email, u.language"
+            "SELECT t.user_id, u.email, u.language, d.token_id, t.name, t.prefix, d.version,"
+            " min(d.downloaded_at), max(d.downloaded_at), count(*)"
             " FROM downloads d JOIN tokens t ON t.id = d.token_id JOIN users u ON u.id = t.user_id"
             " WHERE d.ecosystem = ? AND d.package = ? AND d.downloaded_at < ?"
             " AND EXISTS (SELECT 1 FROM tokens a WHERE a.user_id = t.user_id"
             " AND a.revoked_at IS NULL)"
-            " ORDER BY d.downloaded_at, d.id",
+            " GROUP BY t.user_id, u.email, u.language, d.token_id, t.name, t.prefix, d.version"
+            " ORDER BY min(d.downloaded_at), d.token_id, d.version",
             (ecosystem, package, before),
         )
-        return [Affected(_download_row(r), str(r[11])) for r in rows]
+        return [
+            Affected(
+                str(r[0]),
+                str(r[1]),
+                str(r[2]),
+                str(r[3]),
+                str(r[4]),
+                str(r[5]),
+                ecosystem,
+                package,
+                str(r[6]),
+                float(r[7]),
+                float(r[8]),
+                int(r[9]),
+            )
+            for r in rows
+        ]
 
     # -- breach notifications -------------------------------------------------------------
 
