@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import re
 import time
@@ -58,6 +59,7 @@ def pypi_name(text: str) -> str:
     return canonicalize_name(text)
 
 
+@functools.lru_cache(maxsize=8192)
 def pypi_file(filename: str) -> tuple[str, str] | None:
     """(normalised project, normalised version) of a wheel or sdist file name, else None."""
     lowered = filename.lower()

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -55,6 +56,10 @@ class UsageRecorder:
         self.tokens_written = 0
         self._current: asyncio.Future[int] | None = None
         self._downloads: list[Download] = []
+        # Download ids: a random prefix per recorder and a counter (unique across processes,
+        # hex only so they sort alike in every collation, far cheaper than a uuid4 per record).
+        self._id_prefix = secrets.token_hex(8)
+        self._ids = itertools.count()
         self._flushing_downloads: list[Download] = []
         self._in_flush = False
         self.downloads_written = 0
@@ -75,7 +80,7 @@ class UsageRecorder:
             self.downloads_dropped += 1
         self._downloads.append(
             Download(
-                uuid.uuid4().hex,  # same order in every collation: a cursor key
+                f"{self._id_prefix}{next(self._ids):012x}",
                 token_id,
                 ecosystem,
                 package,
