@@ -455,3 +455,43 @@ def test_settings__issuers_from_the_environment_as_json() -> None:
     assert (entry.issuer, entry.owner) == ("https://ci.example.com", "a@b.cd")
     with pytest.raises(SettingsError, match="PKGATE_OIDC_ISSUERS"):
         load({}, env={"PKGATE_OIDC_ISSUERS": "[{"})
+
+
+async def test_exchange__hanging_issuer_is_cut_off_and_not_retried_at_once(
+    start_server: StartServer,
+) -> None:
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+
+    from tests.conftest import serve_app
+
+    release = asyncio.Event()
+    calls = 0
+
+    async def hang(request: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        await release.wait()
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get("/.well-known/openid-configuration", hang)
+    runner, url = await serve_app(app)
+    try:
+        server = await start_server(
+            npm_upstream=UNREACHABLE,
+            oidc_issuers=parse_issuers([{"issuer": str(url), "owner": OWNER}]),
+        )
+        server.app[oidc_key].keys.timeout = aiohttp.ClientTimeout(total=0.5)
+        fake = Issuer()
+        fake.url = url
+        id_token = fake.sign(fake.claims(aud(server)))
+        assert (await exchange(server, id_token)).status == 503
+        # Within the refresh interval a second request does not wait for the issuer again.
+        assert (await exchange(server, id_token)).status == 503
+        assert calls == 1
+    finally:
+        release.set()
+        await runner.cleanup()

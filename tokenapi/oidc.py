@@ -87,38 +87,41 @@ class KeyCache:
         self._clock = clock
         self._ttl = ttl
         self._min_refresh = min_refresh
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
         self._issuers: dict[str, _IssuerKeys] = {}
         self.fetches = 0  # JWKS fetches made (tests count them)
 
     async def keys_for(self, issuer: str, kid: str | None) -> list[dict[str, Any]]:
         """The issuer's keys that may have signed a token with ``kid``; one refresh when the kid
-        is unknown (at most one per ``min_refresh``).  Raises KeysUnavailable."""
+        is unknown.  Fetches (for expiry, an unknown kid or after a failure) happen at most once
+        per ``min_refresh`` per issuer, so neither stray kids nor an issuer outage turn every
+        request into a fetch.  Raises KeysUnavailable when no keys were ever fetched."""
         state = self._issuers.setdefault(issuer, _IssuerKeys())
-        now = self._clock()
-        if state.fetched_at is None or now - state.fetched_at >= self._ttl:
-            await self._refresh(issuer, state, after=state.fetched_at)
+        if state.fetched_at is None or self._clock() - state.fetched_at >= self._ttl:
+            await self._refresh(issuer, state)
         found = _matching(state.keys, kid)
         if found or kid is None:
             return found
-        if state.tried_at is not None and self._clock() - state.tried_at < self._min_refresh:
-            return []
-        await self._refresh(issuer, state, after=state.fetched_at)
+        await self._refresh(issuer, state)
         return _matching(state.keys, kid)
 
-    async def _refresh(self, issuer: str, state: _IssuerKeys, *, after: float | None) -> None:
+    async def _refresh(self, issuer: str, state: _IssuerKeys) -> None:
+        seen = state.tried_at
         async with state.lock:
-            if state.fetched_at != after and state.fetched_at is not None:
-                return  # another request refreshed while this one waited
-            state.tried_at = self._clock()
-            try:
-                state.keys = await self._fetch(issuer)
-                state.fetched_at = self._clock()
-            except KeysUnavailable as exc:
-                log.warning("OIDC issuer %s: %s", issuer, exc)
-                if state.fetched_at is None:
-                    raise
-                # Keep using the keys fetched before: a flapping issuer does not stop CI.
+            recent = (
+                state.tried_at is not None and self._clock() - state.tried_at < self._min_refresh
+            )
+            # Another request fetched (or failed to) while this one waited, or just before.
+            if state.tried_at == seen and not recent:
+                state.tried_at = self._clock()
+                try:
+                    state.keys = await self._fetch(issuer)
+                    state.fetched_at = self._clock()
+                except KeysUnavailable as exc:
+                    log.warning("OIDC issuer %s: %s", issuer, exc)
+        if state.fetched_at is None:
+            # Keys fetched before are kept through a failure: a flapping issuer does not stop CI.
+            raise KeysUnavailable("no keys fetched from the issuer yet")
 
     async def _fetch(self, issuer: str) -> list[dict[str, Any]]:
         self.fetches += 1
@@ -145,7 +148,7 @@ class KeyCache:
         try:
             async with self._session.get(
                 url,
-                timeout=self._timeout,
+                timeout=self.timeout,
                 allow_redirects=False,
                 headers={"Accept": "application/json"},
             ) as resp:
