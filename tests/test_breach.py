@@ -6,19 +6,28 @@ server (aiosmtpd).  Restarts are real: the app is stopped and a new one opened o
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from tests.api_support import call
 from tests.conftest import RunningServer, StartServer
 from tests.smtp import SmtpServer, smtp_server
 from tests.upstreams.npm_registry import NpmRegistry, serve_registry
+from tokenapi import tokens
 from tokenapi.breach import BreachEntry, BreachNotifier
+from tokenapi.config import TokenApiConfig
+from tokenapi.issue import issue_token
 from tokenapi.keys import breach_key
+from tokenapi.lastused import UsageRecorder
+from tokenapi.mail import Mailer
+from tokenapi.store import Store
 
 ADVISORY = "MAL-2026-0042"
 SUMMARY = "Malicious code in pkg-plain: steals environment variables on install"
@@ -272,3 +281,36 @@ async def test_breach__pypi_names_compare_normalised(
     await notify.wait_idle()
     assert recipients(mail) == ["py@example.com"]
     assert "demo-app 1.0.0 (pypi)" in mail.inbox.text()
+
+
+async def test_breach__two_instances_on_one_database_send_one_mail(
+    database_url: str, mail: SmtpServer, tmp_path: Path
+) -> None:
+    """Every instance hears of the same new entry; the queue and its leases keep it to one mail."""
+    config = TokenApiConfig(
+        database=database_url,
+        public_url=URL("http://pkgate.test"),
+        outbox_dir=tmp_path / "outbox",
+        smtp_url=mail.url,
+    )
+    stores = [await Store.open(database_url) for _ in range(2)]
+    try:
+        user = await stores[0].create_user("alice@example.com")
+        _, secret = await issue_token(stores[0], user, name="laptop")
+        token = await stores[0].lookup_digest(tokens.digest(secret))
+        assert token is not None
+        recorders = [UsageRecorder(s) for s in stores]
+        recorders[1].record_download(token.id, "npm", "pkg-plain", "1.1.0", "pkg-plain-1.1.0.tgz")
+        notifiers = [
+            BreachNotifier(s, Mailer(config), config, r)
+            for s, r in zip(stores, recorders, strict=True)
+        ]
+        async with notifiers[0].running(), notifiers[1].running():
+            for n in notifiers:
+                n.entries_added([entry(time.time() + 1)])
+            await asyncio.gather(*(n.wait_idle() for n in notifiers))
+        assert recipients(mail) == ["alice@example.com"]
+        assert sum(n.sent for n in notifiers) == 1
+    finally:
+        for s in stores:
+            await s.close()

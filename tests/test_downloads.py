@@ -433,3 +433,18 @@ async def test_sigterm__flushes_downloads_still_in_memory(
         ("pkg-plain", "1.1.0"),
     ]
     assert {r.download.token_id for r in rows} == {token.id}
+
+
+async def test_anonymous_downloads__are_not_recorded(
+    start_server: StartServer, registry: NpmRegistry
+) -> None:
+    server = await start_server(npm_upstream=str(registry.url) + "/", anonymous="allow")
+    path = registry.tarball_path(registry.package("pkg-plain", "1.1.0"))
+    async with aiohttp.ClientSession() as http, http.get(server.url / "npm" / path[1:]) as resp:
+        await resp.read()
+        assert resp.status == 200
+    secret = await server.token()
+    assert await fetch(server, "/npm" + path, secret) == 200
+    await server.recorder.flush()
+    rows = await server.store.list_downloads(_everything())
+    assert [r.token_name for r in rows] == ["test"]  # only the one with a token
