@@ -448,3 +448,46 @@ async def test_anonymous_downloads__are_not_recorded(
     await server.recorder.flush()
     rows = await server.store.list_downloads(_everything())
     assert [r.token_name for r in rows] == ["test"]  # only the one with a token
+
+
+async def test_crash__loses_at_most_one_flush_interval(
+    tmp_path: Path, registry: NpmRegistry
+) -> None:
+    data = tmp_path / "crash-data"
+    store = await Store.open(data / "pkgate.db")
+    try:
+        user = await ensure_user(store, "ci@example.com")
+        _, secret = await issue_token(store, user, name="ci")
+    finally:
+        await store.close()
+    interval = 0.3
+    server = ServerProcess(
+        data, ["--npm-upstream", f"{registry.url}/", "--last-used-flush", str(interval)]
+    )
+    await server.start()
+    try:
+        path = registry.tarball_path(registry.package("pkg-plain", "1.1.0"))
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(
+                server.url.with_path("/npm" + path), headers={"Authorization": f"Bearer {secret}"}
+            ) as resp,
+        ):
+            assert resp.status == 200
+            await resp.read()
+        # Written by the periodic flush (another process: watch its database), then kill -9.
+        store = await Store.open(data / "pkgate.db")
+        try:
+            async with asyncio.timeout(20):
+                while not await store.list_downloads(_everything()):
+                    await asyncio.sleep(interval / 4)
+        finally:
+            await store.close()
+    finally:
+        assert await server.stop(signal.SIGKILL) == -signal.SIGKILL
+    store = await Store.open(data / "pkgate.db")
+    try:
+        rows = await store.list_downloads(_everything())
+    finally:
+        await store.close()
+    assert [(r.download.package, r.download.version) for r in rows] == [("pkg-plain", "1.1.0")]
