@@ -236,7 +236,25 @@ def _serve(ns: argparse.Namespace) -> int:
 
 
 def _blocklist_status(ns: argparse.Namespace) -> int:
-    return supplychain_cli.blocklist_status(_store_settings(ns), ns.json)
+    settings = _store_settings(ns)
+    return supplychain_cli.blocklist_status(
+        settings, ns.json, {"breach_notifications": asyncio.run(_breach_summary(settings))}
+    )
+
+
+async def _breach_summary(settings: Settings) -> dict[str, object]:
+    """The breach mail queue as the admin status shows it (from the store, any server's)."""
+    store = await _with_store(settings)
+    try:
+        counts, failing = await store.notification_summary()
+    finally:
+        await store.close()
+    return {
+        "notifications": counts,
+        "failing": [
+            {"advisory_id": a, "email": e, "attempts": n, "error": err} for a, e, n, err in failing
+        ],
+    }
 
 
 async def _blocklist_refresh(ns: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from tests.api_support import call
-from tests.conftest import RunningServer, StartServer
+from tests.conftest import RunningServer, StartServer, pkgate_cmd, run
 from tests.smtp import SmtpServer, smtp_server
 from tests.upstreams.npm_registry import NpmRegistry, serve_registry
 from tokenapi.keys import breach_key
@@ -88,6 +88,12 @@ async def test_feed_update__mails_the_downloader_once_across_refreshes_and_resta
     status = await call(server, "GET", "/api/admin/blocklist", token=admin)
     assert status.body["breach_notifications"]["notifications"]["sent"] == 1
     assert status.body["breach_notifications"]["send_failures"] == 0
+    data_dir = str(server.settings.data_dir)
+    shown = await run(*pkgate_cmd("blocklist", "status", "--json", "--data-dir", data_dir))
+    assert shown.returncode == 0, shown.output
+    assert json.loads(shown.stdout)["breach_notifications"]["notifications"]["sent"] == 1
+    text = await run(*pkgate_cmd("blocklist", "status", "--data-dir", data_dir))
+    assert "breach mails: 1 sent, 0 pending, 0 failed, 0 skipped" in text.stdout, text.output
     await server.close()
 
     # Restart on the same data, and even lose the blocklist's memory of what it had seen:

@@ -54,10 +54,22 @@ def describe(status: dict[str, Any]) -> str:
         if source.get("error"):
             line += f"\n    error: {source['error']}"
         lines.append(line)
+    breach = shown.get("breach_notifications")
+    if isinstance(breach, dict):
+        counts = breach.get("notifications", {})
+        lines.append(
+            "breach mails: "
+            + ", ".join(f"{counts.get(k, 0)} {k}" for k in ("sent", "pending", "failed", "skipped"))
+        )
+        for f in breach.get("failing", []):
+            lines.append(
+                f"  {f['advisory_id']} to {f['email']}: {f['attempts']} attempts, {f['error']}"
+            )
     return "\n".join(lines)
 
 
-def blocklist_status(settings: Settings, as_json: bool) -> int:
+def blocklist_status(settings: Settings, as_json: bool, extra: dict[str, Any] | None = None) -> int:
+    """Print the last status a server wrote, with ``extra`` (e.g. breach mails) merged in."""
     status = read_status(settings)
     if status is None:
         if not settings.blocklist_feeds and settings.blocklist_file is None:
@@ -65,6 +77,7 @@ def blocklist_status(settings: Settings, as_json: bool) -> int:
         else:
             print(f"blocklist: no server has refreshed it yet ({status_path(settings)})")
         return 1
+    status.update(extra or {})
     print(json.dumps(with_iso_times(status), indent=2) if as_json else describe(status))
     return 1 if status.get("errors") else 0
 
