@@ -49,9 +49,25 @@ def test_clientsetup__toml_snippets_parse() -> None:
     }
 
 
+def test_clientsetup__yarn_berry_whitelists_a_plain_http_host_only() -> None:
+    plain = {s.client: s for s in snippets(URL("http://127.0.0.1:8080"), SECRET)}
+    assert 'unsafeHttpWhitelist:\n  - "127.0.0.1"\n' in plain["yarn"].text
+    tls = {s.client: s for s in snippets(URL("https://reg.example"), SECRET)}
+    assert "unsafeHttpWhitelist" not in tls["yarn"].text
+
+
+def test_clientsetup__yarn_classic_sends_its_token_with_always_auth() -> None:
+    by_client = {s.client: s for s in snippets(URL("http://127.0.0.1:8080/base"), SECRET)}
+    assert by_client["yarn classic"].text == (
+        "registry=http://127.0.0.1:8080/base/npm/\n"
+        f"//127.0.0.1:8080/base/npm/:_authToken={SECRET}\n"
+        "//127.0.0.1:8080/base/npm/:always-auth=true\n"
+    )
+
+
 def test_clientsetup__only_enabled_ecosystems() -> None:
     npm_only = snippets(URL("https://r.example"), SECRET, pypi_enabled=False)
-    assert [s.client for s in npm_only] == ["npm", "yarn", "pnpm", "bun"]
+    assert [s.client for s in npm_only] == ["npm", "yarn", "yarn classic", "pnpm", "bun"]
     pypi_only = snippets(URL("https://r.example"), SECRET, npm_enabled=False)
     assert [s.client for s in pypi_only] == ["pip", "uv", "poetry"]
 

@@ -16,7 +16,7 @@ INDEX_NAME = "pkgate"
 
 @dataclass(frozen=True, slots=True)
 class Snippet:
-    client: str  # npm, yarn, pnpm, bun, pip, uv, poetry
+    client: str  # npm, yarn, yarn classic, pnpm, bun, pip, uv, poetry
     where: str  # the file or shell the text goes into
     text: str
 
@@ -54,10 +54,24 @@ def npm_snippets(public_url: URL, secret: str) -> list[Snippet]:
         "npmAlwaysAuth: true\n"
         f'npmAuthToken: "{secret}"\n'
     )
+    if public_url.scheme == "http":
+        # yarn berry refuses plain http unless the host is listed (YN0081).
+        yarnrc += f'unsafeHttpWhitelist:\n  - "{public_url.host}"\n'
+    # yarn classic reads npm's file, but sends the token only with always-auth (npm 11 warns
+    # that it does not know that key, and ignores it).
+    auth_key = npmrc_auth_key(public_url)
+    yarn_classic = (
+        f"registry={registry}\n{auth_key}:_authToken={secret}\n{auth_key}:always-auth=true\n"
+    )
     bunfig = f'[install]\nregistry = {{ url = "{registry}", token = "{secret}" }}\n'
     return [
         Snippet("npm", "~/.npmrc (or .npmrc in your project)", npmrc),
         Snippet("yarn", ".yarnrc.yml (yarn 2+)", yarnrc),
+        Snippet(
+            "yarn classic",
+            ".npmrc in your project (yarn 1; npm warns about always-auth, which only yarn 1 reads)",
+            yarn_classic,
+        ),
         Snippet("pnpm", "~/.npmrc (or .npmrc in your project)", npmrc),
         Snippet("bun", "bunfig.toml", bunfig),
     ]

@@ -30,7 +30,7 @@ from .config import TokenApiConfig
 
 log = logging.getLogger(__name__)
 
-_SETUP_ORDER = ("npm", "yarn", "pnpm", "bun", "pip", "uv", "poetry")
+_SETUP_ORDER = ("npm", "yarn", "yarn classic", "pnpm", "bun", "pip", "uv", "poetry")
 
 
 class MailError(Exception):

@@ -119,7 +119,7 @@ $setup
 
 WHERE = {
     "en": {
-        "npm": "npm, pnpm:   grep _authToken ~/.npmrc .npmrc",
+        "npm": "npm, pnpm, yarn 1: grep _authToken ~/.npmrc .npmrc",
         "yarn": "yarn:        grep npmAuthToken .yarnrc.yml",
         "bun": "bun:         grep token bunfig.toml",
         "pip": "pip:         pip config get global.index-url   (or echo $PIP_INDEX_URL)",
@@ -127,7 +127,7 @@ WHERE = {
         "poetry": "poetry:      poetry config http-basic.pkgate",
     },
     "ja": {
-        "npm": "npm, pnpm:   grep _authToken ~/.npmrc .npmrc",
+        "npm": "npm, pnpm, yarn 1: grep _authToken ~/.npmrc .npmrc",
         "yarn": "yarn:        grep npmAuthToken .yarnrc.yml",
         "bun": "bun:         grep token bunfig.toml",
         "pip": "pip:         pip config get global.index-url   (または echo $PIP_INDEX_URL)",

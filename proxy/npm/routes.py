@@ -56,6 +56,7 @@ from ..registry.policy import Decision, Ecosystem, PackageFacts, PolicyRefused
 from ..registry.upstream import Upstream, UpstreamError, raise_for_upstream_status
 from ..settings import Settings
 from . import rewrite as npmrewrite
+from .login import login_middleware
 from .rewrite import BadPath, PackagePath, Published
 
 log = logging.getLogger(__name__)
@@ -547,6 +548,8 @@ def setup_routes(app: web.Application, settings: Settings) -> None:
         public = settings.base_url
         base = public.with_path(public.path.rstrip("/") + "/npm/")
     app[npm_config_key] = npm_config(settings, base)
+    # npm login is answered with how to get a token, before the throttles and authentication.
+    app.middlewares.insert(0, login_middleware(settings, app[npm_config_key].mount))
     # One catch-all: aiohttp's router unquotes only some %2F spellings, so dispatch() routes
     # on the raw path itself.
     app.router.add_route("*", "/{path:.*}", dispatch)

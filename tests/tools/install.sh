@@ -16,9 +16,29 @@ BUN_VERSION=1.4.4
 PIP_VERSION=26.3
 UV_VERSION=0.13.8
 POETRY_VERSION=2.5.1
+# yarn classic (1.x): its own folder and stamp, so adding or bumping it never reinstalls the rest.
+YARN1_VERSION=1.22.22
+
+install_yarn1() {
+  local stamp="yarn1=$YARN1_VERSION"
+  if [ -f "$dest/yarn1/.stamp" ] && [ "$(cat "$dest/yarn1/.stamp")" = "$stamp" ]; then
+    return 0
+  fi
+  rm -rf "$dest/yarn1"
+  mkdir -p "$dest/yarn1" "$dest/bin"
+  cat > "$dest/yarn1/package.json" <<JSON
+{"name": "pkgate-test-yarn1", "private": true, "version": "0.0.0"}
+JSON
+  (cd "$dest/yarn1" && npm install --no-audit --no-fund --no-package-lock --loglevel=error \
+    "yarn@$YARN1_VERSION" >&2)
+  ln -sf "$dest/yarn1/node_modules/yarn/bin/yarn.js" "$dest/bin/yarn1"
+  printf 'yarn1 %s\n' "$("$dest/bin/yarn1" --version 2>&1 | head -1)" >&2
+  echo "$stamp" > "$dest/yarn1/.stamp"
+}
 
 stamp_text="pnpm=$PNPM_VERSION yarn=$YARN_VERSION bun=$BUN_VERSION pip=$PIP_VERSION uv=$UV_VERSION poetry=$POETRY_VERSION"
 if [ -f "$dest/.stamp" ] && [ "$(cat "$dest/.stamp")" = "$stamp_text" ]; then
+  install_yarn1
   exit 0
 fi
 
@@ -52,4 +72,5 @@ ln -sf "$dest/poetry-venv/bin/poetry" "$dest/bin/poetry"
 for tool in pnpm yarn bun pip uv poetry; do
   printf '%s %s\n' "$tool" "$("$dest/bin/$tool" --version 2>&1 | head -1)" >&2
 done
+install_yarn1
 echo "$stamp_text" > "$dest/.stamp"
