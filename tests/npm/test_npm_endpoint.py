@@ -210,7 +210,7 @@ async def test_upstream__never_sees_client_credentials(
         ("PUT", "/npm/-/package/pkg-plain/dist-tags/latest"),
         ("DELETE", "/npm/-/package/pkg-plain/dist-tags/beta"),
         ("POST", "/npm/pkg-plain"),
-        ("PUT", "/npm/-/user/org.couchdb.user:dev"),
+        ("DELETE", "/npm/-/user/org.couchdb.user:dev"),  # PUT is npm login: test_npm_login.py
         ("PATCH", "/npm/pkg-plain/-/pkg-plain-1.0.0.tgz"),
     ],
 )
