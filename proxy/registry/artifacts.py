@@ -507,6 +507,16 @@ class SendfileResponse(web.FileResponse):
     keeps aiohttp's own path.
     """
 
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        """Send the file once: a handler that already sent it (to know it completed) is done.
+
+        aiohttp calls ``prepare`` again on the response a handler returns; for a FileResponse
+        that would open and send the file a second time on a finished answer.
+        """
+        if self.prepared:
+            return self._payload_writer
+        return await super().prepare(request)
+
     async def _sendfile(
         self, request: web.BaseRequest, fobj: IO[Any], offset: int, count: int
     ) -> AbstractStreamWriter:
