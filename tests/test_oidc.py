@@ -185,8 +185,9 @@ def _foreign_signed(claims: dict[str, Any]) -> str:
 
 @pytest.mark.parametrize("case", sorted(REFUSALS))
 async def test_exchange__refused_naming_the_check(
-    server: RunningServer, issuer: Issuer, case: str
+    server: RunningServer, issuer: Issuer, case: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level("DEBUG")
     make, message = REFUSALS[case]
     id_token = make(issuer, aud(server))
     answer = await exchange(server, id_token)
@@ -197,6 +198,8 @@ async def test_exchange__refused_naming_the_check(
         if len(part) > 16:
             assert part not in answer.raw.decode()
     assert await server.store.list_tokens(email=OWNER) == []
+    assert message in caplog.text  # the refusal is logged, the JWT never
+    assert all(part not in caplog.text for part in id_token.split(".") if len(part) > 16)
 
 
 async def test_exchange__bad_bodies(server: RunningServer) -> None:

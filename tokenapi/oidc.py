@@ -34,7 +34,7 @@ from .clientip import client_ip
 from .issue import ensure_user, issue_token
 from .keys import config_key, store_key
 from .oidcconfig import OidcIssuer, secure_url
-from .ratelimit import RateLimiter
+from .ratelimit import StoreLimiter
 from .webio import ApiError, Endpoint, iso, json_response, read_json, too_many
 
 log = logging.getLogger(__name__)
@@ -316,7 +316,7 @@ class Oidc:
 
     verifier: Verifier
     keys: KeyCache
-    limiter: RateLimiter
+    limiter: StoreLimiter  # per client IP, shared by every worker and instance
 
 
 oidc_key = web.AppKey("oidc", Oidc)
@@ -335,7 +335,7 @@ async def oidc_ctx(app: web.Application) -> AsyncIterator[None]:
     app[oidc_key] = Oidc(
         Verifier(config.oidc_issuers, str(config.public_url), keys, config.clock),
         keys,
-        RateLimiter(config.oidc_limit_ip, RATE_WINDOW),
+        StoreLimiter("oidc-ip", config.oidc_limit_ip, RATE_WINDOW),
     )
     try:
         yield
@@ -347,7 +347,8 @@ async def exchange(request: web.Request) -> web.Response:
     """Trade a CI ID token for a short-lived pkgate token of the issuer's owner."""
     config = request.config_dict[config_key]
     oidc = request.config_dict[oidc_key]
-    retry = oidc.limiter.hit(client_ip(request, config.trusted_proxies))
+    store = request.config_dict[store_key]
+    retry = await oidc.limiter.hit(store, client_ip(request, config.trusted_proxies))
     if retry is not None:
         raise too_many(retry)
     body = await read_json(request, ("id_token",))
@@ -357,6 +358,7 @@ async def exchange(request: web.Request) -> web.Response:
     try:
         entry, claims = await oidc.verifier.verify(id_token.strip())
     except Refused as exc:
+        log.info("OIDC exchange refused: %s", exc)  # the check only: never the JWT
         raise ApiError(401, str(exc)) from None
     except KeysUnavailable:
         raise ApiError(
@@ -365,7 +367,6 @@ async def exchange(request: web.Request) -> web.Response:
     lifetime = entry.lifetime
     if config.token_max_lifetime is not None:
         lifetime = min(lifetime, config.token_max_lifetime)
-    store = request.config_dict[store_key]
     owner = await ensure_user(store, entry.owner)
     token, secret = await issue_token(
         store,
