@@ -3,6 +3,7 @@
 import asyncio
 import ipaddress
 import secrets
+import time
 from base64 import b64encode
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,6 +15,7 @@ from proxy.ratelimit import RegistryLimits, registry_limits_key
 from proxy.settings import Settings, SettingsError, load
 from tests.conftest import RunningServer, StartServer
 from tokenapi import tokens
+from tokenapi.issue import ensure_user, issue_token
 from tokenapi.ratelimit import RateLimiter
 
 UNREACHABLE = "http://127.0.0.1:9/"
@@ -396,3 +398,16 @@ def test_ratelimit__refund_gives_back_one_event() -> None:
     assert len(limiter) == 0
     limiter.refund("never-seen")
     assert [limiter.hit("a"), limiter.hit("a")] == [None, None]
+
+
+async def test_registry_limits__expired_token_gets_401_never_429(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(npm_upstream=UNREACHABLE, registry_auth_failures=1)
+    user = await ensure_user(server.store, "late@example.com")
+    _, secret = await issue_token(server.store, user, name="old", expires_at=time.time() - 10)
+    await whoami(server, random_token())
+    assert (await whoami(server, random_token()))[0] == 429  # the guess budget is spent
+    answers = [await whoami(server, secret) for _ in range(5)]
+    assert [status for status, _, _ in answers] == [401] * 5
+    assert answers[0][2] == {"error": "token expired"}
