@@ -355,8 +355,10 @@ class Blocklist:
             if downloaded is not None:
                 with contextlib.suppress(OSError):
                     downloaded.unlink()
-        state.entries, state.records, state.malformed = entries, loaded.total, malformed
-        state.serial += 1
+        if entries != state.entries:  # the same content read again changes nothing
+            state.entries = entries
+            state.serial += 1
+        state.records, state.malformed = loaded.total, malformed
         state.etag, state.last_modified = etag, modified
         state.loaded, state.outcome, state.error, state.last_success = True, "ok", None, now
         if malformed:
@@ -378,13 +380,15 @@ class Blocklist:
         state = self.manual_state
         state.last_attempt = self._clock()
         try:
-            self.manual = await asyncio.to_thread(manual_mod.load, self.manual_file)
+            manual = await asyncio.to_thread(manual_mod.load, self.manual_file)
         except ManualError as exc:
             state.outcome, state.error = "error", str(exc)
             log.warning("blocklist: blocklist_file %s: %s", self.manual_file, exc)
             return
-        state.entries = list(self.manual.blocks)
-        state.serial += 1
+        if manual != self.manual:
+            self.manual = manual
+            state.entries = list(manual.blocks)
+            state.serial += 1
         state.records = len(self.manual.blocks) + len(self.manual.allows)
         state.loaded, state.outcome, state.error = True, "ok", None
         state.last_success = state.last_attempt
