@@ -8,10 +8,10 @@ bytes (zip magic, JSON) or from the path being a directory.
 Bounds: a download is written to a temporary file under the data directory, at most
 ``MAX_DOWNLOAD`` bytes within ``DOWNLOAD_TIMEOUT`` seconds (``READ_TIMEOUT`` without a byte is a
 failure too); one record is at most ``MAX_RECORD`` bytes (a larger zip member or file is skipped
-as malformed without being read); a zip or directory holds at most ``MAX_MEMBERS`` records and
-inflates to at most ``MAX_INFLATED`` bytes in total.  Anything beyond a bound fails the source
-(``SourceError``) so its last good copy stays in use, except single oversize records, which are
-skipped and counted.
+as malformed without being read); a zip or directory holds at most ``MAX_MEMBERS`` records,
+inflates to at most ``MAX_INFLATED`` bytes in total and is read within ``LOCAL_TIMEOUT`` seconds.
+Anything beyond a bound fails the source (``SourceError``) so its last good copy stays in use,
+except single oversize records, which are skipped and counted.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ MAX_RECORD: Final = 8 * 1024**2
 MAX_JSON_FILE: Final = 512 * 1024**2  # a single JSON file (array of records) read into memory
 MAX_MEMBERS: Final = 2_000_000
 DOWNLOAD_TIMEOUT: Final = 600.0
+LOCAL_TIMEOUT: Final = 600.0  # reading a directory tree or a zip (checked between records)
 CONNECT_TIMEOUT: Final = 30.0
 READ_TIMEOUT: Final = 60.0
 CHUNK: Final = 256 * 1024
@@ -107,7 +109,13 @@ def _read_json_document(data: bytes) -> Loaded:
     return loaded
 
 
+def _check_deadline(deadline: float) -> None:
+    if time.monotonic() > deadline:
+        raise SourceError(f"reading took longer than {LOCAL_TIMEOUT:g}s")
+
+
 def _read_zip(path: Path) -> Loaded:
+    deadline = time.monotonic() + LOCAL_TIMEOUT
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -119,6 +127,7 @@ def _read_zip(path: Path) -> Loaded:
         if len(members) > MAX_MEMBERS:
             raise SourceError(f"zip holds more than {MAX_MEMBERS} files")
         for member in members:
+            _check_deadline(deadline)
             if not member.filename.endswith(".json"):
                 continue
             if member.file_size > MAX_RECORD:
@@ -153,7 +162,9 @@ def _walk_json(root: Path) -> Iterator[Path]:
 def _read_directory(root: Path) -> Loaded:
     loaded = Loaded()
     count = 0
+    deadline = time.monotonic() + LOCAL_TIMEOUT
     for path in _walk_json(root):
+        _check_deadline(deadline)
         count += 1
         if count > MAX_MEMBERS:
             raise SourceError(f"directory holds more than {MAX_MEMBERS} record files")

@@ -422,3 +422,15 @@ def test_dist_tags_move_to_the_highest_remaining_version_of_their_kind() -> None
         "keep": "0.9.0",
     }
     assert npmview.retag({"beta": "2.0.0-rc.2"}, ["1.0.0"], withheld) == {}  # dropped
+
+
+def test_reading_a_tree_or_zip_is_bounded_in_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "MAL-1.json").write_bytes(orjson.dumps(mal("MAL-1", "a")))
+    write_zip(tmp_path / "all.zip", {"MAL-1.json": orjson.dumps(mal("MAL-1", "a"))})
+    monkeypatch.setattr(sources, "LOCAL_TIMEOUT", -1.0)  # already past the deadline
+    for name in ("tree", "all.zip"):
+        with pytest.raises(sources.SourceError, match="reading took longer"):
+            sources.read_local(str(tmp_path / name))
