@@ -39,7 +39,8 @@ from tokenapi.lastused import UsageRecorder
 
 from .accesslog import AccessLogSink, access_log_key
 from .errors import Handler
-from .keys import REQUEST_CACHE, REQUEST_ECOSYSTEM
+from .keys import REQUEST_CACHE, REQUEST_ECOSYSTEM, metadata_cache_key
+from .registry.metacache import MetadataCache
 
 AUTH_OUTCOMES = ("ok", "missing", "invalid", "revoked", "expired", "out_of_scope")
 CACHE_OUTCOMES = ("hit", "miss", "stale", "revalidated", "bypass")
@@ -58,6 +59,7 @@ class _ScrapeTimeCollector(Collector):
         self.breach: BreachNotifier | None = None
         self.tokens_active: int | None = None
         self.access_log: AccessLogSink | None = None
+        self.metadata: MetadataCache | None = None
 
     def collect(self) -> Iterator[Metric]:
         flushes = CounterMetricFamily(
@@ -76,6 +78,20 @@ class _ScrapeTimeCollector(Collector):
         yield flushes
         yield batch
         yield written
+        cache = self.metadata
+        if cache is not None:
+            for name, doc, value in (
+                ("entries", "Entries in the metadata cache", len(cache)),
+                ("bytes", "Bytes the metadata cache is charged (bodies as stored)", cache.bytes),
+                (
+                    "identity_bytes",
+                    "Bytes its entries' bodies would take uncompressed",
+                    cache.identity_bytes(),
+                ),
+            ):
+                gauge = GaugeMetricFamily(f"pkgate_metadata_cache_{name}", doc)
+                gauge.add_metric([], value)
+                yield gauge
         sink = self.access_log
         if sink is not None:
             for name, doc, value in (
@@ -291,6 +307,7 @@ class Metrics:
         """The text exposition, with the scrape-time values read from ``app`` first."""
         self._scrape.recorder = app.get(recorder_key)
         self._scrape.access_log = app.get(access_log_key)
+        self._scrape.metadata = app.get(metadata_cache_key)
         self._scrape.breach = app.get(breach_key)
         store = app.get(store_key)
         self._scrape.tokens_active = await store.count_active_tokens() if store else None

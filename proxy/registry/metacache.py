@@ -311,6 +311,10 @@ class MetadataCache:
     def __len__(self) -> int:
         return len(self._items)
 
+    def identity_bytes(self) -> int:
+        """What the stored bodies would take uncompressed (for metrics; walks every entry)."""
+        return sum(item.length for item in self._items.values() if isinstance(item, MetaEntry))
+
     def peek(self, key: CacheKey) -> MetaEntry | None:
         """The stored entry for ``key`` whatever its age, without touching the LRU order."""
         item = self._items.get(key)

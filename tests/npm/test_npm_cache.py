@@ -341,3 +341,22 @@ async def test_vhost__packuments_cached_per_mount_with_their_own_urls(
     )
     assert str(tarball) == f"http://npm.test:{port}/pkg-plain/-/pkg-plain-1.0.0.tgz"
     assert server.app[metadata_cache_key].stats.fetches == 2
+
+
+async def test_packument__metrics_show_the_cache_kept_compressed(
+    registry: NpmRegistry, http: aiohttp.ClientSession
+) -> None:
+    resp, _ = await fetch(http, "/npm/pkg-plain")
+    assert resp.status == 200
+    _, text = await fetch(http, "/metrics")
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.decode().splitlines()
+        if line.startswith("pkgate_metadata_cache_")
+    }
+    assert values["pkgate_metadata_cache_entries"] == 1
+    # The charged bytes are the stored (gzip) body plus overhead; less than the JSON itself.
+    assert 0 < values["pkgate_metadata_cache_bytes"]
+    assert (
+        values["pkgate_metadata_cache_bytes"] - 512 < values["pkgate_metadata_cache_identity_bytes"]
+    )
