@@ -498,3 +498,22 @@ async def test_exchange__hanging_issuer_is_cut_off_and_not_retried_at_once(
     finally:
         release.set()
         await runner.cleanup()
+
+
+async def test_exchange__on_both_store_backends(
+    start_server: StartServer, issuer: Issuer, clock: FakeClock, database_url: str
+) -> None:
+    server = await start_server(
+        npm_upstream=UNREACHABLE,
+        oidc_issuers=issuers(issuer, scopes=["npm"]),
+        database_url=database_url,
+        clock=clock,
+    )
+    answer = await exchange(server, issuer.sign(issuer.claims(aud(server))))
+    assert answer.status == 201, answer.body
+    assert (await whoami(server, answer.body["token"])).body == {"username": OWNER}
+    (token,) = await server.store.list_tokens(email=OWNER, now=clock.now)
+    assert (token.name, token.scopes) == (NAME, ("npm",))
+    clock.advance(600)
+    assert (await whoami(server, answer.body["token"])).body == {"error": EXPIRED}
+    assert await server.store.list_tokens(email=OWNER, now=clock.now) == []

@@ -28,9 +28,13 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def server(start_server: StartServer, clock: FakeClock) -> RunningServer:
+async def server(start_server: StartServer, clock: FakeClock, database_url: str) -> RunningServer:
+    """A pkgate on each store backend, with a controllable clock."""
     return await start_server(
-        npm_upstream=UNREACHABLE, pypi_upstream=UNREACHABLE + "simple/", clock=clock
+        npm_upstream=UNREACHABLE,
+        pypi_upstream=UNREACHABLE + "simple/",
+        clock=clock,
+        database_url=database_url,
     )
 
 
