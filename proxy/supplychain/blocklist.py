@@ -45,6 +45,7 @@ log = logging.getLogger("pkgate.blocklist")
 KINDS: Final = ("malicious", "all")
 SNAPSHOT_VERSION: Final = 1
 STATUS_FILE: Final = "status.json"
+STARTUP_WAIT: Final = 30.0  # seconds start-up waits for feeds that have no last good copy
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +217,7 @@ class Blocklist:
         self._fingerprint: object = None
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        self._refreshed = asyncio.Event()  # set once a refresh has ended
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -231,15 +233,25 @@ class Blocklist:
             return
         await asyncio.to_thread(self._load_disk)
         self._session = aiohttp.ClientSession(auto_decompress=False)
-        if all(s.loaded for s in self.states):
+        first_load = not all(s.loaded for s in self.states)
+        if not first_load:
             # Every feed has its last good copy in force: refresh without holding start-up.
             await self._read_manual()
             self.index = Index(self._in_force(), self.manual.allows)
             self.generation += 1
-            self._wake.set()
-        else:
-            await self.refresh()
+        self._wake.set()  # the loop refreshes at once
         self._task = asyncio.get_running_loop().create_task(self._loop())
+        if first_load:
+            # A feed never read before: hold start-up for it, but not for ever (a slow or hung
+            # download keeps going in the background and takes effect when it ends).
+            try:
+                await asyncio.wait_for(self._refreshed.wait(), STARTUP_WAIT)
+            except TimeoutError:
+                log.warning(
+                    "blocklist: feeds still loading after %gs; serving meanwhile without the "
+                    "feeds that have no earlier copy",
+                    STARTUP_WAIT,
+                )
 
     async def close(self) -> None:
         if self._task is not None:
@@ -425,6 +437,7 @@ class Blocklist:
             await asyncio.to_thread(self._save_status, self.status())
         if fresh:
             await self._notify(fresh)
+        self._refreshed.set()
         return self.status()
 
     def _new_entries(self, entries: Sequence[Entry]) -> list[NewEntry]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from proxy.supplychain import blocklist as blocklist_mod
 from proxy.supplychain import manual, npmview, osv, sources
 from proxy.supplychain.blocklist import Blocklist, NewEntry
 from proxy.supplychain.policy import format_duration
@@ -434,3 +436,30 @@ def test_reading_a_tree_or_zip_is_bounded_in_time(
     for name in ("tree", "all.zip"):
         with pytest.raises(sources.SourceError, match="reading took longer"):
             sources.read_local(str(tmp_path / name))
+
+
+async def test_start_up_waits_a_bounded_time_for_a_first_feed(
+    tmp_path: Path, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await release.wait()
+        return web.Response(body=orjson.dumps([mal("MAL-1", "late")]))
+
+    app = web.Application()
+    app.router.add_get("/feed.json", slow)
+    server = await aiohttp_server(app)
+    monkeypatch.setattr(blocklist_mod, "STARTUP_WAIT", 0.2)
+    bl = Blocklist([str(server.make_url("/feed.json"))], data_dir=tmp_path)
+    arrived: asyncio.Queue[list[NewEntry]] = asyncio.Queue()
+    bl.new_entry_hooks.append(lambda fresh: arrived.put_nowait(list(fresh)))
+    try:
+        await bl.start()  # returns although the feed has not answered
+        assert bl.verdict("npm", "late", "1.0.0") is None
+        release.set()
+        assert [e.advisory for e in await arrived.get()] == ["MAL-1"]
+        assert bl.verdict("npm", "late", "1.0.0") is not None
+    finally:
+        release.set()
+        await bl.close()
