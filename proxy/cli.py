@@ -22,6 +22,7 @@ from tokenapi.passwords import hash_password_async
 from tokenapi.store import Store, Token, sqlite_path
 from tokenapi.store.copy import copy_store
 from tokenapi.store.postgres import masked
+from tokenapi.store.sqlite import close_leftover_connections
 
 from . import discover
 from . import settings as settings_mod
@@ -388,6 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        # A store whose close failed would keep the process alive (non-daemon threads).
+        close_leftover_connections()
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from tokenapi.store import Store
+from tokenapi.store.sqlite import close_leftover_connections
 
 from .accesslog import AccessLogSink, access_log_class, access_log_key, access_logger
 from .app import create_app
@@ -76,6 +77,10 @@ def _run_worker(
     finally:
         if sink is not None:
             sink.close()
+        # A store whose close failed (or never ran) would keep the process alive forever.
+        left = close_leftover_connections()
+        if left:
+            log.warning("stopped %d database connection(s) left open at exit", left)
 
 
 async def _migrate(settings: Settings) -> None:

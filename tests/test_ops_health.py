@@ -44,3 +44,47 @@ async def test_readyz__503_when_the_store_is_unreachable() -> None:
             assert (await resp.json())["error"] == "store unreachable"
     finally:
         await runner.cleanup()
+
+
+async def test_serve__refuses_to_start_on_a_damaged_database(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import sqlite3
+
+    from tests.conftest import pkgate_cmd, run
+    from tokenapi.issue import ensure_user, issue_token
+    from tokenapi.store import Store
+
+    data = tmp_path / "data"
+    store = await Store.open(data / "pkgate.db")
+    try:
+        for n in range(200):
+            await issue_token(store, await ensure_user(store, f"u{n}@example.com"), name="t")
+    finally:
+        await store.close()
+    path = data / "pkgate.db"
+    with sqlite3.connect(path) as db:
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with path.open("r+b") as fh:  # pages 3-6 overwritten with random bytes
+        fh.seek(2 * page_size)
+        fh.write(os.urandom(4 * page_size))
+    served = await run(
+        *pkgate_cmd("serve", "--data-dir", str(data), "--npm-upstream", "http://127.0.0.1:9/"),
+        timeout=60,
+    )
+    assert served.returncode == 1
+    assert "pkgate: cannot open database" in served.stderr
+    assert "damaged" in served.stderr or "malformed" in served.stderr
+    assert "Traceback" not in served.output
+
+
+async def test_readyz__checks_the_token_lookup_not_just_select_1(start_server: StartServer) -> None:
+    server = await start_server(npm_upstream="http://127.0.0.1:9/")
+    async with aiohttp.ClientSession() as http, http.get(server.url / "readyz") as resp:
+        assert resp.status == 200
+    # The tokens table gone (as a damaged page would make it unreadable): not ready.
+    async with server.store.transaction() as tx:
+        await tx.execute("ALTER TABLE tokens RENAME TO tokens_lost")
+    async with aiohttp.ClientSession() as http, http.get(server.url / "readyz") as resp:
+        assert resp.status == 503
+        assert "tokens" in (await resp.json())["detail"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import warnings
+import weakref
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -21,6 +23,27 @@ from .base import SQLITE, Cursor, Execution, Store, Tx
 from .migrations import MIGRATIONS
 
 BUSY_TIMEOUT_MS = 5000
+
+# Every store not yet closed: each connection owns a non-daemon thread that keeps the process
+# alive until it is stopped, so the server makes sure none is left (close_leftover_connections).
+_OPEN: weakref.WeakSet[SqliteStore] = weakref.WeakSet()
+
+
+def close_leftover_connections() -> int:
+    """Stop the thread of every connection still open (a close that failed or never ran).
+
+    Called once the event loop is gone, as the process is about to exit; returns how many.
+    """
+    stopped = 0
+    for store in list(_OPEN):
+        for conn in (store._reader, store._db):
+            if conn._running:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    conn.stop()  # the thread closes the sqlite3 connection and ends
+                stopped += 1
+        _OPEN.discard(store)
+    return stopped
 
 
 class SqliteTx(Tx):
@@ -69,6 +92,7 @@ class SqliteStore(Store):
         self._write_lock = asyncio.Lock()
         self._closed = False
         self.queries = 0
+        _OPEN.add(self)
 
     @classmethod
     async def connect(cls, path: Path) -> SqliteStore:
@@ -103,6 +127,7 @@ class SqliteStore(Store):
             return
         self._closed = True
         await _close_all((self._reader, self._db))
+        _OPEN.discard(self)
 
     async def _migrate(self) -> None:
         for number, migration in enumerate(MIGRATIONS, start=1):
