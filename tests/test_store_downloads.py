@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tokenapi import tokens
-from tokenapi.lastused import UsageRecorder
+from tokenapi.lastused import MAX_DOWNLOADS_PER_FLUSH, UsageRecorder
 from tokenapi.store import DownloadQuery, NewNotification, Store, Token
 
 NOW = 2_000_000_000.0
@@ -131,3 +131,18 @@ async def test_notifications__once_per_advisory_and_user_claimed_once(store: Sto
     assert failing == []
     assert await store.next_notification_due() is None
     assert await store.claim_notifications(NOW + 10_000, lease=60) == []
+
+
+async def test_backlog__written_in_bounded_flushes_and_all_of_it_at_shutdown(store: Store) -> None:
+    alice = await token_of(store, "alice@example.com")
+    rec = UsageRecorder(store)
+    total = MAX_DOWNLOADS_PER_FLUSH * 2 + 7
+    for i in range(total):
+        rec.record_download(alice.id, "npm", "p", f"1.0.{i}", "p.tgz", NOW + i)
+    await rec.flush()
+    assert rec.downloads_written == MAX_DOWNLOADS_PER_FLUSH
+    assert len(rec.pending_downloads()) == total - MAX_DOWNLOADS_PER_FLUSH
+    async with rec.running():
+        pass  # the shutdown flush writes the whole rest
+    assert rec.pending_downloads() == []
+    assert await store.count_rows("downloads") == total

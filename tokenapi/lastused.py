@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 # Downloads kept in memory while the store cannot take them; beyond this the oldest are dropped
 # (and counted) rather than letting a long outage exhaust memory.
 MAX_PENDING_DOWNLOADS = 200_000
+# Downloads written per flush: a backlog (after an outage) is worked off over several intervals in
+# short transactions rather than holding the store's write lock for one long one.
+MAX_DOWNLOADS_PER_FLUSH = 5_000
 
 
 @dataclass(slots=True)
@@ -109,7 +112,8 @@ class UsageRecorder:
             return 0
         self._in_flush = True
         self._flushing, self._pending = self._pending, {}
-        self._flushing_downloads, self._downloads = self._downloads, []
+        self._flushing_downloads = self._downloads[:MAX_DOWNLOADS_PER_FLUSH]
+        self._downloads = self._downloads[MAX_DOWNLOADS_PER_FLUSH:]
         batch = [
             UsageUpdate(
                 token_id,
@@ -181,8 +185,11 @@ class UsageRecorder:
         if current is not None and not current.done():
             with contextlib.suppress(Exception):
                 await asyncio.shield(current)
-        self._current = asyncio.ensure_future(self.flush())
-        await asyncio.shield(self._current)
+        while True:
+            self._current = asyncio.ensure_future(self.flush())
+            await asyncio.shield(self._current)
+            if not self._downloads:
+                return
 
     async def _run(self) -> None:
         while True:
@@ -210,6 +217,7 @@ class UsageRecorder:
                 with contextlib.suppress(Exception):
                     await self._current
             try:
-                await self.flush()
+                while await self.flush() or self._downloads:
+                    pass  # a download backlog takes several flushes
             except Exception:
                 log.exception("final last-used flush failed")
