@@ -22,7 +22,7 @@ from tests.upstreams.pypi_index import PypiIndex
 from tests.web.conftest import TIMEZONE, Browsing, Site, open_context, shot, sign_in
 from tokenapi.issue import issue_token
 
-CLIENTS = ("npm", "yarn", "pnpm", "bun", "pip", "uv", "poetry")
+CLIENTS = ("npm", "yarn", "yarn classic", "pnpm", "bun", "pip", "uv", "poetry")
 
 
 async def registry_status(site: Site, secret: str) -> int:
@@ -58,7 +58,8 @@ async def test_tokens__create_shows_secret_once_with_setup_real_clients_use(
     # One snippet per client, each holding the secret and this server's URL.
     snippets: dict[str, str] = {}
     for details in await panel.locator("details.snippet").all():
-        client = (await details.locator("summary").text_content() or "").split()[0]
+        summary = await details.locator("summary").text_content() or ""
+        client = summary.split(" —")[0].strip()
         if await details.get_attribute("open") is None:
             await details.locator("summary").click()
         snippets[client] = await details.locator("pre").inner_text()
@@ -290,7 +291,8 @@ async def test_tokens__expiry_and_scopes_chosen_in_the_form(
     await expect(page.locator("#new-expires time")).to_contain_text("GMT+9")
     # Only the setup of the npm family: the token is no good for pip.
     summaries = await panel.locator("details.snippet summary").all_text_contents()
-    assert [s.split()[0] for s in summaries][:4] == ["npm", "yarn", "pnpm", "bun"]
+    clients = [s.split(" —")[0].strip() for s in summaries]
+    assert clients[:5] == ["npm", "yarn", "yarn classic", "pnpm", "bun"]
     assert not [s for s in summaries if s.split()[0] in ("pip", "uv", "poetry")]
     (token,) = await site.server.store.list_tokens()
     assert token.scopes == ("npm",)
@@ -354,7 +356,8 @@ async def test_tokens__lifetime_cap_offers_only_shorter_choices(
     panel = page.get_by_role("region", name="Your new token “capped”")
     await expect(panel).to_be_focused()
     summaries = await panel.locator("details.snippet summary").all_text_contents()
-    assert [s.split()[0] for s in summaries] == ["npm", "yarn", "pnpm", "bun"]
+    clients = [s.split(" —")[0].strip() for s in summaries]
+    assert clients == ["npm", "yarn", "yarn classic", "pnpm", "bun"]
     (token,) = await server.store.list_tokens()
     assert token.expires_at is not None
     assert abs(token.expires_at - token.created_at - 30 * 86400) < 5
