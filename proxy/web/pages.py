@@ -9,16 +9,18 @@ rules) are the only ones there are.  Token rows are the API's own list entries
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import aiohttp_jinja2
 from aiohttp import web
 
-from tokenapi import clientsetup
-from tokenapi.errors import StoreUnavailable
+from tokenapi import clientsetup, inputs
+from tokenapi.downloads import build_query, history
+from tokenapi.errors import InvalidInput, StoreUnavailable
 from tokenapi.keys import config_key, recorder_key, store_key
 from tokenapi.named_api import listed
-from tokenapi.store import Token
+from tokenapi.store import DownloadRow, Token
 from tokenapi.tokens import ALL_SCOPES
 from tokenapi.webauth import Caller
 from tokenapi.webio import iso
@@ -222,7 +224,77 @@ async def blocklist(request: web.Request, caller: Caller) -> web.StreamResponse:
     )
 
 
+USER_FILTERS = ("ecosystem", "package", "version", "since")
+
+
+def download_rows(rows: list[DownloadRow]) -> list[dict[str, Any]]:
+    return [
+        {
+            "ecosystem": r.download.ecosystem,
+            "package": r.download.package,
+            "version": r.download.version,
+            "filename": r.download.filename,
+            "downloaded_at": iso(r.download.downloaded_at),
+            "token_name": r.token_name,
+            "token_prefix": r.token_prefix,
+            "email": r.email,
+        }
+        for r in rows
+    ]
+
+
+async def download_page(request: web.Request, caller: Caller, *, admin: bool) -> web.StreamResponse:
+    """A page of download history: the caller's, or (admins) everyone's, filtered by the form."""
+    # Fields left empty in the form mean "any".
+    params = {k: v for k, v in request.query.items() if v.strip()}
+    config = request.config_dict[config_key]
+    context: dict[str, Any] = {
+        "nav": "admin-downloads" if admin else "downloads",
+        "admin": admin,
+        "form": params,
+        "error": None,
+        "rows": [],
+        "older": None,
+        "history_days": config.download_history_days,
+    }
+    status = 200
+    try:
+        if admin:
+            query = build_query(params, (*USER_FILTERS, "email"), email=inputs.normalize_email)
+        else:
+            query = replace(build_query(params, USER_FILTERS), user_id=caller.user.id)
+    except InvalidInput as exc:
+        context["error"] = str(exc)
+        status = 400
+    else:
+        found = await history(
+            request.config_dict[store_key], request.config_dict.get(recorder_key), query
+        )
+        context["rows"] = download_rows(found.rows)
+        if found.next_cursor is not None:
+            older = request.rel_url.with_query({**params, "cursor": found.next_cursor})
+            context["older"] = str(older)
+    if admin:
+        what = " ".join(params[k] for k in ("package", "version") if k in params)
+        context["title"] = f"Who downloaded {what}" if what else "Who downloaded what"
+    else:
+        context["title"] = "My downloads"
+    return render(request, "downloads.html", context, caller=caller, status=status)
+
+
+async def my_downloads(request: web.Request, caller: Caller) -> web.StreamResponse:
+    return await download_page(request, caller, admin=False)
+
+
+async def admin_downloads(request: web.Request, caller: Caller) -> web.StreamResponse:
+    return await download_page(request, caller, admin=True)
+
+
 def setup_pages(app: web.Application, base: str) -> None:
+    app.router.add_get(f"{base}/-/downloads", page(my_downloads), name="web_downloads")
+    app.router.add_get(
+        f"{base}/-/admin/downloads", page(admin_downloads, admin=True), name="web_admin_downloads"
+    )
     app.router.add_get(f"{base}/", page(my_tokens), name="web_home")
     app.router.add_get(f"{base}/-/admin", page(admin_tokens, admin=True), name="web_admin")
     app.router.add_get(

@@ -191,7 +191,7 @@ async def test_tokens__keyboard_order_and_visible_focus(site: Site, page: Page) 
     await sign_in(page, site, "me@example.com")
     await page.goto(site.url)
     order = []
-    for _ in range(10):
+    for _ in range(11):
         await page.keyboard.press("Tab")
         order.append(
             await page.evaluate(
@@ -210,6 +210,7 @@ async def test_tokens__keyboard_order_and_visible_focus(site: Site, page: Page) 
         "Skip to content",
         "pkgate",
         "My tokens",
+        "My downloads",
         "Sign out",
         "Name",
         "Expires",
