@@ -22,6 +22,7 @@ from yarl import URL
 from tests.conftest import serve_app
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+RUNNER_TOKEN = "runner-request-token"  # what GitHub puts in ACTIONS_ID_TOKEN_REQUEST_TOKEN
 
 
 @dataclass
@@ -111,7 +112,15 @@ class Issuer:
                 content_type="application/json",
             )
 
+        async def github_token(request: web.Request) -> web.Response:
+            """GitHub Actions' ID token request: the runner's bearer token, ``audience=``."""
+            if request.headers.get("Authorization") != f"bearer {RUNNER_TOKEN}":
+                return web.json_response({"message": "bad credentials"}, status=401)
+            audience = request.query.get("audience", "")
+            return web.json_response({"count": 1, "value": self.sign(self.claims(audience))})
+
         app = web.Application()
+        app.router.add_get("/github-token", github_token)
         app.router.add_get("/.well-known/openid-configuration", discovery)
         app.router.add_get("/keys", keys)
         return app

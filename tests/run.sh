@@ -51,6 +51,18 @@ if ! [ -x /usr/bin/chromium ]; then
   fi
 fi
 
+# The README's CI jobs (GitHub Actions, GitLab CI) are run by tests/test_oidc_clients.py: curl, jq.
+if ! command -v jq >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get -o DPkg::Lock::Timeout=300 update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
+      --no-install-recommends jq curl
+  else
+    echo "tests/run.sh: jq or curl is missing and cannot be installed (not root or no apt-get)" >&2
+    exit 1
+  fi
+fi
+
 .venv/bin/ruff check .
 .venv/bin/mypy
 exec .venv/bin/pytest "$@"
