@@ -15,9 +15,11 @@ from proxy.registry.policy import (
     PackageFacts,
     RefusalKind,
 )
+from proxy.settings import SettingsError, load
 from proxy.supplychain.blocklist import Blocklist
 from proxy.supplychain.gate import SupplyChainPolicy
 from proxy.supplychain.policy import AgeRule, Engine
+from proxy.supplychain.service import age_rule
 
 from .test_engine import DAY, NOW, mal
 
@@ -115,3 +117,22 @@ def test_exempt_globs_skip_the_age_rule() -> None:
     withheld = policy.decide(PackageFacts(Ecosystem.NPM, "@other/lib", young))
     assert withheld.refusal is not None
     assert withheld.refusal.kind is RefusalKind.QUARANTINED
+
+
+def test_settings_spell_durations_and_per_ecosystem_ages() -> None:
+    settings = load(
+        env={
+            "PKGATE_MIN_RELEASE_AGE": "3d",
+            "PKGATE_PYPI_MIN_RELEASE_AGE": "0",
+            "PKGATE_BLOCKLIST_REFRESH": "10m",
+            "PKGATE_MIN_RELEASE_AGE_EXEMPT": "@corp/*, internal-*",
+        }
+    )
+    rule = age_rule(settings)
+    assert (rule.npm, rule.pypi) == (3 * DAY, 0.0)
+    assert rule.exempt == ("@corp/*", "internal-*")
+    assert settings.blocklist_refresh == 600.0
+    assert load(env={"PKGATE_NPM_MIN_RELEASE_AGE": "72h"}).npm_min_release_age == 3 * DAY
+    assert load(env={}).blocklist_refresh == 3600.0  # default 1h
+    with pytest.raises(SettingsError, match="min_release_age"):
+        load(env={"PKGATE_MIN_RELEASE_AGE": "3 weeks"})
