@@ -314,3 +314,21 @@ async def test_breach__two_instances_on_one_database_send_one_mail(
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_breach__a_large_feed_looks_up_only_downloaded_packages(
+    start: Start, registry: NpmRegistry, mail: SmtpServer
+) -> None:
+    server = await start()
+    secret = await server.token("alice@example.com")
+    await download(server, registry, secret, "1.1.0")
+    notify = notifier(server)
+    first_seen = time.time()
+    noise = [
+        BreachEntry(f"MAL-{i}", "x", "npm", f"never-downloaded-{i}", lambda v: True, first_seen)
+        for i in range(5000)
+    ]
+    notify.entries_added([*noise, entry(first_seen)])
+    await notify.wait_idle()
+    assert recipients(mail) == ["alice@example.com"]
+    assert notify.lookups == 1

@@ -158,6 +158,7 @@ class BreachNotifier:
         self._progress = asyncio.Event()
         # Counters for /metrics (this process).
         self.queued = 0
+        self.lookups = 0  # per-package history queries made (tests: not one per entry)
         self.sent = 0
         self.failures = 0
         self.gave_up = 0
@@ -182,11 +183,17 @@ class BreachNotifier:
             return 0
         if self._recorder is not None:
             await self._recorder.sync()  # downloads still in memory count too
+        # One query says which packages were ever downloaded: a first load of a large feed then
+        # looks up only those, not every entry.
+        downloaded = await self._store.downloaded_packages()
         items: list[NewNotification] = []
         for advisory_id, group in by_advisory.items():
             per_user: dict[str, list[Affected]] = {}
             for entry in group:
                 package = pypi_name(entry.package) if entry.ecosystem == "pypi" else entry.package
+                if (entry.ecosystem, package) not in downloaded:
+                    continue
+                self.lookups += 1
                 found = await self._store.package_downloads(
                     entry.ecosystem, package, before=entry.first_seen
                 )

@@ -58,9 +58,7 @@ def api_app(extra: Sequence[Endpoint] = ()) -> web.Application:
     return app
 
 
-def setup(
-    app: web.Application, config: TokenApiConfig, extra: Sequence[Endpoint] = ()
-) -> None:
+def setup(app: web.Application, config: TokenApiConfig, extra: Sequence[Endpoint] = ()) -> None:
     """Open the identity resources with the app and add the token API routes (and ``extra``)."""
     app[config_key] = config
     app[mailer_key] = Mailer(config)

@@ -823,6 +823,11 @@ class Store(ABC):
             cur = await db.execute("DELETE FROM downloads WHERE downloaded_at < ?", (before,))
             return int(cur.rowcount)
 
+    async def downloaded_packages(self) -> set[tuple[str, str]]:
+        """Every (ecosystem, package) the history holds (read off the package index)."""
+        rows = await self._fetchall("SELECT DISTINCT ecosystem, package FROM downloads")
+        return {(str(r[0]), str(r[1])) for r in rows}
+
     async def package_downloads(
         self, ecosystem: str, package: str, *, before: float
     ) -> list[Affected]:
