@@ -3,6 +3,7 @@ died is delivered by the background sender (and its token works); failures retry
 and a failed first send takes the whole registration back (503)."""
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,6 +64,12 @@ async def test_mailqueue__mail_of_a_dead_sender_is_delivered_and_its_token_works
     whoami = await call(server, "GET", "/npm/-/whoami", token=secret)
     assert whoami.status == 200
     assert await queue.pending(server.store) == 0  # sent mail (and its secret) leaves the store
+    async with server.store.transaction() as db:
+        await db.execute("UPDATE users SET language = language")  # one more commit
+    db_file = server.settings.data_dir / "pkgate.db"
+    with sqlite3.connect(db_file) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert secret.encode() not in db_file.read_bytes()  # zeroed on delete, not left in a page
 
 
 async def test_mailqueue__failed_deliveries_are_retried_later_then_sent(

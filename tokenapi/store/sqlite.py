@@ -108,6 +108,8 @@ class SqliteStore(Store):
             db, reader = opened
             await db.execute("PRAGMA journal_mode = WAL")
             await db.execute("PRAGMA synchronous = FULL")
+            # A queued mail holds its token until sent; a deleted row is overwritten with zeros.
+            await db.execute("PRAGMA secure_delete = ON")
             rows = list(await reader.execute_fetchall("PRAGMA quick_check"))
             if [tuple(r) for r in rows] != [("ok",)]:
                 problem = str(rows[0][0]) if rows else "no answer"
