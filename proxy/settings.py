@@ -475,8 +475,12 @@ class Settings:
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
-# PKGATE_* variables that are not settings but are still pkgate's own.
-OTHER_ENV = frozenset({ENV_PREFIX + "CONFIG", ENV_PREFIX + "TOOLS"})
+# PKGATE_* variables that are not settings but are still pkgate's own: the config file, the test
+# harness (tests/run.sh, CI) and deploy/ (the compose files' database password).
+OTHER_ENV = frozenset(
+    ENV_PREFIX + name
+    for name in ("CONFIG", "TOOLS", "REQUIRE_POSTGRES", "CHROMIUM", "LOAD_SECONDS", "DB_PASSWORD")
+)
 
 
 def unknown_env(env: Mapping[str, str] | None = None) -> list[str]:
