@@ -389,3 +389,34 @@ async def test_store__limits_kept_listed_and_counted_on_both_backends(database_u
             await issue_token(store, user, name="bad", scopes=("maven",))
     finally:
         await store.close()
+
+
+async def test_openapi__token_answers_document_every_field(server: RunningServer) -> None:
+    doc = (await call(server, "GET", "/api/openapi.json")).body
+
+    def documented(path: str, method: str, status: str) -> set[str]:
+        schema = doc["paths"][path][method]["responses"][status]["content"]["application/json"]
+        schema = schema["schema"]
+        return set((schema.get("items") or schema)["properties"])
+
+    await server.store.create_user("root@example.com", is_admin=True)
+    admin = await server.token("root@example.com")
+    made = await call(
+        server, "POST", "/api/tokens", json={"name": "x", "scopes": ["npm"]}, token=admin
+    )
+    answers = {
+        ("/tokens", "post", "201"): made.body,
+        ("/tokens", "get", "200"): (await call(server, "GET", "/api/tokens", token=admin)).body[0],
+        ("/v1/tokens/status", "get", "200"): (
+            await call(server, "GET", "/api/v1/tokens/status", token=made.body["token"])
+        ).body,
+        ("/admin/tokens", "get", "200"): (
+            await call(server, "GET", "/api/admin/tokens", token=admin)
+        ).body[0],
+        ("/v1/tokens/regenerate", "post", "200"): (
+            await call(server, "POST", "/api/v1/tokens/regenerate", token=made.body["token"])
+        ).body,
+    }
+    for (path, method, status), body in answers.items():
+        assert {"expires_at", "scopes"} <= set(body), path
+        assert set(body) <= documented(path, method, status), path

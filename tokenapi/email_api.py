@@ -218,6 +218,19 @@ async def revoke(request: web.Request) -> web.Response:
     return json_response({"message": "Token revoked"})
 
 
+# Every token answer carries its limits (SPEC 18).
+TOKEN_LIMITS = {
+    "expires_at": {
+        "type": ["string", "null"],
+        "format": "date-time",
+        "description": "when the token stops working; null: never",
+    },
+    "scopes": {
+        "type": "array",
+        "items": {"type": "string", "enum": ["npm", "pypi"]},
+        "description": "the registries the token works for",
+    },
+}
 _TOKEN_RESULT = {
     "type": "object",
     "required": ["id", "name", "kind", "prefix", "created_at", "token"],
@@ -228,6 +241,7 @@ _TOKEN_RESULT = {
         "prefix": {"type": "string"},
         "created_at": {"type": "string", "format": "date-time"},
         "token": {"type": "string", "description": "the new secret, shown only here"},
+        **TOKEN_LIMITS,
     },
 }
 
@@ -284,6 +298,7 @@ ENDPOINTS = (
                 "created_at": {"type": "string", "format": "date-time"},
                 "last_used_at": {"type": ["string", "null"], "format": "date-time"},
                 "usage": {"type": "object", "additionalProperties": _USAGE},
+                **TOKEN_LIMITS,
             },
         },
         tag="email tokens",
