@@ -25,8 +25,8 @@ from tokenapi.tokens import ALL_SCOPES
 from tokenapi.webauth import Caller
 from tokenapi.webio import iso
 
+from ..supplychain.admin import _status as blocklist_status_of
 from ..supplychain.admin import with_iso_times
-from ..supplychain.service import supplychain_key
 from .keys import jinja_key, static_key
 from .security import secure_page, signed_in
 
@@ -60,7 +60,8 @@ def render(
         **context,
     }
     response = aiohttp_jinja2.render_template(name, request, full, status=status, app_key=jinja_key)
-    return secure_page(response)
+    https = request.config_dict[config_key].public_url.scheme == "https"
+    return secure_page(response, https=https)
 
 
 def page(
@@ -215,7 +216,8 @@ def duration(seconds: float | None) -> str:
 
 async def blocklist(request: web.Request, caller: Caller) -> web.StreamResponse:
     """The supply-chain policy's state: the admin API's blocklist status, as a page."""
-    status = with_iso_times(request.config_dict[supplychain_key].status())
+    # The admin API's own answer (chain status plus the breach mail queue), not a copy of it.
+    status = with_iso_times(await blocklist_status_of(request))
     return render(
         request,
         "blocklist.html",

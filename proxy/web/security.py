@@ -30,15 +30,17 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
-    "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
 }
 
 
-def secure_page(response: web.StreamResponse) -> web.StreamResponse:
+def secure_page(response: web.StreamResponse, *, https: bool) -> web.StreamResponse:
     """Add the security headers and forbid caching (pages show personal data)."""
     response.headers.update(SECURITY_HEADERS)
+    if https:
+        # Browsers honour (and otherwise complain about) this only on trustworthy origins.
+        response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
     response.headers["Cache-Control"] = "no-store"
     return response
 

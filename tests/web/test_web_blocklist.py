@@ -1,5 +1,5 @@
-"""The admin's blocklist page in a real Chromium: counts, sources, errors and a refresh from the
-page; the empty state when no blocklist is configured."""
+"""The admin's blocklist page in a real Chromium: counts, sources, errors, a refresh from the page
+and the breach mails it causes; the empty state when no blocklist is configured."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ from tests.supplychain.test_engine import mal
 from tests.upstreams.npm_registry import NpmRegistry
 from tests.upstreams.pypi_index import PypiIndex
 from tests.web.conftest import Browsing, Site, shot, sign_in
+from tests.web.test_web_downloads import download_npm
+from tokenapi.issue import issue_token
+from tokenapi.keys import breach_key
 
 
 async def test_blocklist__status_withheld_versions_and_refresh(
@@ -25,7 +28,7 @@ async def test_blocklist__status_withheld_versions_and_refresh(
     tmp_path: Path,
 ) -> None:
     feed = tmp_path / "feed.json"
-    feed.write_bytes(orjson.dumps([mal("MAL-2026-1", "pkg-plain", versions=["1.1.0"])]))
+    feed.write_bytes(orjson.dumps([mal("MAL-2026-1", "evil-pkg", versions=["6.6.6"])]))
     broken = tmp_path / "missing-feed.json"
     server = await start_server(
         npm_upstream=str(npm_upstream.url) + "/",
@@ -34,6 +37,9 @@ async def test_blocklist__status_withheld_versions_and_refresh(
     )
     site = Site(server, mail, npm_upstream, pypi_upstream)
     await site.user("admin@example.com", admin=True)
+    dev = await site.user("dev@example.com")
+    _, secret = await issue_token(server.store, dev, name="laptop")
+    await download_npm(site, secret, "pkg-plain", "1.1.0")
     await sign_in(page, site, "admin@example.com")
     await page.get_by_role("link", name="Blocklist").click()
     await expect(page.get_by_role("heading", name="Blocklist", level=1)).to_be_visible()
@@ -44,13 +50,15 @@ async def test_blocklist__status_withheld_versions_and_refresh(
     sources = page.locator("#blocklist table").first.locator("tbody tr")
     await expect(sources).to_have_count(2)
     await expect(sources.filter(has_text=str(feed))).to_contain_text("ok")
-    await shot(page, "blocklist")
+    await expect(page.locator("#blocklist")).to_contain_text("0 sent, 0 waiting, 0 given up")
 
+    # A version someone already downloaded is blocked; the page's refresh picks it up and the
+    # downloader is mailed (through the real SMTP server), as the page then shows.
     feed.write_bytes(
         orjson.dumps(
             [
-                mal("MAL-2026-1", "pkg-plain", versions=["1.1.0"]),
-                mal("MAL-2026-2", "evil-pkg", versions=["6.6.6"]),
+                mal("MAL-2026-1", "evil-pkg", versions=["6.6.6"]),
+                mal("MAL-2026-2", "pkg-plain", versions=["1.1.0"]),
             ]
         )
     )
@@ -58,6 +66,12 @@ async def test_blocklist__status_withheld_versions_and_refresh(
     await expect(page.get_by_role("status").first).to_have_text("Blocklist refreshed.")
     await expect(facts).to_contain_text("2 on 2 packages (npm: 2)")
     await expect(page.get_by_role("heading", name="Status")).to_be_focused()
+    await server.app[breach_key].wait_idle()
+    assert [str(m["To"]) for m in mail.inbox.messages] == ["dev@example.com"]
+    assert "MAL-2026-2" in mail.inbox.messages[0]["Subject"]
+    await page.reload()
+    await expect(page.locator("#blocklist")).to_contain_text("1 sent, 0 waiting, 0 given up")
+    await shot(page, "blocklist")
 
 
 async def test_blocklist__not_configured_says_how(

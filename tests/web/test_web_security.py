@@ -12,7 +12,7 @@ from aiohttp import web
 from playwright.async_api import expect
 
 from proxy.web.security import CONTENT_SECURITY_POLICY
-from tests.conftest import serve_app
+from tests.conftest import StartServer, serve_app
 from tests.web.conftest import Browsing, Site, shot, sign_in
 from tokenapi.issue import issue_token
 
@@ -149,3 +149,19 @@ async def test_csrf__hostile_origin_cannot_create_or_revoke_or_frame(
     assert await site.server.validator.validate(secret) is not None
     await mine.reload()
     await expect(mine.locator("#my-tokens tbody tr")).to_have_count(1)
+
+
+async def test_headers__opener_policy_only_on_https(start_server: StartServer) -> None:
+    """COOP is honoured only on trustworthy origins; elsewhere Chromium logs an error for it."""
+    server = await start_server(
+        npm_upstream="http://127.0.0.1:9/", public_url="https://pkgate.example"
+    )
+    port = server.runner.addresses[0][1]
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/") as resp:
+        assert resp.status == 200
+        assert resp.headers["Cross-Origin-Opener-Policy"] == "same-origin"
+        assert resp.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    plain = await start_server(npm_upstream="http://127.0.0.1:9/")
+    async with aiohttp.ClientSession() as http, http.get(str(plain.url) + "/") as resp:
+        assert resp.status == 200
+        assert "Cross-Origin-Opener-Policy" not in resp.headers
