@@ -5,6 +5,10 @@ from __future__ import annotations
 from playwright.async_api import Page, expect
 
 from tests.api_support import tokens_in
+from tests.conftest import StartServer
+from tests.smtp import SmtpServer
+from tests.upstreams.npm_registry import NpmRegistry
+from tests.upstreams.pypi_index import PypiIndex
 from tests.web.conftest import PASSWORD, Browsing, Site, shot, sign_in
 
 
@@ -96,3 +100,38 @@ async def test_register__bad_address_is_a_sentence(
     alert = form.get_by_role("alert")
     await expect(alert).to_have_text("A valid email address is required.")
     assert site.mail.inbox.messages == []
+
+
+async def test_signin__throttled_logins_are_a_sentence(
+    start_server: StartServer,
+    mail: SmtpServer,
+    npm_upstream: NpmRegistry,
+    pypi_upstream: PypiIndex,
+    page: Page,
+    browsing: Browsing,
+) -> None:
+    server = await start_server(
+        npm_upstream=str(npm_upstream.url) + "/", smtp_url=mail.url, login_limit=2
+    )
+    site = Site(server, mail, npm_upstream, pypi_upstream)
+    await site.user("me@example.com")
+    await page.goto(site.url)
+    form = page.get_by_role("region", name="Sign in")
+    browsing.watch.expect_status(401, times=2)
+    browsing.watch.expect_status(429)
+    for expected in ("Invalid email or password.",) * 2 + (
+        "Too many attempts. Wait a few minutes, then try again.",
+    ):
+        await form.get_by_label("Email", exact=True).fill("me@example.com")
+        await form.get_by_label("Password").fill("wrong password")
+        await form.get_by_role("button", name="Sign in").click()
+        await expect(form.get_by_role("alert")).to_have_text(expected)
+        await expect(form.get_by_label("Password")).to_be_focused()
+    # Even the right password waits now.
+    browsing.watch.expect_status(429)
+    await form.get_by_label("Password").fill(PASSWORD)
+    await form.get_by_role("button", name="Sign in").click()
+    await expect(form.get_by_role("alert")).to_have_text(
+        "Too many attempts. Wait a few minutes, then try again."
+    )
+    assert await browsing.context.cookies() == []
