@@ -120,6 +120,16 @@ class PgTx(Tx):
             await self._conn.executemany(numbered(sql), args)
 
 
+async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
+    """Pool reset on release: nothing beyond asyncpg's own rollback of an open transaction.
+
+    The default runs ``RESET ALL; UNLISTEN *; CLOSE ALL; pg_advisory_unlock_all()`` after every
+    query: one more round trip per lookup.  Pool connections hold no session state (no LISTEN:
+    the listener has its own connection; only transaction-scoped advisory locks; no SET).
+    """
+    return None
+
+
 def _unavailable(exc: BaseException) -> StoreUnavailable:
     return StoreUnavailable(describe(exc))
 
@@ -151,6 +161,7 @@ class PostgresStore(Store):
                 timeout=CONNECT_TIMEOUT,
                 command_timeout=COMMAND_TIMEOUT,
                 server_settings={"application_name": "pkgate"},
+                reset=_keep_session,
             )
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"cannot open database {masked(url)}: {describe(exc)}") from None
