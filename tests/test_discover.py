@@ -52,12 +52,13 @@ def machine(home: Path, npm_registry: str | None, pip_index: str | None) -> dict
 
 
 @needs_npm
+@pytest.mark.parametrize("workers", ["1", "2"])
 async def test_serve__discovers_both_upstreams_and_serves_them(
-    tmp_path: Path, registry: NpmRegistry, index: PypiIndex
+    tmp_path: Path, registry: NpmRegistry, index: PypiIndex, workers: str
 ) -> None:
     npm_url, pip_url = f"{registry.url}/", str(index.index_url)
     env = machine(tmp_path / "home", npm_url, pip_url)
-    server = ServerProcess(tmp_path / "data", [])
+    server = ServerProcess(tmp_path / "data", ["--workers", workers])
     server.env = env
     await server.start()
     try:
