@@ -152,3 +152,25 @@ async def test_serve__sigterm_flushes_last_used(tmp_path: Path, served: ServerPr
         ).fetchone()
     assert last_used is not None
     assert requests == 1
+
+
+async def test_cli__every_store_command_on_both_backends(tmp_path: Path, database_url: str) -> None:
+    async def pkgate(*args: str, input: bytes | None = None):  # type: ignore[no-untyped-def]
+        done = await cli(tmp_path, *args, "--database-url", database_url, input=input)
+        assert done.returncode == 0, done.output
+        return done
+
+    await pkgate(
+        "user", "create", "--email", "Root@example.com", "--admin", "--password-stdin",
+        input=b"correct horse battery\n",
+    )  # fmt: skip
+    secret = (await pkgate("token", "create", "--email", "ROOT@example.com")).stdout.strip()
+    rows = json.loads(
+        (await pkgate("token", "list", "--json", "--email", "root@EXAMPLE.com")).stdout
+    )
+    assert [(r["email"], r["prefix"]) for r in rows] == [("root@example.com", secret[:8])]
+    await pkgate("token", "revoke", rows[0]["id"])
+    assert json.loads((await pkgate("token", "list", "--json")).stdout) == []
+    again = await cli(tmp_path, "token", "revoke", rows[0]["id"], "--database-url", database_url)
+    assert again.returncode == 1
+    assert "not found" in again.stderr

@@ -33,6 +33,7 @@ CHANNEL = "pkgate_revocations"
 MIGRATION_LOCK = 0x706B67617465  # "pkgate": pg_advisory_xact_lock key for migrations
 CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 30.0
+CLOSE_TIMEOUT = 5.0  # then connections are cut: an unreachable server must not hold up exit
 LISTEN_KEEPALIVE = 2.0  # seconds between checks that the listening connection is alive
 
 # What a broken, refused or vanished database raises (all map to StoreUnavailable).
@@ -185,7 +186,7 @@ class PostgresStore(Store):
         if conn is not None:
             conn.terminate()
         try:
-            await asyncio.wait_for(asyncio.shield(self._pool.close()), COMMAND_TIMEOUT)
+            await asyncio.wait_for(asyncio.shield(self._pool.close()), CLOSE_TIMEOUT)
         except (TimeoutError, Exception):
             self._pool.terminate()
 
