@@ -372,3 +372,29 @@ async def test_tokens__lifetime_cap_offers_only_shorter_choices(
     await expect(page.get_by_role("alert")).to_have_text(
         "Token lifetime must be at most 30 days (token_max_lifetime)."
     )
+
+
+async def test_tokens__revoked_elsewhere_disappears_from_a_stale_page(
+    site: Site, browsing: Browsing
+) -> None:
+    user = await site.user("me@example.com")
+    await issue_token(site.server.store, user, name="laptop")
+    token, _ = await issue_token(site.server.store, user, name="ci")
+    first = await browsing.new_page()
+    await sign_in(first, site, "me@example.com")
+    second = await browsing.new_page()
+    await second.goto(site.url)
+    await expect(second.locator("#my-tokens tbody tr")).to_have_count(2)
+
+    # Revoked in the first tab; the second still shows it and tries too.
+    await first.get_by_role("button", name=f"Revoke ci ({token.prefix})").click()
+    await first.get_by_role("dialog").get_by_role("button", name="Revoke").click()
+    await expect(first.locator("#my-tokens tbody tr")).to_have_count(1)
+    browsing.watch.expect_status(400)
+    await second.get_by_role("button", name=f"Revoke ci ({token.prefix})").click()
+    await second.get_by_role("dialog").get_by_role("button", name="Revoke").click()
+    await expect(second.get_by_role("status").first).to_have_text(
+        "Token “ci” was already revoked; the list is up to date."
+    )
+    await expect(second.locator("#my-tokens tbody tr")).to_have_count(1)
+    await expect(second.locator("#my-tokens tbody tr")).to_contain_text("laptop")

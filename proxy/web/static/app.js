@@ -304,6 +304,15 @@
       : "/tokens/" + encodeURIComponent(button.dataset.revoke);
     const answer = await api("DELETE", path);
     const section = button.closest("section");
+    if (answer.status === 400 || answer.status === 404) {
+      // Revoked meanwhile (another tab, another admin, the CLI): show the list as it is now.
+      if (section && section.id) {
+        await refreshSection(section.id);
+        focusHeading(section.id);
+      }
+      announce("Token “" + button.dataset.name + "” was already revoked; the list is up to date.");
+      return;
+    }
     if (!answer.ok) {
       announce(sentence(answer.status, answer.data));
       button.focus();
