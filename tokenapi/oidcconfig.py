@@ -58,10 +58,6 @@ class OidcIssuer:
     lifetime: float = DEFAULT_LIFETIME
     scopes: tuple[str, ...] = ("npm", "pypi")
 
-    @property
-    def discovery_url(self) -> str:
-        return f"{self.issuer}/.well-known/openid-configuration"
-
 
 def is_loopback(host: str | None) -> bool:
     if host is None:
