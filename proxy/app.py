@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 import tokenapi.http
 from tokenapi.config import TokenApiConfig
@@ -104,6 +104,14 @@ async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+SERVER_NAME = "pkgate"
+
+
+async def server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer names the server ``pkgate`` only (never the aiohttp or Python versions)."""
+    response.headers[hdrs.SERVER] = SERVER_NAME
+
+
 def create_app(settings: Settings) -> web.Application:
     """Build the whole server for ``settings``; nothing is opened until the app starts."""
     # This order matters: metrics outermost so they count the final status of every answer,
@@ -112,6 +120,7 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[metrics_middleware, error_middleware], client_max_size=CLIENT_MAX_SIZE
     )
     app[settings_key] = settings
+    app.on_response_prepare.append(server_header)
     app[registry_key] = Registry(app)
     app[registry_key].on_served.append(download_recorder(app))
     setup_metrics(app)

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from tokenapi.errors import InvalidInput, StoreUnavailable
 
+from .accesslog import safe_path
 from .registry.policy import POLICY_HEADER, PolicyRefused, Refusal
 from .registry.upstream import UpstreamError
 
@@ -41,12 +42,36 @@ def policy_refusal(refusal: Refusal) -> web.Response:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every error into a JSON body; never let a traceback reach a client."""
+    """Turn every error into a JSON body; never let a traceback reach a client.
+
+    A failure after the answer's status line went out cannot become another answer (it would be
+    written into the body): the connection is cut instead.
+    """
     try:
         return await handler(request)
-    except web.HTTPException as exc:
+    except Exception as exc:
+        if answer_started(request):
+            log.warning(
+                "failure after the answer started on %s: %s",
+                safe_path(request.rel_url),
+                exc.__class__.__name__,
+            )
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionResetError("the answer had already started") from None
+        return error_answer(request, exc)
+
+
+def answer_started(request: web.BaseRequest) -> bool:
+    """Whether bytes of an answer to ``request`` have been written already."""
+    return request.writer.output_size > 0
+
+
+def error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The JSON answer for ``exc`` (re-raised when it is not for this middleware to answer)."""
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400 or exc.content_type == "application/json":
-            raise
+            raise exc
         message = _REASONS.get(exc.status) or exc.reason
         headers = {
             k: v
@@ -54,21 +79,22 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             if k.lower() not in {"content-type", "content-length"}
         }
         return json_error(exc.status, message, headers=headers)
-    except PolicyRefused as exc:
+    if isinstance(exc, PolicyRefused):
         return policy_refusal(exc.refusal)
-    except UpstreamError as exc:
-        log.warning("upstream failure on %s: %s", request.rel_url.path, exc.message)
+    if isinstance(exc, UpstreamError):
+        log.warning("upstream failure on %s: %s", safe_path(request.rel_url), exc.message)
         return json_error(exc.status, exc.message)
-    except InvalidInput as exc:
+    if isinstance(exc, InvalidInput):
         return json_error(400, str(exc))
-    except StoreUnavailable as exc:
+    if isinstance(exc, StoreUnavailable):
         log.error("store unavailable: %s", exc)
         return json_error(
             503, "The token store is unavailable; try again shortly", headers={"Retry-After": "5"}
         )
-    except (ConnectionResetError, web.RequestPayloadError) as exc:
+    if isinstance(exc, (ConnectionResetError, web.RequestPayloadError)):
         log.info("client went away: %s", exc.__class__.__name__)
-        raise
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.rel_url.path)
-        return json_error(500, "Internal server error")
+        raise exc
+    log.exception(
+        "unhandled error on %s %s", request.method, safe_path(request.rel_url), exc_info=exc
+    )
+    return json_error(500, "Internal server error")

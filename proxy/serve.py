@@ -13,6 +13,7 @@ from aiohttp import web
 from tokenapi.store import Store
 from tokenapi.store.sqlite import close_leftover_connections
 
+from . import logmask
 from .accesslog import AccessLogSink, access_log_class, access_log_key, access_logger
 from .app import create_app
 from .server import run_app
@@ -22,12 +23,13 @@ from .supervisor import Supervisor
 log = logging.getLogger("pkgate")
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    # Every line, whoever logs it, is masked like the access log (issue 11, item 11).
+    logmask.install(LOG_FORMAT)
 
 
 def _listen(settings: Settings) -> socket.socket:

@@ -20,6 +20,8 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_protocol import RequestHandler
 
+from .compat import HandlerAppRunner
+
 log = logging.getLogger("pkgate.server")
 
 
@@ -54,31 +56,15 @@ class SafeRequestHandler(RequestHandler):
             # Part of an answer is already out; all that is left is to drop the connection.
             raise ConnectionError("response already started")
         phrase = "Bad request" if status == 400 else _phrase(status)
-        resp = web.json_response({"error": phrase}, status=status)
+        resp = web.json_response({"error": phrase}, status=status, headers={"Server": "pkgate"})
         resp.force_close()
         return resp
 
 
-class SafeServer(web.Server):
-    """An aiohttp low-level server making ``SafeRequestHandler`` connections."""
+class SafeAppRunner(HandlerAppRunner):
+    """``web.AppRunner`` whose connections are ``SafeRequestHandler`` (see ``proxy.compat``)."""
 
-    def __call__(self) -> RequestHandler:
-        # _kwargs are the per-connection options (debug, access log, keep-alive) Server keeps.
-        return SafeRequestHandler(self, loop=self._loop, **self._kwargs)
-
-
-class SafeAppRunner(web.AppRunner):
-    """``web.AppRunner`` serving through ``SafeServer``."""
-
-    async def _make_server(self) -> web.Server:
-        plain = await super()._make_server()
-        return SafeServer(
-            plain.request_handler,
-            request_factory=plain.request_factory,
-            handler_cancellation=plain.handler_cancellation,
-            loop=asyncio.get_running_loop(),
-            **plain._kwargs,
-        )
+    handler_class = SafeRequestHandler
 
 
 async def _serve_forever(runner: web.AppRunner, sock: socket.socket) -> None:

@@ -15,13 +15,13 @@ reached (scheme and port from ``public_url``), for handlers that write URLs into
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 
 from aiohttp import web
-from aiohttp.web_urldispatcher import AbstractResource, Domain, MatchedSubAppResource
+from aiohttp.web_urldispatcher import AbstractResource, Domain
 from yarl import URL
 
 from .auth import registry_auth_middleware
+from .compat import add_domain_subapp
 from .keys import registry_base_key
 from .ratelimit import registry_ratelimit_middleware
 from .registry.pipeline import Registry, registry_key
@@ -120,4 +120,4 @@ def mount_registry(
         )
         rule = YieldingHost(host, app)
         # Application.add_domain with our own rule: aiohttp takes no custom rule publicly.
-        app._add_subapp(partial(MatchedSubAppResource, rule, vhost), vhost)
+        add_domain_subapp(app, rule, vhost)

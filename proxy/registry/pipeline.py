@@ -43,6 +43,7 @@ from tokenapi.store import Token
 from ..keys import REQUEST_CACHE, artifact_cache_key, metadata_cache_key, upstream_key
 from .artifacts import ArtifactCache, Digest
 from .decode import IN_FLIGHT, MAX_BODY, decode_body, read_body
+from .delivery import ARTIFACT_SENT, deliver
 from .metacache import (
     NOT_MODIFIED,
     Cached,
@@ -266,8 +267,6 @@ async def decided(
 
 # -- artifacts ------------------------------------------------------------------------------------
 
-Opener = Callable[[str, Mapping[str, str]], AbstractAsyncContextManager[aiohttp.ClientResponse]]
-
 
 @dataclass(frozen=True, slots=True)
 class Artifact:
@@ -312,63 +311,42 @@ async def serve_artifact(
 ) -> web.StreamResponse:
     """Policy -> store hit or fetch-and-verify -> respond, then the artifact-served hooks."""
     check_artifact(request, registry.policy, artifact, decision)
-    store = registry.artifacts
     upstream = registry.upstream
-    digest = artifact.digest if store.enabled else None
     headers = dict(artifact.headers)
-    if digest is None:
-        headers["X-Cache"] = "BYPASS"
-    # A relayed HEAD stays a HEAD upstream; anything the cache stores is fetched with GET.
-    method = request.method if digest is None else hdrs.METH_GET
 
     def open_upstream(
-        extra: Mapping[str, str],
+        method: str, extra: Mapping[str, str]
     ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
         return upstream.request(
             method, artifact.url, headers=extra, what=artifact.what, kind="artifact"
         )
 
-    request[REQUEST_CACHE] = "bypass" if digest is None else "miss"
-    response = await store.serve(
+    request[REQUEST_CACHE] = "bypass" if artifact.digest is None else "miss"
+    response = await deliver(
         request,
+        registry.artifacts,
         key=str(artifact.url),
-        digest=digest,
+        digest=artifact.digest,
         open_upstream=open_upstream,
         content_type=artifact.content_type,
         headers=headers,
     )
     if response.headers.get("X-Cache") == "HIT":
         request[REQUEST_CACHE] = "hit"
-    if registry.on_served and request.method == hdrs.METH_GET:
-        if not response.prepared:
-            # Send it here (FileResponse.prepare writes the whole file) so that completion is
-            # known before the hooks run.
-            await response.prepare(request)
-        sent = completed_bytes(request, response)
-        if sent is not None:
-            token: Token | None = request.get(REQUEST_TOKEN)
-            registry.served(
-                ArtifactServed(
-                    token.id if token is not None else None,
-                    artifact.ecosystem,
-                    artifact.package,
-                    artifact.version,
-                    artifact.filename,
-                    sent,
-                )
+    sent = request.get(ARTIFACT_SENT)
+    if sent is not None and registry.on_served:
+        token: Token | None = request.get(REQUEST_TOKEN)
+        registry.served(
+            ArtifactServed(
+                token.id if token is not None else None,
+                artifact.ecosystem,
+                artifact.package,
+                artifact.version,
+                artifact.filename,
+                sent,
             )
+        )
     return response
-
-
-def completed_bytes(request: web.Request, response: web.StreamResponse) -> int | None:
-    """The body bytes of a complete 200 answer, or None when it was cut short or partial."""
-    if response.status != 200:
-        return None
-    transport = request.transport
-    if transport is None or transport.is_closing():
-        return None
-    length = response.content_length
-    return length if length is not None else response.body_length
 
 
 __all__ = [

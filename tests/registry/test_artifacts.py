@@ -7,7 +7,7 @@ import base64
 import contextlib
 import hashlib
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +19,7 @@ from yarl import URL
 
 from proxy.errors import error_middleware
 from proxy.registry.artifacts import ArtifactCache, Digest
+from proxy.registry.delivery import deliver
 from proxy.registry.upstream import Upstream
 from tests.conftest import serve_app
 
@@ -37,6 +38,10 @@ class FakeFiles:
     # name -> event: the body is sent half, then waits for the event.
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
     started: asyncio.Event = field(default_factory=asyncio.Event)
+    # name -> a handler answering instead of the file (hostile upstreams)
+    handlers: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = field(
+        default_factory=dict
+    )
 
     def add(self, name: str, data: bytes) -> None:
         (self.root / name).write_bytes(data)
@@ -45,6 +50,9 @@ class FakeFiles:
         name = request.match_info["name"]
         self.hits[name] = self.hits.get(name, 0) + 1
         self.seen_headers.append(dict(request.headers))
+        special = self.handlers.get(name)
+        if special is not None:
+            return await special(request)
         path = self.root / name
         if not path.exists():
             return web.json_response({"error": "not found"}, status=404)
@@ -88,12 +96,13 @@ async def start_harness(tmp_path: Path, max_bytes: int = 1 << 30) -> AsyncIterat
         name = request.match_info["name"]
 
         def open_upstream(
-            headers: Mapping[str, str],
+            method: str, headers: Mapping[str, str]
         ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
-            return upstream.request("GET", up_url / "files" / name, headers=headers)
+            return upstream.request(method, up_url / "files" / name, headers=headers)
 
-        return await cache.serve(
+        return await deliver(
             request,
+            cache,
             key=f"test:{name}",
             digest=digests.get(name),
             open_upstream=open_upstream,
