@@ -52,12 +52,13 @@ class YieldingHost(Domain):
 
     def _own_resources(self) -> list[AbstractResource]:
         if self._own is None:
-            # Read once the app is running (all routes are in): the main app's plain routes,
-            # not sub-apps, which would claim package names such as "npm" for the main host.
+            # Read once the app is running (all routes are in): the main app's plain routes and
+            # its sub-apps (the token API), but not the registries' path mounts, which would
+            # claim package names such as "npm" for the main host.
             self._own = [
                 r
                 for r in self._main.router.resources()
-                if not isinstance(r, web.PrefixedSubAppResource)
+                if not (isinstance(r, web.PrefixedSubAppResource) and _is_registry(r))
             ]
         return self._own
 
@@ -66,9 +67,16 @@ class YieldingHost(Domain):
             return False
         for resource in self._own_resources():
             found, _ = await resource.resolve(request)
-            if found is not None:
+            # A sub-app resolves every path under its prefix; only a route it has counts (so a
+            # package called "api" is still the registry's).
+            if found is not None and found.http_exception is None:
                 return False
         return True
+
+
+def _is_registry(resource: web.PrefixedSubAppResource) -> bool:
+    app = resource.get_info().get("app")
+    return isinstance(app, web.Application) and registry_base_key in app
 
 
 def registry_app(
