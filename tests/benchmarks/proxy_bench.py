@@ -38,6 +38,8 @@ PY = sys.executable
 NPM_DEPS = 200
 BIG = 100 * 1024 * 1024
 MID = 20 * 1024 * 1024
+# Every package manager sends this (and gets pkgate's stored gzip bytes); so does the load.
+ACCEPT_GZIP = "Accept-Encoding: gzip, deflate"
 # Row 8: a blocklist this large (none of it about the packages measured) and old publish times.
 POLICY_ENTRIES = 10_000
 OLD_TIME = "2024-01-02T00:00:00.000Z"
@@ -143,16 +145,17 @@ def run_upstream(root: Path, port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
-def run_bare(path: Path, content_type: str, port: int) -> None:
+def run_bare(path: Path, content_type: str, port: int, encoding: str = "") -> None:
     """The baseline: a bare aiohttp handler returning fixed bytes, on uvloop like pkgate."""
     import uvloop
     from aiohttp import web
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     body = path.read_bytes()
+    headers = {"Content-Encoding": encoding} if encoding else {}
 
     async def handler(request: web.Request) -> web.Response:
-        return web.Response(body=body, content_type=content_type)
+        return web.Response(body=body, content_type=content_type, headers=headers)
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", handler)
@@ -272,9 +275,11 @@ def curl(url: str, secret: str | None = None, headers: tuple[str, ...] = ()) -> 
     return int(code), body
 
 
-def curl_headers(url: str, secret: str) -> dict[str, str]:
+def curl_headers(url: str, secret: str, *extra: str) -> dict[str, str]:
+    auth = f"Authorization: Bearer {secret}"
+    headers = [arg for header in (auth, *extra) for arg in ("-H", header)]
     out = subprocess.run(
-        ["curl", "-s", "-o", "/dev/null", "-D", "-", "-H", f"Authorization: Bearer {secret}", url],
+        ["curl", "-s", "-o", "/dev/null", "-D", "-", *headers, url],
         check=True,
         capture_output=True,
         text=True,
@@ -397,11 +402,11 @@ class Bench:
         )  # fmt: skip
         return out.stdout.strip()
 
-    def bare(self, body: bytes, content_type: str) -> tuple[list[str], int]:
+    def bare(self, body: bytes, content_type: str, encoding: str = "") -> tuple[list[str], int]:
         path = self.work / f"bare-{hashlib.sha1(body).hexdigest()}"
         path.write_bytes(body)
         port = free_port()
-        return [PY, __file__, "--bare", str(path), content_type, str(port)], port
+        return [PY, __file__, "--bare", str(path), content_type, str(port), encoding], port
 
     def run(self) -> None:
         up_root = self.work / "upstream"
@@ -438,6 +443,7 @@ class Bench:
         ns = self.ns
         targets: dict[str, tuple[str, str | None, int]] = {}
         body = b""
+        encoding = ""
         with contextlib.ExitStack() as stack:
             for label, extra in (("on", ()), ("off", ("--access-log", "false"))):
                 self.serial += 1
@@ -446,19 +452,23 @@ class Bench:
                 args, port = self.pkgate(data, *extra)
                 pid = stack.enter_context(process(args, port))
                 url = f"http://127.0.0.1:{port}{path}"
-                status, body = curl(url, secret)
+                status, body = curl(url, secret, (ACCEPT_GZIP,))
                 if status != 200:
                     return self.row(item, f"n/a (route answered {status})", "", "")
-                if "x-cache" not in curl_headers(url, secret):
+                answer = curl_headers(url, secret, ACCEPT_GZIP)
+                if "x-cache" not in answer:
                     return self.row(item, "n/a (handler not cached yet)", "", "")
+                encoding = answer.get("content-encoding", "")
                 targets[label] = (url, secret, pid)
-            bare_args, bare_port = self.bare(body, content_type)
+            bare_args, bare_port = self.bare(body, content_type, encoding)
             pid = stack.enter_context(process(bare_args, bare_port))
             targets["bare"] = (f"http://127.0.0.1:{bare_port}/", None, pid)
             runs: dict[str, list[WrkResult]] = {label: [] for label in targets}
             for _ in range(ns.rounds):
                 for label, (url, secret, pid) in targets.items():
-                    runs[label].append(wrk(url, secret, ns.duration, ns.connections, pid))
+                    runs[label].append(
+                        wrk(url, secret, ns.duration, ns.connections, pid, headers=(ACCEPT_GZIP,))
+                    )
         rps = {k: statistics.median(r.rps for r in v) for k, v in runs.items()}
         cpu = {k: statistics.median(r.cpu_us for r in v) for k, v in runs.items()}
         on, off, base = rps["on"], rps["off"], rps["bare"]
@@ -526,7 +536,9 @@ class Bench:
             runs: dict[str, list[WrkResult]] = {label: [] for label in targets}
             for _ in range(ns.rounds):
                 for label, (url, secret, pid) in targets.items():
-                    runs[label].append(wrk(url, secret, ns.duration, ns.connections, pid))
+                    runs[label].append(
+                        wrk(url, secret, ns.duration, ns.connections, pid, headers=(ACCEPT_GZIP,))
+                    )
         rps = {k: statistics.median(r.rps for r in v) for k, v in runs.items()}
         cpu = {k: statistics.median(r.cpu_us for r in v) for k, v in runs.items()}
         self.row(
@@ -725,7 +737,8 @@ class Bench:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--upstream", nargs=2, metavar=("DIR", "PORT"), help=argparse.SUPPRESS)
-    parser.add_argument("--bare", nargs=3, metavar=("FILE", "TYPE", "PORT"), help=argparse.SUPPRESS)
+    parser.add_argument("--bare", nargs=4, metavar=("FILE", "TYPE", "PORT", "ENC"),
+                        help=argparse.SUPPRESS)  # fmt: skip
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and downloads")
@@ -742,7 +755,7 @@ def main() -> None:
     if ns.upstream:
         return run_upstream(Path(ns.upstream[0]), int(ns.upstream[1]))
     if ns.bare:
-        return run_bare(Path(ns.bare[0]), ns.bare[1], int(ns.bare[2]))
+        return run_bare(Path(ns.bare[0]), ns.bare[1], int(ns.bare[2]), ns.bare[3])
     global WRK
     WRK = ensure_wrk()
     with tempfile.TemporaryDirectory(prefix="pkgate-bench-") as work:
