@@ -374,7 +374,9 @@ class Settings:
         86400.0, _seconds, "max age of metadata served (X-Cache: STALE) when the upstream fails"
     )
     metadata_cache_bytes: int = setting(
-        64 * 1024**2, _byte_size, "memory bound of the metadata cache (e.g. 64MiB; 0 = off)"
+        256 * 1024**2,
+        _byte_size,
+        "memory bound of the metadata cache, bodies counted compressed (e.g. 256MiB; 0 = off)",
     )
     artifact_cache_bytes: int = setting(
         10 * 1024**3, _byte_size, "disk bound of the artifact cache under data_dir (0 = off)"

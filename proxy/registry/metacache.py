@@ -290,7 +290,7 @@ class MetadataCache:
     def __init__(
         self,
         *,
-        max_bytes: int = 64 * 1024 * 1024,
+        max_bytes: int = 256 * 1024 * 1024,
         ttl: float = 120.0,
         negative_ttl: float = 10.0,
         stale_max: float = 86400.0,

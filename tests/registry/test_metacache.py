@@ -357,7 +357,7 @@ def test_settings__cache_defaults() -> None:
     settings = load({}, env={})
     assert settings.cache is True
     assert (settings.metadata_ttl, settings.metadata_negative_ttl) == (120.0, 10.0)
-    assert settings.metadata_cache_bytes == 64 * 1024**2
+    assert settings.metadata_cache_bytes == 256 * 1024**2
     assert settings.artifact_cache_bytes == 10 * 1024**3
     assert settings.artifact_dir == settings.data_dir / "cache" / "artifacts"
 
