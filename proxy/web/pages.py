@@ -103,7 +103,18 @@ def page(
 
 
 async def signin_page(request: web.Request) -> web.StreamResponse:
-    return render(request, "signin.html", {"title": "Sign in"}, caller=None)
+    """Sign in, get a token by email, or redeem the reset code such a mail holds."""
+    return render(
+        request,
+        "signin.html",
+        {
+            "title": "Sign in",
+            "snippets": setup_snippets(request),
+            "placeholder": SECRET_PLACEHOLDER,
+            "public_url": str(request.config_dict[config_key].public_url),
+        },
+        caller=None,
+    )
 
 
 async def token_rows(request: web.Request, found: list[Token]) -> list[dict[str, Any]]:

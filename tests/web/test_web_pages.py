@@ -48,6 +48,12 @@ async def test_pages__named_controls_one_heading_fits_the_screen(
     session = await open_context(browser, viewport={"width": width, "height": 800})
     try:
         page = await session.new_page()
+        await page.goto(site.url)
+        found = await page.evaluate(AUDIT)
+        assert found["unnamed"] == [], found["unnamed"]
+        assert found["h1"] == 1
+        assert found["width"] <= width, found["width"]
+        await shot(page, f"page-signin-{width}")
         await sign_in(page, site, "admin@example.com")
         for name, path in PAGES.items():
             response = await page.goto(site.url + path)

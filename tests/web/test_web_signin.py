@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from playwright.async_api import Page, expect
 
-from tests.api_support import tokens_in
+from tests.api_support import TOKEN_RE, code_in, tokens_in
 from tests.conftest import StartServer
 from tests.smtp import SmtpServer
 from tests.upstreams.npm_registry import NpmRegistry
@@ -135,3 +135,42 @@ async def test_signin__throttled_logins_are_a_sentence(
         "Too many attempts. Wait a few minutes, then try again."
     )
     assert await browsing.context.cookies() == []
+
+
+async def test_register__existing_address_then_reset_code_gives_a_new_token_once(
+    site: Site, page: Page, browsing: Browsing
+) -> None:
+    await page.goto(site.url)
+    register = page.get_by_role("region", name="Get a token by email")
+    for _ in range(2):
+        await register.get_by_label("Email", exact=True).fill("dev@example.com")
+        await register.get_by_role("button", name="Send me a token").click()
+        await expect(register.get_by_role("status")).to_contain_text("Check your inbox")
+    assert len(site.mail.inbox.messages) == 2
+    (old,) = set(tokens_in(site.mail.inbox.text(0)))
+    code = code_in(site.mail.inbox.text(1))
+
+    reset = page.get_by_role("region", name="Have a reset code?")
+    browsing.watch.expect_status(400)
+    await reset.get_by_label("Email", exact=True).fill("dev@example.com")
+    await reset.get_by_label("Reset code").fill("AAAAAAAA" if code != "AAAAAAAA" else "BBBBBBBB")
+    await reset.get_by_role("button", name="Get my new token").click()
+    await expect(reset.get_by_role("alert")).to_have_text("Invalid or expired code.")
+    await expect(reset.get_by_label("Reset code")).to_be_focused()
+
+    await reset.get_by_label("Reset code").fill(code)
+    await reset.get_by_label("Reset code").press("Enter")
+    panel = page.get_by_role("region", name="Your new token “email”")
+    await expect(panel).to_be_focused()
+    new = (await page.locator("#new-secret").text_content() or "").strip()
+    assert TOKEN_RE.fullmatch(new)
+    assert new != old
+    npmrc = await panel.locator("details.snippet").first.locator("pre").inner_text()
+    assert new in npmrc
+    await shot(page, "reset-new-token")
+    assert await site.server.validator.validate(old) is None
+    assert await site.server.validator.validate(new) is not None
+    assert not [u for u in browsing.watch.requested if new in u or code in u]
+    await panel.get_by_role("button", name="I have saved it").click()
+    await expect(panel).to_be_hidden()
+    assert new not in await page.content()

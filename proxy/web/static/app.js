@@ -138,6 +138,9 @@
     },
 
     async register(form) {
+      const done = document.getElementById("register-done");
+      done.hidden = true;
+      done.textContent = "";
       const answer = await api("POST", "/v1/tokens", {
         email: field(form, "email"), language: field(form, "language"),
       });
@@ -145,10 +148,21 @@
         showError(form, sentence(answer.status, answer.data));
         return form.elements.namedItem("email");
       }
-      const done = document.getElementById("register-done");
       done.textContent = answer.data.message;
       done.hidden = false;
       form.reset();
+    },
+
+    async reset(form) {
+      const answer = await api("POST", "/v1/tokens/reset", {
+        email: field(form, "email").trim(), code: field(form, "code").trim(),
+      });
+      if (!answer.ok) {
+        showError(form, sentence(answer.status, answer.data));
+        return form.elements.namedItem("code");
+      }
+      form.reset();
+      return showCreated(answer.data);
     },
 
     async "create-token"(form) {
