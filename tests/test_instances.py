@@ -15,8 +15,10 @@ from tests.api_support import NPM_UPSTREAM, PYPI_UPSTREAM, call, code_in, tokens
 from tests.conftest import RunningServer, StartServer, pkgate_cmd, run
 from tests.pg import PostgresServer
 from tests.smtp import SmtpServer, smtp_server
+from tests.upstreams.npm_registry import serve_registry
 from tokenapi.passwords import hash_password_async
 from tokenapi.store import Store
+from tokenapi.store.base import DownloadQuery
 from tokenapi.store.postgres import PostgresStore
 
 PASSWORD = "correct horse battery staple"
@@ -231,3 +233,32 @@ async def test_instances__reset_code_from_one_is_redeemed_on_the_other(
     assert await whoami(b, old) == 401
     await refused_within(a, old)
     assert await whoami(a, answer.body["token"]) == 200
+
+
+async def test_instances__download_history_from_both_adds_up(
+    start_server: StartServer, postgres_url: str
+) -> None:
+    async with serve_registry() as registry:
+        a, b = [
+            await start_server(
+                npm_upstream=f"{registry.url}/", database_url=postgres_url, last_used_flush=3600
+            )
+            for _ in range(2)
+        ]
+        secret = await a.token("x@example.com")
+        path = "/npm" + registry.tarball_path(registry.package("pkg-plain", "1.1.0"))
+        for server, times in ((a, 2), (b, 3)):
+            for _ in range(times):
+                answer = await call(server, "GET", path, token=secret)
+                assert answer.status == 200
+        token = await a.validator.validate(secret)
+        assert token is not None
+        await asyncio.gather(a.close(), b.close())  # each writes what it holds at shutdown
+    store = await Store.open(postgres_url)
+    try:
+        rows = await store.list_downloads(DownloadQuery(token_id=token.id))
+        usage = {u.ecosystem: u.requests for u in await store.usage(token.id)}
+    finally:
+        await store.close()
+    assert [(r.download.package, r.download.version) for r in rows] == [("pkg-plain", "1.1.0")] * 5
+    assert usage == {"npm": 5}
