@@ -35,6 +35,7 @@ CLIENT_MAX_SIZE = 1024 * 1024
 def token_api_config(settings: Settings) -> TokenApiConfig:
     return TokenApiConfig(
         database=settings.database,
+        database_pool_size=settings.database_pool_size,
         public_url=settings.base_url,
         outbox_dir=settings.outbox_dir,
         token_cache_ttl=settings.token_cache_ttl,

@@ -298,6 +298,9 @@ class Settings:
         "sqlite:///PATH or postgresql://user:pass@host:port/db; default DATA_DIR/pkgate.db",
         secret=True,
     )
+    database_pool_size: int = setting(
+        10, _positive_int, "PostgreSQL connections per process (plus one for notifications)"
+    )
     npm_upstream: str | None = setting(None, _opt_upstream, "upstream npm registry base URL")
     pypi_upstream: str | None = setting(
         None, _opt_upstream, "upstream simple index URL (ends in /simple/)"

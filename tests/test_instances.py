@@ -16,6 +16,7 @@ from tests.conftest import RunningServer, StartServer, pkgate_cmd, run
 from tests.pg import PostgresServer
 from tests.smtp import SmtpServer, smtp_server
 from tests.upstreams.npm_registry import serve_registry
+from tokenapi import tokens
 from tokenapi.passwords import hash_password_async
 from tokenapi.store import Store
 from tokenapi.store.base import DownloadQuery
@@ -262,3 +263,25 @@ async def test_instances__download_history_from_both_adds_up(
         await store.close()
     assert [(r.download.package, r.download.version) for r in rows] == [("pkg-plain", "1.1.0")] * 5
     assert usage == {"npm": 5}
+
+
+async def test_database_pool_size__bounds_each_process_connections(
+    start_server: StartServer, postgres_url: str
+) -> None:
+    server = await start_server(
+        npm_upstream=NPM_UPSTREAM, database_url=postgres_url, database_pool_size=3
+    )
+    secrets = [await server.token(f"u{n}@example.com") for n in range(40)]
+    for secret in secrets:
+        server.validator.forget(tokens.digest(secret))
+    statuses = await asyncio.gather(*(whoami(server, s) for s in secrets))
+    assert set(statuses) == {200}
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        count = await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = 'pkgate'"
+        )
+    finally:
+        await admin.close()
+    assert 1 <= count <= 3

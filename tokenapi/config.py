@@ -19,6 +19,7 @@ class TokenApiConfig:
     public_url: URL
     outbox_dir: Path
     token_cache_ttl: float = 60.0
+    database_pool_size: int = 10  # PostgreSQL connections of this process
     last_used_flush: float = 1.0
     smtp_url: str | None = None
     mail_from: str = "pkgate <pkgate@localhost>"

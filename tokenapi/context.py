@@ -17,7 +17,7 @@ from .validation import TokenValidator
 async def identity_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open the store, watch for revocations, flush last-used; undo it all in reverse."""
     config = app[config_key]
-    store = await Store.open(config.database)
+    store = await Store.open(config.database, pool_size=config.database_pool_size)
     validator = TokenValidator(store, ttl=config.token_cache_ttl, clock=config.clock)
     recorder = UsageRecorder(store, config.last_used_flush)
     notifier = BreachNotifier(store, app[mailer_key], config, recorder)

@@ -45,7 +45,7 @@ def is_postgres(url: str) -> bool:
     return url.startswith(POSTGRES_SCHEMES)
 
 
-async def open_store(target: Path | str) -> Store:
+async def open_store(target: Path | str, *, pool_size: int = 10) -> Store:
     """Open (creating and migrating if needed) the store a path or database URL names."""
     if isinstance(target, Path):
         return await SqliteStore.connect(target)
@@ -55,7 +55,7 @@ async def open_store(target: Path | str) -> Store:
     if is_postgres(target):
         from .postgres import PostgresStore
 
-        return await PostgresStore.connect(target)
+        return await PostgresStore.connect(target, max_size=pool_size)
     raise StoreUnavailable("database_url must start with sqlite:/// or postgresql://")
 
 

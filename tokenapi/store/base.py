@@ -283,11 +283,14 @@ class Store(ABC):
     queries: int  # incremented per statement; tests use it to prove the cache works
 
     @staticmethod
-    async def open(target: Path | str) -> Store:
-        """Open (creating and migrating if needed) the store a path or database URL names."""
+    async def open(target: Path | str, *, pool_size: int = 10) -> Store:
+        """Open (creating and migrating if needed) the store a path or database URL names.
+
+        ``pool_size``: connections kept to PostgreSQL (SQLite always uses a writer and a reader).
+        """
         from . import open_store
 
-        return await open_store(target)
+        return await open_store(target, pool_size=pool_size)
 
     # -- what a backend provides ----------------------------------------------------------
 
