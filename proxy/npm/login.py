@@ -24,7 +24,7 @@ def login_advice(settings: Settings) -> str:
     return (
         "pkgate does not log in with npm: get a pkgate token from its web page at "
         f"{settings.base_url}/ or with curl -X POST -H 'Content-Type: application/json' "
-        f"-d '{{\"email\": \"you@example.com\"}}' {api} (the token is mailed with the setup "
+        f'-d \'{{"email": "you@example.com"}}\' {api} (the token is mailed with the setup '
         "for npm), then put it in .npmrc as _authToken"
     )
 

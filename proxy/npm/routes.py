@@ -31,7 +31,6 @@ from ..keys import registry_base_key
 from ..registry.artifacts import Digest
 from ..registry.decode import IN_FLIGHT, MAX_BODY, decode_body, decode_small, read_body
 from ..registry.metacache import (
-    ENTRY_OVERHEAD,
     Cached,
     CacheKey,
     MetaEntry,
@@ -69,8 +68,6 @@ CORGI = "application/vnd.npm.install-v1+json"
 TARBALL_TYPE = "application/octet-stream"
 # Rewriting parses and re-serialises JSON: above this size it runs off the event loop.
 OFF_LOOP_BYTES = 512 * 1024
-# Bytes charged per listed tarball on top of the body (file name and hashes kept in memory).
-FILE_OVERHEAD = 200
 # The largest upstream JSON body read (as sent, before decoding); the biggest real packuments are
 # tens of megabytes.  Above it the upstream's answer is an error, not a memory hog.
 MAX_PACKUMENT_BYTES = MAX_BODY
@@ -134,14 +131,13 @@ class PackumentEntry(MetaEntry):
 
     files: Mapping[str, Published] = field(default_factory=dict)
 
-    @property
-    def size(self) -> int:
-        return self.stored_size + ENTRY_OVERHEAD + FILE_OVERHEAD * len(self.files)
+    def aux(self) -> tuple[object, ...]:
+        return (self.facts, self.files)
 
     def without(self, decision: Decision) -> PackumentEntry:
         """This packument without the versions ``decision`` removes, with its dist-tags."""
         body = npmrewrite.without(self.body, decision.removed, decision.dist_tags)
-        return PackumentEntry(
+        variant = PackumentEntry(
             body=body,
             content_type=self.content_type,
             etag=body_etag(body),
@@ -149,6 +145,8 @@ class PackumentEntry(MetaEntry):
             headers=self.headers,
             files={f: p for f, p in self.files.items() if p.version not in decision.removed},
         )
+        variant.measure()
+        return variant
 
 
 def npm_config(settings: Settings, base: URL) -> NpmConfig:
@@ -402,7 +400,7 @@ def packument_entry(fetched: Fetched, name: str, public_root: str) -> PackumentE
         rewritten = npmrewrite.rewrite(fetched.body, name, public_root)
     except ValueError as exc:
         raise UpstreamError(502, f"{WHAT} sent an unusable packument ({exc})") from None
-    return PackumentEntry(
+    entry = PackumentEntry(
         body=rewritten.body,
         content_type=fetched.content_type or "application/json",
         etag=body_etag(rewritten.body),
@@ -417,6 +415,8 @@ def packument_entry(fetched: Fetched, name: str, public_root: str) -> PackumentE
             times_known=rewritten.times_known,
         ),
     )
+    entry.measure()  # here: off the event loop for large packuments
+    return entry
 
 
 async def fetch_json(

@@ -37,7 +37,6 @@ from ..keys import registry_base_key
 from ..registry.artifacts import Digest
 from ..registry.decode import MAX_BODY
 from ..registry.metacache import (
-    ENTRY_OVERHEAD,
     CacheKey,
     MetadataCache,
     MetaEntry,
@@ -100,8 +99,6 @@ PAGE_HEADERS: Final[Mapping[str, str]] = {
 }
 # Valid names and their normal form are memoised for the warm path, in a bounded memo.
 NAMES_REMEMBERED = 4096
-# Memory charged per remembered file hash on top of the page body.
-FILE_HASH_OVERHEAD: Final = 160
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,9 +117,8 @@ class PageEntry(MetaEntry):
     files: Mapping[str, PublishedFile] = field(default_factory=dict)
     media_type: str = TEXT_HTML
 
-    @property
-    def size(self) -> int:
-        return self.stored_size + ENTRY_OVERHEAD + FILE_HASH_OVERHEAD * len(self.files)
+    def aux(self) -> tuple[object, ...]:
+        return (self.facts, self.files)
 
     def without(self, decision: Decision) -> PageEntry:
         """This page without the files of the versions (and the files) ``decision`` removes."""
@@ -132,7 +128,7 @@ class PageEntry(MetaEntry):
             if f.version in decision.removed or f.filename in decision.removed_files
         }
         body = without_files(self.body, self.media_type, removed, decision.removed)
-        return PageEntry(
+        variant = PageEntry(
             body=body,
             content_type=self.content_type,
             etag=body_etag(body),
@@ -145,6 +141,8 @@ class PageEntry(MetaEntry):
             },
             media_type=self.media_type,
         )
+        variant.measure()
+        return variant
 
 
 def page_content_type(media_type: str) -> str:
@@ -215,6 +213,7 @@ def build_project_entry(
     entry = page_entry(fetched, render_project(page, media_type, links), media_type)
     entry.files = published_files(page, links)
     entry.facts = page_facts(page, name)
+    entry.measure()  # here: off the event loop for large pages
     return entry
 
 

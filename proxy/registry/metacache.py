@@ -52,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import hashlib
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -152,6 +153,8 @@ class MetaEntry:
     policy_memo: tuple[int, Decision, PackageFacts] | None = field(
         default=None, repr=False, compare=False
     )
+    # Bytes of what the entry holds besides its body (facts, file tables), measured once.
+    _aux_size: int = field(init=False, default=-1, repr=False, compare=False)
     # The headers of a 200 answer per (cache state, content coding), built once.
     _answer_headers: dict[tuple[CacheState, str | None], dict[str, str]] = field(
         default_factory=dict, repr=False, compare=False
@@ -200,9 +203,25 @@ class MetaEntry:
         """Length of the identity body."""
         return self._length
 
+    def aux(self) -> tuple[object, ...]:
+        """What the entry keeps besides its body (registries' entries add their file tables)."""
+        return (self.facts,)
+
+    @property
+    def aux_size(self) -> int:
+        """Memory taken by ``aux()``, measured once (call it where the entry is built)."""
+        if self._aux_size < 0:
+            self._aux_size = deep_size(*self.aux())
+        return self._aux_size
+
+    def measure(self) -> None:
+        """Measure ``aux_size`` now (builders call it off the event loop for large entries)."""
+        _ = self.aux_size
+
     @property
     def size(self) -> int:
-        return len(self._data) + ENTRY_OVERHEAD
+        """Memory charged to the cache: the stored body, the fixed overhead and ``aux_size``."""
+        return len(self._data) + ENTRY_OVERHEAD + self.aux_size
 
     def answer_headers(self, state: CacheState, coding: str | None = None) -> Mapping[str, str]:
         """Every header of a 200 answer of this entry in ``state`` sent with ``coding``."""
@@ -223,6 +242,33 @@ class MetaEntry:
                 found[hdrs.LAST_MODIFIED] = self.validators.last_modified
             self._answer_headers[(state, coding)] = found
         return found
+
+
+def deep_size(*objects: object) -> int:
+    """Bytes of memory the objects and everything they hold take (each object counted once)."""
+    seen: set[int] = set()
+    total = 0
+    stack: list[object] = list(objects)
+    while stack:
+        obj = stack.pop()
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        if isinstance(obj, (str, bytes, int, float, bool)):
+            continue
+        if isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            stack.extend(obj)
+        else:
+            for name in getattr(type(obj), "__slots__", ()):
+                stack.append(getattr(obj, name, None))
+            instance_dict = getattr(obj, "__dict__", None)
+            if instance_dict is not None:
+                stack.append(instance_dict)
+    return total
 
 
 def _get_body(self: MetaEntry) -> bytes:
