@@ -3,8 +3,7 @@ timing cannot tell), and is limited per address and per client IP (across worker
 are in the store)."""
 
 import ipaddress
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,47 +11,13 @@ import pytest
 from tests.api_support import NPM_UPSTREAM, call, code_in
 from tests.conftest import RunningServer, StartServer
 from tests.smtp import SmtpServer, smtp_server
-from tokenapi.store import Store
+from tests.store_support import record_statements
 
 
 @pytest.fixture
 def mail() -> Iterator[SmtpServer]:
     with smtp_server() as server:
         yield server
-
-
-def record_statements(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every SQL statement the store runs from now on, reads and writes, in order."""
-    seen: list[str] = []
-    transaction: Callable[[], Any] = store.transaction
-    fetchall = store._fetchall
-
-    class Recording:
-        def __init__(self, tx: Any) -> None:
-            self._tx = tx
-
-        def execute(self, sql: str, params: Any = ()) -> Any:
-            seen.append(sql)
-            return self._tx.execute(sql, params)
-
-        async def executemany(self, sql: str, rows: Any) -> None:
-            seen.append(sql)
-            await self._tx.executemany(sql, rows)
-
-    @asynccontextmanager
-    async def recorded() -> AsyncIterator[Any]:
-        seen.append("BEGIN")
-        async with transaction() as tx:
-            yield Recording(tx)
-        seen.append("COMMIT")
-
-    async def read(sql: str, params: Any = ()) -> list[Any]:
-        seen.append(sql)
-        return await fetchall(sql, params)
-
-    monkeypatch.setattr(store, "transaction", recorded)
-    monkeypatch.setattr(store, "_fetchall", read)
-    return seen
 
 
 async def reset(server: RunningServer, email: str, code: str, ip: str = "") -> Any:
