@@ -1,8 +1,10 @@
 """An in-memory rate limiter keyed by string: ``limit`` events per ``period`` seconds, with bursts.
 
 It is a GCRA (generic cell rate algorithm): each key holds one number, its theoretical arrival
-time, so memory per key is constant.  Keys live in a bounded TTL cache: a key idle for a whole
-period has no effect left and expires; when the cache is full the least recently used key goes.
+time, so memory per key is constant.  Keys live in a plain dict kept in the order they were last
+counted (a ``hit`` is one lookup and one re-insertion: the registry's warm path pays it twice per
+request): a key whose arrival time has passed has no effect left and is dropped from the front as
+soon as it is the oldest, and when ``max_keys`` are held the least recently counted key goes.
 State is per process (the registry's request throttles); ``StoreLimiter`` keeps its state in
 the store instead, for the limits that must hold across workers and instances.
 """
@@ -13,8 +15,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from cachetools import TTLCache
 
 from .store import Store, limits
 
@@ -38,10 +38,14 @@ class RateLimiter:
         self.period = period
         self._interval = period / limit
         self._clock = clock
-        self._tat: TTLCache[str, float] = TTLCache(max_keys, period, timer=clock)
+        self._max_keys = max_keys
+        # key -> theoretical arrival time, in the order keys were last counted.
+        self._tat: dict[str, float] = {}
 
     def _retry_after(self, key: str, now: float) -> tuple[float, int | None]:
-        tat = max(self._tat.get(key, now), now)
+        tat = self._tat.get(key, now)
+        if tat < now:
+            tat = now
         new_tat = tat + self._interval
         excess = new_tat - now - self.period
         # Tolerance: with limit 1, (now + period) - now - period may round to a hair above 0.
@@ -58,8 +62,20 @@ class RateLimiter:
         now = self._clock()
         new_tat, retry = self._retry_after(key, now)
         if retry is None:
-            self._tat[key] = new_tat
+            self._store(key, new_tat, now)
         return retry
+
+    def _store(self, key: str, tat: float, now: float) -> None:
+        """Keep ``tat`` for ``key`` as the most recently counted key; drop what has expired."""
+        held = self._tat
+        if held.pop(key, None) is None:
+            # A new key: make room, oldest first, and drop keys whose time has passed.
+            while held:
+                oldest = next(iter(held))
+                if held[oldest] > now and len(held) < self._max_keys:
+                    break
+                del held[oldest]
+        held[key] = tat
 
     def refund(self, key: str) -> None:
         """Give back one event counted by ``hit`` (an attempt reserved up front that did not
@@ -69,7 +85,7 @@ class RateLimiter:
             return
         tat -= self._interval
         if tat <= self._clock():
-            self._tat.pop(key, None)
+            del self._tat[key]
         else:
             self._tat[key] = tat
 
