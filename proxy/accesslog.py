@@ -56,7 +56,7 @@ from tokenapi.clientip import Network, client_ip
 from tokenapi.keys import REQUEST_TOKEN
 from tokenapi.store import Token
 
-from .keys import REQUEST_CACHE, REQUEST_ECOSYSTEM
+from .keys import REQUEST_CACHE, REQUEST_CLIENT_IP, REQUEST_ECOSYSTEM
 from .settings import Settings
 
 LOGGER_NAME = "pkgate.access"
@@ -132,12 +132,17 @@ def access_record(
     """The log fields of one answered request."""
     token = request.get(REQUEST_TOKEN)
     user_agent = request.headers.get(hdrs.USER_AGENT)
+    # The registry throttle has worked the address out already (with the same trusted proxies).
+    ip = request.get(REQUEST_CLIENT_IP)
+    if ip is None:
+        # A request refused before routing is a BaseRequest: its peer is all there is.
+        if isinstance(request, web.Request):
+            ip = client_ip(request, trusted_proxies)
+        else:
+            ip = request.remote or "unknown"
     return {
         "time": _clock.now(),
-        # A request refused before routing is a BaseRequest: its peer is all there is.
-        "client_ip": client_ip(request, trusted_proxies)
-        if isinstance(request, web.Request)
-        else request.remote or "unknown",
+        "client_ip": ip,
         "method": mask_tokens(request.method[:16]),
         "path": safe_path(request.rel_url),
         "status": response.status,

@@ -26,6 +26,9 @@ registry_base_key = web.AppKey("registry_base", URL)
 REQUEST_ECOSYSTEM = web.RequestKey("pkgate_ecosystem", str)
 # Handlers that consult a cache set "hit", "miss" or "stale" (served stale after upstream failure).
 REQUEST_CACHE = web.RequestKey("pkgate_cache", str)
+# The client's address as the registry throttle worked it out (peer or trusted X-Forwarded-For,
+# with the settings' trusted_proxies); the access log reuses it instead of working it out again.
+REQUEST_CLIENT_IP = web.RequestKey("pkgate_client_ip", str)
 
 
 @dataclass(frozen=True, slots=True)

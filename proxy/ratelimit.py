@@ -33,7 +33,7 @@ from tokenapi.keys import validator_key
 from tokenapi.ratelimit import RateLimiter
 
 from .errors import Handler, json_error
-from .keys import REQUEST_AUTH_FAILURE, REQUEST_PRESENTED, Presented
+from .keys import REQUEST_AUTH_FAILURE, REQUEST_CLIENT_IP, REQUEST_PRESENTED, Presented
 from .settings import Network, Settings
 
 AUTH_FAILURE_WINDOW = 60.0
@@ -95,7 +95,7 @@ def registry_ratelimit_middleware(root: web.Application) -> Middleware:
         limits = root.get(registry_limits_key)
         if limits is None:
             return await handler(request)
-        ip = client_ip(request, limits.trusted_proxies)
+        ip = request[REQUEST_CLIENT_IP] = client_ip(request, limits.trusted_proxies)
         if limits.per_ip is not None:
             retry = limits.per_ip.hit(ip)
             if retry is not None:
@@ -105,13 +105,18 @@ def registry_ratelimit_middleware(root: web.Application) -> Middleware:
             secret = secret_from_header(header)
         except MalformedCredentials:
             secret = ""  # presented but unreadable: the auth middleware answers 401
-        known = root[validator_key].cached(secret) if secret else None
+        # The secret's digest, computed once: the validation cache and the token bucket key.
+        digest: str | None = None
+        known = None
+        if secret and _token_shaped(secret):
+            digest = tokens.digest(secret)
+            known = root[validator_key].cached(secret, digest)
         request[REQUEST_PRESENTED] = Presented(secret, known)
         if secret is None:
             # Nothing presented, nothing guessed: only the request rates apply.
             return await handler(request)
         if limits.per_token is not None and secret:
-            key = _token_key(secret, known is not None)
+            key = digest if known is not None else _token_key(secret, False)
             if key is not None:
                 retry = limits.per_token.hit(key)
                 if retry is not None:
@@ -129,6 +134,11 @@ def registry_ratelimit_middleware(root: web.Application) -> Middleware:
         return response
 
     return throttle
+
+
+def _token_shaped(secret: str) -> bool:
+    """Length and prefix of a pkgate secret (what the validation cache looks at first)."""
+    return len(secret) == tokens.TOKEN_LEN and secret.startswith(tokens.PREFIX)
 
 
 def _token_key(secret: str, known: bool) -> str | None:

@@ -86,16 +86,17 @@ class TokenValidator:
             return now + self._negative_ttl
         return now + min(self._ttl, left)
 
-    def cached(self, secret: str) -> Token | None:
+    def cached(self, secret: str, digest: str | None = None) -> Token | None:
         """A cache hit for a token that has not expired, without any I/O; None otherwise.
 
         The checksum is not recomputed here: a digest found in the positive cache belongs to a
-        secret that passed the full check when it was first looked up.
+        secret that passed the full check when it was first looked up.  ``digest``, when given,
+        is ``tokens.digest(secret)`` already computed by the caller.
         """
         if len(secret) != tokens.TOKEN_LEN or not secret.startswith(tokens.PREFIX):
             return None
         try:
-            token = self._positive[tokens.digest(secret)]
+            token = self._positive[digest or tokens.digest(secret)]
         except KeyError:
             return None
         return None if token.expired(self.clock()) else token
