@@ -121,6 +121,8 @@ class _Clock:
 
 
 _clock = _Clock()
+# Methods logged as they are (anything else a client sends is capped and masked).
+_PLAIN_METHODS: Final = frozenset(hdrs.METH_ALL)
 
 
 def access_record(
@@ -131,6 +133,7 @@ def access_record(
 ) -> dict[str, Any]:
     """The log fields of one answered request."""
     token = request.get(REQUEST_TOKEN)
+    method = request.method
     user_agent = request.headers.get(hdrs.USER_AGENT)
     # The registry throttle has worked the address out already (with the same trusted proxies).
     ip = request.get(REQUEST_CLIENT_IP)
@@ -143,7 +146,7 @@ def access_record(
     return {
         "time": _clock.now(),
         "client_ip": ip,
-        "method": mask_tokens(request.method[:16]),
+        "method": method if method in _PLAIN_METHODS else mask_tokens(method[:16]),
         "path": safe_path(request.rel_url),
         "status": response.status,
         "bytes": response.body_length,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from aiohttp import web
 from yarl import URL
@@ -31,12 +31,12 @@ REQUEST_CACHE = web.RequestKey("pkgate_cache", str)
 REQUEST_CLIENT_IP = web.RequestKey("pkgate_client_ip", str)
 
 
-@dataclass(frozen=True, slots=True)
-class Presented:
+class Presented(NamedTuple):
     """The credentials a registry request presented, read once by the first middleware.
 
     ``secret`` is None when no Authorization header came, "" when it was unreadable; ``cached``
-    is the validation-cache hit for it, if any, taken with no await since.
+    is the validation-cache hit for it, if any, taken with no await since.  (A named tuple: one
+    is made per request, and a frozen dataclass costs several times as much to build.)
     """
 
     secret: str | None

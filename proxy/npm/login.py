@@ -17,6 +17,7 @@ from ..errors import Handler, json_error
 from ..settings import Settings
 
 LOGIN_PATHS = ("-/v1/login", "-/user/org.couchdb.user:")
+LOGIN_METHODS = frozenset({hdrs.METH_POST, hdrs.METH_PUT})
 
 
 def login_advice(settings: Settings) -> str:
@@ -44,8 +45,9 @@ def login_middleware(settings: Settings, mount: str) -> Middleware:
 
     @web.middleware
     async def answer_login(request: web.Request, handler: Handler) -> web.StreamResponse:
-        raw = request.raw_path.split("?", 1)[0]
-        if is_login(mount, raw, request.method):
+        method = request.method
+        # Only a POST or a PUT can be a login: the GETs of an install skip the path checks.
+        if method in LOGIN_METHODS and is_login(mount, request.raw_path.split("?", 1)[0], method):
             return json_error(501, advice)
         return await handler(request)
 

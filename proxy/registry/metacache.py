@@ -58,7 +58,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from aiohttp import hdrs, web
 from aiohttp.payload import AsyncIterablePayload
@@ -293,9 +293,9 @@ def _set_body(self: MetaEntry, body: bytes) -> None:
 setattr(MetaEntry, "body", property(_get_body, _set_body))  # noqa: B010
 
 
-@dataclass(frozen=True, slots=True)
-class Cached:
-    """The result of a lookup: an entry and how it was obtained."""
+class Cached(NamedTuple):
+    """The result of a lookup: an entry and how it was obtained (a named tuple: one is made
+    per request, and a frozen dataclass costs several times as much to build)."""
 
     entry: MetaEntry
     state: CacheState
