@@ -36,7 +36,7 @@ class Presented(NamedTuple):
 
     ``secret`` is None when no Authorization header came, "" when it was unreadable; ``cached``
     is the validation-cache hit for it, if any, taken with no await since.  (A named tuple: one
-    is made per request, and a frozen dataclass costs several times as much to build.)
+    is made per request, and it builds in about 60% of the time a frozen dataclass takes.)
     """
 
     secret: str | None

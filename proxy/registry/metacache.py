@@ -295,7 +295,7 @@ setattr(MetaEntry, "body", property(_get_body, _set_body))  # noqa: B010
 
 class Cached(NamedTuple):
     """The result of a lookup: an entry and how it was obtained (a named tuple: one is made
-    per request, and a frozen dataclass costs several times as much to build)."""
+    per request; it builds in about 60% of the time a frozen dataclass takes)."""
 
     entry: MetaEntry
     state: CacheState
