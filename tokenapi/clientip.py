@@ -49,7 +49,7 @@ def _peer_text(remote: str) -> str:
     return str(address) if address is not None else remote
 
 
-def peer_ip(request: web.Request) -> str:
+def peer_ip(request: web.BaseRequest) -> str:
     """The address of the TCP peer, or ``unknown`` (e.g. a closed transport)."""
     remote = request.remote
     if not remote:
@@ -57,9 +57,28 @@ def peer_ip(request: web.Request) -> str:
     return _peer_text(remote)
 
 
-def client_ip(request: web.Request, trusted_networks: Iterable[Network]) -> str:
-    """The client's address as text: the peer, or the right-most untrusted X-Forwarded-For hop."""
+# The address resolved for a request, with the trusted networks it was resolved for.
+_RESOLVED: web.RequestKey[tuple[tuple[Network, ...], str]] = web.RequestKey(
+    "pkgate_client_ip", tuple
+)
+
+
+def client_ip(request: web.BaseRequest, trusted_networks: Iterable[Network]) -> str:
+    """The client's address as text: the peer, or the right-most untrusted X-Forwarded-For hop.
+
+    Resolved once per request: the throttles, the API's limits and the access log all ask.
+    """
     networks = tuple(trusted_networks)
+    found = request.get(_RESOLVED)
+    if found is not None and found[0] == networks:
+        resolved: str = found[1]
+        return resolved
+    address = _resolve(request, networks)
+    request[_RESOLVED] = (networks, address)
+    return address
+
+
+def _resolve(request: web.BaseRequest, networks: tuple[Network, ...]) -> str:
     peer = peer_ip(request)
     if not networks:
         return peer
