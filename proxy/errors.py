@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from tokenapi.errors import InvalidInput, StoreUnavailable
+from tokenapi.failures import Failure, failure_for, register
 
 from .accesslog import safe_path
 from .registry.policy import POLICY_HEADER, PolicyRefused, Refusal
@@ -29,6 +29,9 @@ _REASONS = {
 def json_error(status: int, message: str, *, headers: dict[str, str] | None = None) -> web.Response:
     """A ``{"error": message}`` answer."""
     return web.json_response({"error": message}, status=status, headers=headers)
+
+
+register(UpstreamError, lambda exc: Failure(exc.status, exc.message))
 
 
 def policy_refusal(refusal: Refusal) -> web.Response:
@@ -83,14 +86,9 @@ def error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
         return policy_refusal(exc.refusal)
     if isinstance(exc, UpstreamError):
         log.warning("upstream failure on %s: %s", safe_path(request.rel_url), exc.message)
-        return json_error(exc.status, exc.message)
-    if isinstance(exc, InvalidInput):
-        return json_error(400, str(exc))
-    if isinstance(exc, StoreUnavailable):
-        log.error("store unavailable: %s", exc)
-        return json_error(
-            503, "The token store is unavailable; try again shortly", headers={"Retry-After": "5"}
-        )
+    failure = failure_for(exc)
+    if failure is not None:
+        return json_error(failure.status, failure.message, headers=dict(failure.headers))
     if isinstance(exc, (ConnectionResetError, web.RequestPayloadError)):
         log.info("client went away: %s", exc.__class__.__name__)
         raise exc

@@ -1,5 +1,5 @@
-"""What a request carries is worked out once: the client address is resolved once for the
-throttles, the limits and the access log together (issue 12)."""
+"""Worked out once: the client address per request (for the throttles, the limits and the access
+log together) and the mapping from failures to answers for the whole server (issue 12)."""
 
 from __future__ import annotations
 
@@ -35,3 +35,19 @@ async def test_client_ip__resolved_once_per_request(
         async with http.get(server.url / "npm/-/whoami", headers=headers) as resp:
             assert resp.status == 200
     assert calls == ["/npm/-/whoami"]
+
+
+def test_failures__one_mapping_for_the_api_and_the_registries() -> None:
+    from proxy import errors  # registers the registry's own failures
+    from proxy.registry.upstream import UpstreamError
+    from tokenapi.errors import StoreUnavailable
+    from tokenapi.failures import STORE_UNAVAILABLE, failure_for
+
+    assert errors.json_error is not None
+    unavailable = failure_for(StoreUnavailable("disk full"))
+    assert unavailable is not None
+    assert (unavailable.status, unavailable.message) == (503, STORE_UNAVAILABLE)
+    upstream = failure_for(UpstreamError(504, "npm upstream timed out"))
+    assert upstream is not None
+    assert (upstream.status, upstream.message) == (504, "npm upstream timed out")
+    assert failure_for(RuntimeError("unexpected")) is None

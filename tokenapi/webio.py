@@ -21,8 +21,7 @@ import orjson
 from aiohttp import web
 
 from .config import TokenApiConfig
-from .errors import Conflict, InvalidInput, NotFound, StoreUnavailable
-from .mail import MailError
+from .failures import failure_for
 from .ratelimit import StoreLimiter
 
 log = logging.getLogger(__name__)
@@ -180,23 +179,13 @@ async def api_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         return await handler(request)
     except ApiError as exc:
         return error_response(exc.status, exc.message, exc.headers)
-    except InvalidInput as exc:
-        return error_response(400, str(exc))
-    except NotFound:
-        return error_response(404, "Not found")
-    except Conflict:
-        return error_response(409, "The request conflicts with a concurrent change; try again")
-    except MailError:
-        return error_response(
-            503, "The email could not be sent; try again later", {"Retry-After": "60"}
-        )
-    except StoreUnavailable as exc:
-        log.error("store unavailable: %s", exc)
-        return error_response(
-            503, "The token store is unavailable; try again shortly", {"Retry-After": "5"}
-        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         return error_response(exc.status, exc.reason, headers)
+    except Exception as exc:
+        failure = failure_for(exc)
+        if failure is None:
+            raise
+        return error_response(failure.status, failure.message, failure.headers)
