@@ -51,3 +51,30 @@ def test_failures__one_mapping_for_the_api_and_the_registries() -> None:
     assert upstream is not None
     assert (upstream.status, upstream.message) == (504, "npm upstream timed out")
     assert failure_for(RuntimeError("unexpected")) is None
+
+
+async def test_api_auth__enforced_by_the_route_declaration(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    from aiohttp import web
+
+    from tokenapi import named_api
+
+    async def forgetful(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"tokens": "a handler that never checks"})
+
+    declared = [e for e in named_api.ENDPOINTS if e.method == "GET" and e.auth != "none"]
+    assert declared
+    patched = [replace(e, handler=forgetful) if e in declared else e for e in named_api.ENDPOINTS]
+    monkeypatch.setattr(named_api, "ENDPOINTS", patched)
+    server = await start_server(npm_upstream="http://127.0.0.1:9/")
+    secret = await server.token()
+    async with aiohttp.ClientSession() as http:
+        for endpoint in declared:
+            url = server.url / ("api" + endpoint.path).lstrip("/")
+            async with http.get(url) as resp:
+                assert resp.status == 401
+            async with http.get(url, headers={"Authorization": f"Bearer {secret}"}) as resp:
+                assert resp.status == 200

@@ -18,6 +18,7 @@ from .keys import api_state_key, config_key, mailer_key
 from .mail import Mailer
 from .mailqueue import mail_queue_ctx
 from .openapi import openapi_handler
+from .webauth import guarded
 from .webio import ApiState, Endpoint, api_errors
 
 
@@ -54,7 +55,9 @@ def api_app(extra: Sequence[Endpoint] = ()) -> web.Application:
     """The API sub-application with every declared route."""
     app = web.Application(middlewares=[api_errors])
     for endpoint in endpoints(extra):
-        app.router.add_route(endpoint.method, endpoint.path, endpoint.handler)
+        # Authentication is the route's declaration, enforced here for every handler.
+        handler = guarded(endpoint.auth, endpoint.handler)
+        app.router.add_route(endpoint.method, endpoint.path, handler)
     return app
 
 

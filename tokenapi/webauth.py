@@ -9,6 +9,7 @@ authenticated by a token records an ``api`` use of it.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import hdrs, web
@@ -52,8 +53,24 @@ def unauthorized(message: str) -> ApiError:
     return ApiError(401, message, CHALLENGE)
 
 
+# What the request's credentials resolved to, kept so that they are resolved (and the use
+# recorded) once per request: by the route's declared guard, then by the handler if it asks.
+_BEARER: web.RequestKey[tuple[Token | None]] = web.RequestKey("pkgate_api_bearer", tuple)
+_CALLER: web.RequestKey[Caller] = web.RequestKey("pkgate_api_caller", Caller)
+
+
 async def bearer_token(request: web.Request) -> Token | None:
     """The token in the Authorization header; None without one; 401 when it is not valid."""
+    found = request.get(_BEARER)
+    if found is not None:
+        remembered: Token | None = found[0]
+        return remembered
+    token = await _bearer_token(request)
+    request[_BEARER] = (token,)
+    return token
+
+
+async def _bearer_token(request: web.Request) -> Token | None:
     try:
         secret = secret_from_header(request.headers.get(hdrs.AUTHORIZATION))
     except MalformedCredentials:
@@ -77,6 +94,15 @@ async def require_token(request: web.Request) -> Token:
 
 async def authenticate(request: web.Request) -> Caller:
     """The caller by Bearer token or session cookie; 401 for neither, 403 for a bad Origin."""
+    found = request.get(_CALLER)
+    if isinstance(found, Caller):
+        return found
+    caller = await _authenticate(request)
+    request[_CALLER] = caller
+    return caller
+
+
+async def _authenticate(request: web.Request) -> Caller:
     store = request.config_dict[store_key]
     token = await bearer_token(request)
     if token is not None:
@@ -102,3 +128,33 @@ async def require_admin(request: web.Request) -> Caller:
     if not caller.user.is_admin:
         raise ApiError(403, "Administrator rights are required")
     return caller
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+GUARDS: dict[str, Callable[[web.Request], Awaitable[object]] | None] = {
+    "none": None,
+    "bearer": require_token,
+    "bearer_or_cookie": authenticate,
+    "admin": require_admin,
+}
+
+
+def guarded(auth: str, handler: Handler) -> Handler:
+    """``handler`` behind the authentication its route declares (``Endpoint.auth``).
+
+    The check runs before the handler whatever the handler does; a handler that asks again
+    (``authenticate``, ``require_token``, ``require_admin``) gets the same answer at no cost.
+    """
+    if auth not in GUARDS:
+        raise ValueError(f"unknown Endpoint.auth {auth!r}")
+    check = GUARDS[auth]
+    if check is None:
+        return handler
+
+    async def guard(request: web.Request) -> web.StreamResponse:
+        await check(request)
+        return await handler(request)
+
+    guard.__doc__ = handler.__doc__
+    guard.__name__ = getattr(handler, "__name__", "handler")
+    return guard
