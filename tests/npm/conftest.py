@@ -1,6 +1,13 @@
-"""Fixtures of the npm endpoint tests: the fake upstream registry and a pkgate in front of it."""
+"""Fixtures of the npm endpoint tests: the fake upstream registry and a pkgate in front of it.
 
-from collections.abc import AsyncIterator
+``server`` and ``http`` are the default pkgate and a session with a valid token; ``npm_session``
+opens the same with settings overridden (``await npm_session(metadata_ttl=0)``) or in front of
+another registry (``registry=...``), closing every session it opened.
+"""
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -28,3 +35,29 @@ async def http(server: RunningServer) -> AsyncIterator[aiohttp.ClientSession]:
         base_url=server.url, headers={"Authorization": f"Bearer {token}"}
     ) as session:
         yield session
+
+
+NpmSession = Callable[..., Awaitable[tuple[RunningServer, aiohttp.ClientSession]]]
+
+
+@pytest.fixture
+async def npm_session(
+    start_server: StartServer, registry: NpmRegistry
+) -> AsyncIterator[NpmSession]:
+    """A factory: a pkgate (settings overridden) and a session sending a valid token to it."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def open_session(
+            *, upstream: NpmRegistry | None = None, **overrides: Any
+        ) -> tuple[RunningServer, aiohttp.ClientSession]:
+            target = upstream or registry
+            server = await start_server(npm_upstream=str(target.url) + "/", **overrides)
+            token = await server.token()
+            session = await stack.enter_async_context(
+                aiohttp.ClientSession(
+                    base_url=server.url, headers={"Authorization": f"Bearer {token}"}
+                )
+            )
+            return server, session
+
+        yield open_session

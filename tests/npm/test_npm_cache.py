@@ -15,6 +15,7 @@ from proxy.keys import artifact_cache_key, metadata_cache_key
 from proxy.metrics import metrics_key
 from proxy.registry.metacache import ENTRY_OVERHEAD
 from tests.conftest import RunningServer, StartServer
+from tests.npm.conftest import NpmSession
 from tests.upstreams.npm_registry import CORGI, NpmRegistry, serve_registry
 from tokenapi.issue import ensure_user, issue_token
 
@@ -83,15 +84,11 @@ async def test_packument__client_validator_gets_304_from_cache(
 
 
 async def test_packument__expired_entry_is_revalidated_with_upstream_etag(
-    start_server: StartServer, registry: NpmRegistry
+    npm_session: NpmSession, registry: NpmRegistry
 ) -> None:
-    server = await start_server(npm_upstream=str(registry.url) + "/", metadata_ttl=0)
-    token = await server.token()
-    async with aiohttp.ClientSession(
-        base_url=server.url, headers={"Authorization": f"Bearer {token}"}
-    ) as http:
-        first, body = await fetch(http, "/npm/pkg-plain")
-        again, body_again = await fetch(http, "/npm/pkg-plain")
+    _, http = await npm_session(metadata_ttl=0)
+    first, body = await fetch(http, "/npm/pkg-plain")
+    again, body_again = await fetch(http, "/npm/pkg-plain")
     assert again.headers["X-Cache"] == "REVALIDATED"
     assert body_again == body
     assert again.headers["ETag"] == first.headers["ETag"]
@@ -101,16 +98,12 @@ async def test_packument__expired_entry_is_revalidated_with_upstream_etag(
 
 
 async def test_packument__upstream_failure_serves_stale_copy(
-    start_server: StartServer, registry: NpmRegistry
+    npm_session: NpmSession, registry: NpmRegistry
 ) -> None:
-    server = await start_server(npm_upstream=str(registry.url) + "/", metadata_ttl=0)
-    token = await server.token()
-    async with aiohttp.ClientSession(
-        base_url=server.url, headers={"Authorization": f"Bearer {token}"}
-    ) as http:
-        _, body = await fetch(http, "/npm/pkg-plain")
-        registry.overrides["/pkg-plain"] = NpmRegistry.status(503)
-        stale, stale_body = await fetch(http, "/npm/pkg-plain")
+    _, http = await npm_session(metadata_ttl=0)
+    _, body = await fetch(http, "/npm/pkg-plain")
+    registry.overrides["/pkg-plain"] = NpmRegistry.status(503)
+    stale, stale_body = await fetch(http, "/npm/pkg-plain")
     assert stale.status == 200
     assert stale.headers["X-Cache"] == "STALE"
     assert stale_body == body
@@ -157,17 +150,13 @@ async def test_packument__concurrent_misses_make_one_upstream_request(
 
 
 async def test_packument__cache_off_always_goes_upstream(
-    start_server: StartServer, registry: NpmRegistry
+    npm_session: NpmSession, registry: NpmRegistry
 ) -> None:
-    server = await start_server(npm_upstream=str(registry.url) + "/", cache=False)
-    token = await server.token()
-    async with aiohttp.ClientSession(
-        base_url=server.url, headers={"Authorization": f"Bearer {token}"}
-    ) as http:
-        for _ in range(2):
-            resp, _ = await fetch(http, "/npm/pkg-plain")
-            assert resp.headers["X-Cache"] == "BYPASS"
-        tar, body = await fetch(http, "/npm" + TARBALL)
+    _, http = await npm_session(cache=False)
+    for _ in range(2):
+        resp, _ = await fetch(http, "/npm/pkg-plain")
+        assert resp.headers["X-Cache"] == "BYPASS"
+    tar, body = await fetch(http, "/npm" + TARBALL)
     assert tar.headers["X-Cache"] == "BYPASS"
     assert body == registry.package("pkg-plain", "1.0.0").tarball
     # The tarball request reads the packument again for the hash it must match (issue 11, 2).
