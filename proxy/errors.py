@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from tokenapi.failures import Failure, failure_for, register
+from tokenapi.failures import Failure, failure_for, http_failure, register
 
 from .accesslog import safe_path
 from .registry.policy import POLICY_HEADER, PolicyRefused, Refusal
@@ -24,6 +24,14 @@ _REASONS = {
     405: "Method not allowed",
     413: "Request body is too large",
 }
+
+
+JSON_TYPE = "application/json"
+
+
+def _keep_header(name: str) -> bool:
+    # The body is replaced, so its own headers go; the rest (Allow, Location, ...) stay.
+    return name.lower() not in {"content-type", "content-length"}
 
 
 def json_error(status: int, message: str, *, headers: dict[str, str] | None = None) -> web.Response:
@@ -73,15 +81,14 @@ def answer_started(request: web.BaseRequest) -> bool:
 def error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
     """The JSON answer for ``exc`` (re-raised when it is not for this middleware to answer)."""
     if isinstance(exc, web.HTTPException):
-        if exc.status < 400 or exc.content_type == "application/json":
+        http = (
+            None
+            if exc.content_type == JSON_TYPE
+            else http_failure(exc, keep_header=_keep_header, reasons=_REASONS)
+        )
+        if http is None:
             raise exc
-        message = _REASONS.get(exc.status) or exc.reason
-        headers = {
-            k: v
-            for k, v in exc.headers.items()
-            if k.lower() not in {"content-type", "content-length"}
-        }
-        return json_error(exc.status, message, headers=headers)
+        return json_error(http.status, http.message, headers=dict(http.headers))
     if isinstance(exc, PolicyRefused):
         return policy_refusal(exc.refusal)
     if isinstance(exc, UpstreamError):

@@ -4,7 +4,9 @@ Both error middlewares (the token API's ``webio.api_errors`` and the registries'
 ``proxy.errors.error_middleware``) ask ``failure_for(exc)``: a ``Failure`` (status, a message safe
 to show, headers) or None when the exception is not a known failure.  The domain errors are
 mapped here; the registry side adds its own (``UpstreamError``, ``PolicyRefused``) with
-``register`` (``tokenapi`` never imports ``proxy``).  Each message exists once.
+``register`` (``tokenapi`` never imports ``proxy``).  aiohttp's HTTP errors go through
+``http_failure``, parametrised by each server's wording and kept headers.  Each message exists
+once.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+from aiohttp import web
 
 from .errors import Conflict, InvalidInput, NotFound, StoreUnavailable
 from .mail import MailError
@@ -52,6 +56,25 @@ def failure_for(exc: BaseException) -> Failure | None:
     return None
 
 
+def http_failure(
+    exc: web.HTTPException,
+    *,
+    keep_header: Callable[[str], bool],
+    reasons: Mapping[int, str] | None = None,
+) -> Failure | None:
+    """The answer for an aiohttp HTTP error (None for statuses below 400, which pass through).
+
+    The two servers differ only in the wording and the headers they keep: the registries replace
+    some reason phrases (``reasons``) and keep every header but the body's, the token API keeps
+    ``Allow`` only; ``keep_header`` gets each header name.
+    """
+    if exc.status < 400:
+        return None
+    message = (reasons or {}).get(exc.status) or exc.reason
+    headers = {k: v for k, v in exc.headers.items() if keep_header(k)}
+    return Failure(exc.status, message, headers)
+
+
 def _store_unavailable(exc: StoreUnavailable) -> Failure:
     log.error("store unavailable: %s", exc)
     return Failure(503, STORE_UNAVAILABLE, {"Retry-After": "5"})
@@ -64,4 +87,4 @@ register(MailError, lambda exc: Failure(503, MAIL_FAILED, {"Retry-After": "60"})
 register(StoreUnavailable, _store_unavailable)
 
 
-__all__ = ["Failure", "failure_for", "register"]
+__all__ = ["Failure", "failure_for", "http_failure", "register"]

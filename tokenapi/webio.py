@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 
 from .config import TokenApiConfig
-from .failures import failure_for
+from .failures import failure_for, http_failure
 from .ratelimit import StoreLimiter
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,11 @@ def json_response(data: Any, status: int = 200) -> web.Response:
         content_type=JSON_TYPE,
         headers={"Cache-Control": "no-store"},
     )
+
+
+def _keep_header(name: str) -> bool:
+    # Of an aiohttp HTTP error's headers the API keeps Allow (405) only.
+    return name.lower() == "allow"
 
 
 def error_response(
@@ -180,10 +185,10 @@ async def api_errors(request: web.Request, handler: Handler) -> web.StreamRespon
     except ApiError as exc:
         return error_response(exc.status, exc.message, exc.headers)
     except web.HTTPException as exc:
-        if exc.status < 400:
+        http = http_failure(exc, keep_header=_keep_header)
+        if http is None:
             raise
-        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-        return error_response(exc.status, exc.reason, headers)
+        return error_response(http.status, http.message, http.headers)
     except Exception as exc:
         failure = failure_for(exc)
         if failure is None:
