@@ -6,31 +6,33 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from pathlib import Path
 
 import aiohttp
-import pytest
 from aiohttp import web
-from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from proxy.keys import metadata_cache_key
 from proxy.metrics import metrics_key
-from tests.conftest import RunningServer, StartServer
-from tests.pypi.conftest import basic, start_pkgate
+from tests.conftest import RunningServer
+from tests.pypi.conftest import (
+    TINYDEP,
+    WHEEL,
+    PypiSession,
+    basic,
+    cache_count,
+    cached_files,
+    file_link,
+    get_page,
+    page,
+)
 from tests.upstreams.pypi_index import (
     JSON_TYPE,
     Published,
     PypiIndex,
     build_wheel,
-    serve_bytes,
 )
 from tokenapi.issue import ensure_user, issue_token
-
-TINYDEP = "/simple/tinydep/"
-WHEEL = "tinydep-1.0.0-py3-none-any.whl"
-DEMO_WHEEL = "demo_app-1.0.0-py3-none-any.whl"
 
 
 class FakeClock:
@@ -51,38 +53,6 @@ def fake_clock(server: RunningServer) -> FakeClock:
     clock = FakeClock()
     server.app[metadata_cache_key]._clock = clock
     return clock
-
-
-def page(server: RunningServer, name: str = "tinydep") -> URL:
-    return URL(f"{server.url}/pypi/simple/{name}/", encoded=True)
-
-
-async def get_page(
-    http: aiohttp.ClientSession, url: URL, accept: str = JSON_TYPE, **headers: str
-) -> tuple[int, str, bytes, CIMultiDict[str]]:
-    """(status, X-Cache, body, headers) of one page request."""
-    async with http.get(url, headers={"Accept": accept, **headers}) as resp:
-        body = await resp.read()
-        return resp.status, resp.headers.get("X-Cache", ""), body, resp.headers.copy()
-
-
-async def file_link(http: aiohttp.ClientSession, server: RunningServer, filename: str) -> str:
-    project = "tinydep" if filename.startswith("tinydep") else "demo-app"
-    _, _, body, _ = await get_page(http, page(server, project))
-    return next(str(f["url"]) for f in json.loads(body)["files"] if f["filename"] == filename)
-
-
-def cached_files(server: RunningServer) -> list[Path]:
-    root = server.settings.artifact_dir
-    return [p for p in root.rglob("*") if p.is_file() and p.parent.name != "tmp"]
-
-
-def cache_count(server: RunningServer, outcome: str) -> float:
-    registry: CollectorRegistry = server.app[metrics_key].registry
-    value = registry.get_sample_value(
-        "pkgate_cache_total", {"ecosystem": "pypi", "outcome": outcome}
-    )
-    return value or 0.0
 
 
 async def in_flight_reaches(server: RunningServer, count: int) -> None:
@@ -154,15 +124,14 @@ async def test_pypi_cache__client_etag_answered_304_from_cache(
 
 
 async def test_pypi_cache__revalidated_upstream_after_ttl(
-    start_server: StartServer, index: PypiIndex
+    pypi_session: PypiSession, index: PypiIndex
 ) -> None:
-    server = await start_pkgate(start_server, index, metadata_ttl=120)
+    server, http = await pypi_session(metadata_ttl=120)
     clock = fake_clock(server)
-    async with aiohttp.ClientSession(headers=basic(await server.token())) as http:
-        first = await get_page(http, page(server))
-        clock.advance(121)
-        second = await get_page(http, page(server))
-        third = await get_page(http, page(server))
+    first = await get_page(http, page(server))
+    clock.advance(121)
+    second = await get_page(http, page(server))
+    third = await get_page(http, page(server))
     assert (first[1], second[1], third[1]) == ("MISS", "REVALIDATED", "HIT")
     assert second[2] == first[2]
     requests = index.page_requests(TINYDEP)
@@ -174,37 +143,35 @@ async def test_pypi_cache__revalidated_upstream_after_ttl(
 
 
 async def test_pypi_cache__changed_upstream_page_replaces_entry_after_ttl(
-    start_server: StartServer, index: PypiIndex
+    pypi_session: PypiSession, index: PypiIndex
 ) -> None:
-    server = await start_pkgate(start_server, index, metadata_ttl=120)
+    server, http = await pypi_session(metadata_ttl=120)
     clock = fake_clock(server)
-    async with aiohttp.ClientSession(headers=basic(await server.token())) as http:
-        before = json.loads((await get_page(http, page(server)))[2])
-        index.published.append(Published(build_wheel("tinydep", "2.0.0")))
-        assert json.loads((await get_page(http, page(server)))[2]) == before
-        clock.advance(121)
-        status, state, body, _ = await get_page(http, page(server))
+    before = json.loads((await get_page(http, page(server)))[2])
+    index.published.append(Published(build_wheel("tinydep", "2.0.0")))
+    assert json.loads((await get_page(http, page(server)))[2]) == before
+    clock.advance(121)
+    status, state, body, _ = await get_page(http, page(server))
     assert (status, state) == (200, "MISS")
     assert "tinydep-2.0.0-py3-none-any.whl" in {f["filename"] for f in json.loads(body)["files"]}
     assert "2.0.0" not in before["versions"]
 
 
 async def test_pypi_cache__upstream_404_remembered_for_negative_ttl_only(
-    start_server: StartServer, index: PypiIndex
+    pypi_session: PypiSession, index: PypiIndex
 ) -> None:
-    server = await start_pkgate(start_server, index, metadata_negative_ttl=10)
+    server, http = await pypi_session(metadata_negative_ttl=10)
     clock = fake_clock(server)
-    async with aiohttp.ClientSession(headers=basic(await server.token())) as http:
-        assert (await get_page(http, page(server, "latecomer")))[0] == 404
-        index.published.append(Published(build_wheel("latecomer", "1.0.0")))
-        status, _, body, _ = await get_page(http, page(server, "latecomer"))
-        assert status == 404
-        assert "error" in json.loads(body)
-        assert len(index.page_requests("/simple/latecomer/")) == 1
-        clock.advance(9)
-        assert (await get_page(http, page(server, "latecomer")))[0] == 404
-        clock.advance(2)
-        status, state, body, _ = await get_page(http, page(server, "latecomer"))
+    assert (await get_page(http, page(server, "latecomer")))[0] == 404
+    index.published.append(Published(build_wheel("latecomer", "1.0.0")))
+    status, _, body, _ = await get_page(http, page(server, "latecomer"))
+    assert status == 404
+    assert "error" in json.loads(body)
+    assert len(index.page_requests("/simple/latecomer/")) == 1
+    clock.advance(9)
+    assert (await get_page(http, page(server, "latecomer")))[0] == 404
+    clock.advance(2)
+    status, state, body, _ = await get_page(http, page(server, "latecomer"))
     assert (status, state) == (200, "MISS")
     assert json.loads(body)["files"][0]["filename"] == "latecomer-1.0.0-py3-none-any.whl"
     assert len(index.page_requests("/simple/latecomer/")) == 2
@@ -231,15 +198,14 @@ async def test_pypi_cache__concurrent_misses_make_one_upstream_request(
 
 
 async def test_pypi_cache__stale_page_served_when_upstream_fails(
-    start_server: StartServer, index: PypiIndex
+    pypi_session: PypiSession, index: PypiIndex
 ) -> None:
-    server = await start_pkgate(start_server, index, metadata_ttl=120)
+    server, http = await pypi_session(metadata_ttl=120)
     clock = fake_clock(server)
-    async with aiohttp.ClientSession(headers=basic(await server.token())) as http:
-        fresh = await get_page(http, page(server))
-        index.overrides[("index", TINYDEP)] = index.status(503)
-        clock.advance(121)
-        stale = await get_page(http, page(server))
+    fresh = await get_page(http, page(server))
+    index.overrides[("index", TINYDEP)] = index.status(503)
+    clock.advance(121)
+    stale = await get_page(http, page(server))
     assert (stale[0], stale[1]) == (200, "STALE")
     assert stale[2] == fresh[2]
     assert len(index.page_requests(TINYDEP)) == 2
@@ -247,30 +213,28 @@ async def test_pypi_cache__stale_page_served_when_upstream_fails(
 
 
 async def test_pypi_cache__stale_page_not_served_beyond_stale_max(
-    start_server: StartServer, index: PypiIndex
+    pypi_session: PypiSession, index: PypiIndex
 ) -> None:
-    server = await start_pkgate(start_server, index, metadata_ttl=120, metadata_stale_max=600)
+    server, http = await pypi_session(metadata_ttl=120, metadata_stale_max=600)
     clock = fake_clock(server)
-    async with aiohttp.ClientSession(headers=basic(await server.token())) as http:
-        assert (await get_page(http, page(server)))[0] == 200
-        index.overrides[("index", TINYDEP)] = index.status(503)
-        clock.advance(601)
-        status, _, body, _ = await get_page(http, page(server))
+    assert (await get_page(http, page(server)))[0] == 200
+    index.overrides[("index", TINYDEP)] = index.status(503)
+    clock.advance(601)
+    status, _, body, _ = await get_page(http, page(server))
     assert status == 502
     assert "error" in json.loads(body)
 
 
 async def test_pypi_cache__off_means_every_request_goes_upstream(
-    start_server: StartServer, index: PypiIndex
+    pypi_session: PypiSession, index: PypiIndex
 ) -> None:
-    server = await start_pkgate(start_server, index, cache=False)
-    async with aiohttp.ClientSession(headers=basic(await server.token())) as http:
-        states = [(await get_page(http, page(server)))[1] for _ in range(2)]
-        url = await file_link(http, server, WHEEL)
-        for _ in range(2):
-            async with http.get(url) as resp:
-                assert resp.status == 200
-                assert resp.headers["X-Cache"] == "BYPASS"
+    server, http = await pypi_session(cache=False)
+    states = [(await get_page(http, page(server)))[1] for _ in range(2)]
+    url = await file_link(http, server, WHEEL)
+    for _ in range(2):
+        async with http.get(url) as resp:
+            assert resp.status == 200
+            assert resp.headers["X-Cache"] == "BYPASS"
     assert states == ["BYPASS", "BYPASS"]
     # Each file request reads the page again for the hash it must match (issue 11, item 2).
     assert len(index.page_requests(TINYDEP)) == 5
@@ -278,127 +242,14 @@ async def test_pypi_cache__off_means_every_request_goes_upstream(
     assert cached_files(server) == []
 
 
-async def test_pypi_cache__each_mount_caches_its_own_links(
-    start_server: StartServer, index: PypiIndex
-) -> None:
-    server = await start_pkgate(start_server, index, pypi_host="pypi.test")
+async def test_pypi_cache__each_mount_caches_its_own_links(pypi_session: PypiSession) -> None:
+    server, http = await pypi_session(pypi_host="pypi.test")
     host = f"pypi.test:{server.url.port}"
-    async with aiohttp.ClientSession(headers=basic(await server.token())) as http:
-        path_mount = json.loads((await get_page(http, page(server)))[2])
-        vhost = await get_page(http, server.url / "simple" / "tinydep" / "", Host=host)
+    path_mount = json.loads((await get_page(http, page(server)))[2])
+    vhost = await get_page(http, server.url / "simple" / "tinydep" / "", Host=host)
     assert vhost[1] == "MISS"
     assert path_mount["files"][0]["url"].startswith(f"{server.url}/pypi/files/")
     assert json.loads(vhost[2])["files"][0]["url"].startswith(f"http://{host}/files/")
-
-
-# --- files -----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("filename", [WHEEL, "tinydep-1.0.0.tar.gz", DEMO_WHEEL])
-async def test_pypi_cache__file_kept_on_disk_and_second_download_local(
-    server: RunningServer, index: PypiIndex, http: aiohttp.ClientSession, filename: str
-) -> None:
-    url = await file_link(http, server, filename)
-    data = index.find(filename).dist.data
-    states = []
-    for _ in range(2):
-        async with http.get(url) as resp:
-            assert resp.status == 200
-            assert resp.headers["Cache-Control"] == "max-age=365000000, immutable"
-            assert resp.headers["Content-Length"] == str(len(data))
-            states.append(resp.headers["X-Cache"])
-            assert await resp.read() == data
-    assert states == ["MISS", "HIT"]
-    assert len(index.file_requests()) == 1
-    assert [p.read_bytes() for p in cached_files(server)] == [data]
-    assert cache_count(server, "hit") >= 1
-
-
-async def test_pypi_cache__range_and_head_answered_from_cached_file(
-    server: RunningServer, index: PypiIndex, http: aiohttp.ClientSession
-) -> None:
-    url = await file_link(http, server, WHEEL)
-    data = index.find(WHEEL).dist.data
-    async with http.get(url) as resp:
-        assert await resp.read() == data
-    async with http.get(url, headers={"Range": "bytes=10-19"}) as resp:
-        assert resp.status == 206
-        assert resp.headers["X-Cache"] == "HIT"
-        assert resp.headers["Content-Range"] == f"bytes 10-19/{len(data)}"
-        assert await resp.read() == data[10:20]
-    async with http.head(url) as resp:
-        assert resp.status == 200
-        assert resp.headers["X-Cache"] == "HIT"
-        assert resp.headers["Content-Length"] == str(len(data))
-    assert len(index.file_requests()) == 1
-
-
-async def test_pypi_cache__metadata_file_cached_by_its_published_hash(
-    server: RunningServer, index: PypiIndex, http: aiohttp.ClientSession
-) -> None:
-    url = await file_link(http, server, DEMO_WHEEL) + ".metadata"
-    for expected in ("MISS", "HIT"):
-        async with http.get(url) as resp:
-            assert resp.status == 200
-            assert resp.headers["X-Cache"] == expected
-            assert await resp.read() == index.find(DEMO_WHEEL).dist.metadata
-    assert len(index.file_requests()) == 1
-
-
-async def test_pypi_cache__file_before_any_page_learns_hash_from_the_index(
-    server: RunningServer, index: PypiIndex, http: aiohttp.ClientSession
-) -> None:
-    # As when another worker served the page: this process has not seen it yet.
-    url = f"{server.url}/pypi/files/0/packages/tinydep/{WHEEL}"
-    for expected in ("MISS", "HIT"):
-        async with http.get(url) as resp:
-            assert resp.status == 200
-            assert resp.headers["X-Cache"] == expected
-            assert await resp.read() == index.find(WHEEL).dist.data
-    assert len(index.page_requests(TINYDEP)) == 1
-    assert len(index.file_requests()) == 1
-    # The page fetched for the hash serves the pages route too.
-    assert (await get_page(http, page(server)))[1] == "HIT"
-
-
-async def test_pypi_cache__corrupted_upstream_file_never_served_whole_nor_kept(
-    server: RunningServer, index: PypiIndex, http: aiohttp.ClientSession
-) -> None:
-    pub = index.find(DEMO_WHEEL)
-    wrong = bytes(b ^ 0xFF for b in pub.dist.data)
-
-    async def corrupted(request: web.Request) -> web.StreamResponse:
-        return serve_bytes(request, wrong, "application/octet-stream")
-
-    index.overrides[("files", index.file_path(pub))] = corrupted
-    url = await file_link(http, server, DEMO_WHEEL)
-    for _ in range(2):
-        with pytest.raises(aiohttp.ClientPayloadError):
-            async with http.get(url) as resp:
-                await resp.read()
-    async with http.get(url, headers={"Range": "bytes=0-9"}) as resp:
-        assert resp.status == 502
-        assert "hash" in (await resp.json())["error"]
-    async with http.head(url) as resp:
-        assert resp.status == 502
-    assert cached_files(server) == []
-    assert len(index.file_requests()) == 4
-
-
-async def test_pypi_cache__unhashed_file_relayed_uncached(
-    server: RunningServer, index: PypiIndex, http: aiohttp.ClientSession
-) -> None:
-    pub = Published(build_wheel("unhashed", "1.0"), host="files", hashed=False, with_metadata=False)
-    index.published.append(pub)
-    url = f"{server.url}/pypi/files/1{index.file_path(pub)}"
-    for _ in range(2):
-        async with http.get(url) as resp:
-            assert resp.status == 200
-            assert resp.headers["X-Cache"] == "BYPASS"
-            assert await resp.read() == pub.dist.data
-    assert len(index.file_requests()) == 2
-    assert cached_files(server) == []
-    assert cache_count(server, "bypass") == 2
 
 
 # --- authentication still guards cached content ----------------------------------------------

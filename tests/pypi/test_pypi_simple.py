@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from yarl import URL
 
 from proxy.registry.upstream import USER_AGENT
 from tests.conftest import RunningServer, StartServer, free_port
-from tests.pypi.conftest import start_pkgate
+from tests.pypi.conftest import file_link, start_pkgate
 from tests.upstreams.pypi_index import (
     JSON_TYPE,
-    Published,
     PypiIndex,
-    build_wheel,
-    serve_bytes,
     serve_index,
 )
 from tokenapi.issue import ensure_user, issue_token
@@ -273,204 +268,6 @@ async def test_simple_project__unknown_project_is_404(
         assert "error" in await resp.json()
 
 
-# --- files -----------------------------------------------------------------------------------
-
-
-async def file_url(http: aiohttp.ClientSession, server: RunningServer, filename: str) -> str:
-    project = "tinydep" if filename.startswith("tinydep") else "demo-app"
-    doc = await get_json(http, simple(server, project + "/"))
-    return next(str(f["url"]) for f in doc["files"] if f["filename"] == filename)
-
-
-@pytest.mark.parametrize("filename", ["demo_app-1.0.0-py3-none-any.whl", "tinydep-1.0.0.tar.gz"])
-async def test_simple_file__streamed_byte_for_byte(
-    server: RunningServer, index: PypiIndex, http: aiohttp.ClientSession, filename: str
-) -> None:
-    url = await file_url(http, server, filename)
-    headers = {"Accept-Encoding": "identity"}
-    async with http.get(url, headers=headers) as resp:
-        assert resp.status == 200
-        body = await resp.read()
-        assert resp.headers["Content-Length"] == str(len(body))
-        assert resp.headers["Cache-Control"] == "max-age=365000000, immutable"
-        assert resp.headers["Accept-Ranges"] == "bytes"
-        assert "Content-Encoding" not in resp.headers
-    assert body == index.find(filename).dist.data
-    assert hashlib.sha256(body).hexdigest() == index.find(filename).dist.sha256
-    upstream = index.file_requests()[-1]
-    assert upstream.headers["User-Agent"] == USER_AGENT
-    assert upstream.headers["Accept-Encoding"] == "identity"
-    assert index.violations == []
-
-
-async def test_simple_file__head_has_exact_length_and_no_body(
-    server: RunningServer, index: PypiIndex, http: aiohttp.ClientSession
-) -> None:
-    filename = "demo_app-1.0.0-py3-none-any.whl"
-    url = await file_url(http, server, filename)
-    async with http.head(url) as resp:
-        assert resp.status == 200
-        assert resp.headers["Content-Length"] == str(len(index.find(filename).dist.data))
-        assert await resp.read() == b""
-    # A listed file is fetched whole once into the verified cache, then answered from disk.
-    assert [r.method for r in index.file_requests()] == ["GET"]
-    async with http.head(url) as resp:
-        assert resp.status == 200
-        assert resp.headers["Content-Length"] == str(len(index.find(filename).dist.data))
-    assert len(index.file_requests()) == 1
-
-
-def publish_unhashed(server: RunningServer, index: PypiIndex) -> tuple[Published, str]:
-    """A wheel its page links without any hash (relayed, never stored) and its pkgate URL."""
-    pub = Published(build_wheel("unhashed", "1.0"), host="files", hashed=False, with_metadata=False)
-    index.published.append(pub)
-    return pub, f"{server.url}/pypi/files/1{index.file_path(pub)}"
-
-
-async def test_simple_file__unhashed_head_is_relayed_as_head(
-    server: RunningServer, index: PypiIndex, http: aiohttp.ClientSession
-) -> None:
-    pub, url = publish_unhashed(server, index)
-    async with http.head(url) as resp:
-        assert resp.status == 200
-        assert resp.headers["Content-Length"] == str(len(pub.dist.data))
-        assert resp.headers["X-Cache"] == "BYPASS"
-    assert [r.method for r in index.file_requests()] == ["HEAD"]
-
-
-async def test_simple_file__unhashed_unsatisfiable_range_is_416(
-    server: RunningServer, index: PypiIndex, http: aiohttp.ClientSession
-) -> None:
-    pub, url = publish_unhashed(server, index)
-    async with http.get(url, headers={"Range": "bytes=9999999-"}) as resp:
-        assert resp.status == 416
-        assert resp.headers["Content-Range"] == f"bytes */{len(pub.dist.data)}"
-        assert "error" in await resp.json()
-
-
-@pytest.mark.parametrize(
-    "path",
-    [
-        "files/1/__stats",
-        "files/1/packages/extra/unlisted-1.0-py3-none-any.whl",
-        "files/0/packages/tinydep/tinydep-9.9.9.tar.gz",
-        "files/0/packages/tinydep/tinydep-1.0.0.tar.gz.metadata",
-    ],
-)
-async def test_simple_file__paths_no_page_published_are_never_fetched(
-    server: RunningServer, index: PypiIndex, http: aiohttp.ClientSession, path: str
-) -> None:
-    async def anything(request: web.Request) -> web.StreamResponse:
-        return serve_bytes(request, b"whatever the origin holds", "application/octet-stream")
-
-    raw = "/" + path.split("/", 2)[2]
-    for server_name in ("index", "files"):
-        index.overrides[(server_name, raw)] = anything
-    async with http.get(f"{server.url}/pypi/{path}") as resp:
-        assert resp.status == 404
-        assert await resp.json() == {"error": "Not found"}
-    assert index.file_requests() == []
-    assert not any(r.path == raw for r in index.requests)
-
-
-@pytest.mark.parametrize(
-    ("range_header", "span"),
-    [("bytes=0-9", (0, 9)), ("bytes=-22", (-22, None)), ("bytes=100-", (100, None))],
-)
-async def test_simple_file__range_requests_answer_206(
-    server: RunningServer,
-    index: PypiIndex,
-    http: aiohttp.ClientSession,
-    range_header: str,
-    span: tuple[int, int | None],
-) -> None:
-    filename = "demo_app-1.0.0-py3-none-any.whl"
-    data = index.find(filename).dist.data
-    url = await file_url(http, server, filename)
-    headers = {"Range": range_header, "Accept-Encoding": "identity"}
-    async with http.get(url, headers=headers) as resp:
-        assert resp.status == 206
-        body = await resp.read()
-    start, stop = span
-    expected = data[start:] if stop is None else data[start : stop + 1]
-    assert body == expected
-    first = start % len(data)
-    assert resp.headers["Content-Range"] == f"bytes {first}-{first + len(expected) - 1}/{len(data)}"
-    assert resp.headers["Content-Length"] == str(len(expected))
-
-
-async def test_simple_file__unsatisfiable_range_is_416(
-    server: RunningServer, http: aiohttp.ClientSession, index: PypiIndex
-) -> None:
-    filename = "tinydep-1.0.0-py3-none-any.whl"
-    url = await file_url(http, server, filename)
-    async with http.get(url, headers={"Range": "bytes=99999999-"}) as resp:
-        assert resp.status == 416
-        assert resp.headers["Content-Range"] == f"bytes */{len(index.find(filename).dist.data)}"
-
-
-@pytest.mark.parametrize(
-    "filename", ["demo_app-1.0.0-py3-none-any.whl", "tinydep-1.0.0-py3-none-any.whl"]
-)
-async def test_simple_metadata__served_byte_for_byte(
-    server: RunningServer, index: PypiIndex, http: aiohttp.ClientSession, filename: str
-) -> None:
-    url = await file_url(http, server, filename)
-    async with http.get(url + ".metadata") as resp:
-        assert resp.status == 200
-        body = await resp.read()
-    pub = index.find(filename)
-    assert body == pub.dist.metadata
-    assert hashlib.sha256(body).hexdigest() == pub.dist.metadata_sha256
-
-
-@pytest.mark.parametrize(
-    "tail",
-    [
-        "0/../simple/",
-        "0/%2e%2e/simple/",
-        "0/packages/%2E%2E/%2e%2E/simple/",
-        "0/packages/..%2fsimple/",
-        "0//127.0.0.1/packages/x.whl",
-        "0/packages//x.whl",
-        "2/packages/x.whl",
-        "01/packages/tinydep/tinydep-1.0.0.tar.gz",
-        "-1/packages/x.whl",
-        "x/packages/x.whl",
-        "0/",
-        "0/packages/%00.whl",
-        "0/packages\\..\\x.whl",
-    ],
-)
-async def test_simple_file__path_tricks_are_404_and_never_reach_upstream(
-    server: RunningServer, index: PypiIndex, http: aiohttp.ClientSession, tail: str
-) -> None:
-    url = URL(f"{server.url}/pypi/files/{tail}", encoded=True)
-    async with http.get(url, allow_redirects=False) as resp:
-        assert resp.status == 404
-        assert "error" in await resp.json()
-    assert index.requests == []
-
-
-async def test_simple_file__upstream_404_is_404(
-    server: RunningServer, http: aiohttp.ClientSession
-) -> None:
-    url = f"{server.url}/pypi/files/1/packages/aa/bb/cc/missing-1.0-py3-none-any.whl"
-    async with http.get(url) as resp:
-        assert resp.status == 404
-        assert "error" in await resp.json()
-
-
-async def test_simple_file__broken_upstream_body_is_cut_short(
-    server: RunningServer, index: PypiIndex, http: aiohttp.ClientSession
-) -> None:
-    _, url = publish_unhashed(server, index)
-    index.overrides[("files", url.split("/pypi/files/1", 1)[1])] = index.broken_body
-    with pytest.raises(aiohttp.ClientPayloadError):
-        async with http.get(url) as resp:
-            await resp.read()
-
-
 # --- authentication and upstream hygiene ---------------------------------------------------------
 
 
@@ -516,7 +313,7 @@ async def test_simple_upstream__never_sees_client_credentials_or_cookies(
     server: RunningServer, index: PypiIndex, http: aiohttp.ClientSession
 ) -> None:
     headers = {"Cookie": "session=secret", "Accept": JSON_TYPE}
-    url = await file_url(http, server, "demo_app-1.0.0-py3-none-any.whl")
+    url = await file_link(http, server, "demo_app-1.0.0-py3-none-any.whl")
     async with http.get(simple(server, "demo-app/"), headers=headers) as resp:
         assert resp.status == 200
     async with http.get(url, headers=headers) as resp:
