@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -31,15 +29,6 @@ async def fetch(
 
 def upstream_gets(registry: NpmRegistry, path: str) -> list[dict[str, str]]:
     return [r.headers for r in registry.requests if r.path == path]
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Yield to the loop until ``condition`` holds (bounded: fails after a few seconds)."""
-    for _ in range(1000):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition never held")
 
 
 async def test_packument__second_request_is_a_hit_without_upstream(
@@ -125,28 +114,6 @@ async def test_packument__upstream_404_is_remembered(
         resp, _ = await fetch(http, "/npm/no-such-package")
         assert resp.status == 404
     assert len(upstream_gets(registry, "/no-such-package")) == 1
-
-
-async def test_packument__concurrent_misses_make_one_upstream_request(
-    server: RunningServer, registry: NpmRegistry, http: aiohttp.ClientSession
-) -> None:
-    gate = asyncio.Event()
-    normal = registry._dispatch
-
-    async def held(request: web.Request) -> web.StreamResponse:
-        await gate.wait()
-        del registry.overrides["/pkg-plain"]
-        return await normal(request)
-
-    registry.overrides["/pkg-plain"] = held
-    waiting = [asyncio.ensure_future(fetch(http, "/npm/pkg-plain")) for _ in range(8)]
-    metrics = server.app[metrics_key]
-    await until(lambda: metrics.in_flight == 8)
-    gate.set()
-    answers = await asyncio.gather(*waiting)
-    assert {resp.status for resp, _ in answers} == {200}
-    assert len({body for _, body in answers}) == 1
-    assert len(upstream_gets(registry, "/pkg-plain")) == 1
 
 
 async def test_packument__cache_off_always_goes_upstream(

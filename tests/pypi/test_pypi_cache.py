@@ -3,17 +3,13 @@ artifact cache, over real HTTP against the fake upstream index (which counts its
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 
 import aiohttp
-from aiohttp import web
-from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from proxy.keys import metadata_cache_key
-from proxy.metrics import metrics_key
 from tests.conftest import RunningServer
 from tests.pypi.conftest import (
     TINYDEP,
@@ -53,14 +49,6 @@ def fake_clock(server: RunningServer) -> FakeClock:
     clock = FakeClock()
     server.app[metadata_cache_key]._clock = clock
     return clock
-
-
-async def in_flight_reaches(server: RunningServer, count: int) -> None:
-    """Wait until ``count`` requests are being answered (polls the metrics gauge)."""
-    registry: CollectorRegistry = server.app[metrics_key].registry
-    async with asyncio.timeout(10):
-        while (registry.get_sample_value("pkgate_requests_in_flight") or 0) < count:
-            await asyncio.sleep(0.01)
 
 
 # --- pages -----------------------------------------------------------------------------------
@@ -175,26 +163,6 @@ async def test_pypi_cache__upstream_404_remembered_for_negative_ttl_only(
     assert (status, state) == (200, "MISS")
     assert json.loads(body)["files"][0]["filename"] == "latecomer-1.0.0-py3-none-any.whl"
     assert len(index.page_requests("/simple/latecomer/")) == 2
-
-
-async def test_pypi_cache__concurrent_misses_make_one_upstream_request(
-    server: RunningServer, index: PypiIndex, http: aiohttp.ClientSession
-) -> None:
-    gate = asyncio.Event()
-
-    async def slow_page(request: web.Request) -> web.StreamResponse:
-        await gate.wait()
-        body = json.dumps(index.project_json("tinydep")).encode()
-        return web.Response(body=body, headers={"Content-Type": JSON_TYPE})
-
-    index.overrides[("index", TINYDEP)] = slow_page
-    tasks = [asyncio.create_task(get_page(http, page(server))) for _ in range(20)]
-    await in_flight_reaches(server, 20)
-    gate.set()
-    results = await asyncio.gather(*tasks)
-    assert {r[0] for r in results} == {200}
-    assert len({r[2] for r in results}) == 1
-    assert len(index.page_requests(TINYDEP)) == 1
 
 
 async def test_pypi_cache__stale_page_served_when_upstream_fails(
