@@ -10,7 +10,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from aiohttp import web
@@ -25,6 +25,11 @@ from tokenapi.keys import config_key, recorder_key, store_key, validator_key
 from tokenapi.lastused import UsageRecorder
 from tokenapi.store import Store
 from tokenapi.validation import TokenValidator
+
+if TYPE_CHECKING:  # these import helpers from here: load them lazily
+    from tests.smtp import SmtpServer
+    from tests.upstreams.npm_registry import NpmRegistry
+    from tests.upstreams.pypi_index import PypiIndex
 
 TOP = Path(__file__).resolve().parent.parent
 
@@ -119,6 +124,52 @@ async def start_server(make_settings: Callable[..., Settings]) -> AsyncIterator[
     yield start
     for server in reversed(started):
         await server.close()
+
+
+@pytest.fixture
+def mail() -> Iterator[SmtpServer]:
+    """A real SMTP server (aiosmtpd, tests/smtp.py) on a free port; its ``inbox`` holds the mail."""
+    from tests.smtp import smtp_server
+
+    with smtp_server() as server:
+        yield server
+
+
+@pytest.fixture
+async def registry() -> AsyncIterator[NpmRegistry]:
+    """The fake npm registry (tests/upstreams/npm_registry.py) on a free port."""
+    from tests.upstreams.npm_registry import serve_registry
+
+    async with serve_registry() as reg:
+        yield reg
+
+
+@pytest.fixture
+async def index() -> AsyncIterator[PypiIndex]:
+    """The fake PyPI index and files host (tests/upstreams/pypi_index.py) on free ports."""
+    from tests.upstreams.pypi_index import serve_index
+
+    async with serve_index() as idx:
+        yield idx
+
+
+def upstreams(registry: NpmRegistry | None, index: PypiIndex | None = None) -> dict[str, Any]:
+    """The settings that point pkgate at the given fake upstreams, for ``start_server(**...)``."""
+    settings: dict[str, Any] = {}
+    if registry is not None:
+        settings["npm_upstream"] = str(registry.url) + "/"
+    if index is not None:
+        settings["pypi_upstream"] = str(index.index_url)
+        settings["pypi_files_upstream"] = (str(index.files_url) + "/",)
+    return settings
+
+
+@pytest.fixture
+async def server(
+    start_server: StartServer, registry: NpmRegistry, index: PypiIndex
+) -> RunningServer:
+    """pkgate in front of both fake upstreams, with default settings otherwise."""
+    return await start_server(**upstreams(registry, index))
 
 
 async def serve_app(app: web.Application) -> tuple[web.AppRunner, URL]:

@@ -1,20 +1,13 @@
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.api_support import NPM_UPSTREAM, call, snapshot
 from tests.conftest import RunningServer, StartServer
-from tests.smtp import SmtpServer, smtp_server
+from tests.smtp import SmtpServer
 
 JSON = {"Content-Type": "application/json"}
-
-
-@pytest.fixture
-def mail() -> Iterator[SmtpServer]:
-    with smtp_server() as server:
-        yield server
 
 
 @pytest.fixture

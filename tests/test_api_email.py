@@ -1,6 +1,5 @@
 import logging
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -14,13 +13,7 @@ from tests.api_support import (
     tokens_in,
 )
 from tests.conftest import RunningServer, StartServer, free_port
-from tests.smtp import SmtpServer, smtp_server
-
-
-@pytest.fixture
-def mail() -> Iterator[SmtpServer]:
-    with smtp_server() as server:
-        yield server
+from tests.smtp import SmtpServer
 
 
 @pytest.fixture

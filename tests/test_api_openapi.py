@@ -2,7 +2,7 @@
 status is produced by exercising the endpoint."""
 
 import re
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -12,18 +12,12 @@ from yarl import URL
 from tests.api_support import NPM_UPSTREAM, Answer, call
 from tests.conftest import RunningServer, StartServer, free_port
 from tests.oidc_issuer import Issuer, serve_issuer
-from tests.smtp import SmtpServer, smtp_server
+from tests.smtp import SmtpServer
 from tokenapi.http import endpoints
 from tokenapi.oidcconfig import parse_issuers
 from tokenapi.passwords import hash_password_async
 
 PASSWORD = "pw-for-openapi-test"
-
-
-@pytest.fixture
-def mail() -> Iterator[SmtpServer]:
-    with smtp_server() as server:
-        yield server
 
 
 def api_routes(app: web.Application) -> set[tuple[str, str]]:

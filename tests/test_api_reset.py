@@ -3,21 +3,14 @@ timing cannot tell), and is limited per address and per client IP (across worker
 are in the store)."""
 
 import ipaddress
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.api_support import NPM_UPSTREAM, call, code_in
 from tests.conftest import RunningServer, StartServer
-from tests.smtp import SmtpServer, smtp_server
+from tests.smtp import SmtpServer
 from tests.store_support import record_statements
-
-
-@pytest.fixture
-def mail() -> Iterator[SmtpServer]:
-    with smtp_server() as server:
-        yield server
 
 
 async def reset(server: RunningServer, email: str, code: str, ip: str = "") -> Any:

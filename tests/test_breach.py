@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -18,8 +18,8 @@ from yarl import URL
 
 from tests.api_support import call
 from tests.conftest import RunningServer, StartServer
-from tests.smtp import SmtpServer, smtp_server
-from tests.upstreams.npm_registry import NpmRegistry, serve_registry
+from tests.smtp import SmtpServer
+from tests.upstreams.npm_registry import NpmRegistry
 from tokenapi import tokens
 from tokenapi.breach import BreachEntry, BreachNotifier
 from tokenapi.config import TokenApiConfig
@@ -31,18 +31,6 @@ from tokenapi.store import Store
 
 ADVISORY = "MAL-2026-0042"
 SUMMARY = "Malicious code in pkg-plain: steals environment variables on install"
-
-
-@pytest.fixture
-async def registry() -> AsyncIterator[NpmRegistry]:
-    async with serve_registry() as reg:
-        yield reg
-
-
-@pytest.fixture
-def mail() -> Iterator[SmtpServer]:
-    with smtp_server() as server:
-        yield server
 
 
 @pytest.fixture

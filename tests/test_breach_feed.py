@@ -4,29 +4,15 @@ feed directory read by the real blocklist, downloads through pkgate, a real SMTP
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from tests.api_support import call
 from tests.conftest import RunningServer, StartServer, pkgate_cmd, run
-from tests.smtp import SmtpServer, smtp_server
-from tests.upstreams.npm_registry import NpmRegistry, serve_registry
+from tests.smtp import SmtpServer
+from tests.upstreams.npm_registry import NpmRegistry
 from tokenapi.keys import breach_key
-
-
-@pytest.fixture
-async def registry() -> AsyncIterator[NpmRegistry]:
-    async with serve_registry() as reg:
-        yield reg
-
-
-@pytest.fixture
-def mail() -> Iterator[SmtpServer]:
-    with smtp_server() as server:
-        yield server
 
 
 def publish(feed: Path, record_id: str, package: str, versions: list[str]) -> None:

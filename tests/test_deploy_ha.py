@@ -18,7 +18,7 @@ from yarl import URL
 
 from proxy.settings import ENV_PREFIX, FIELDS
 from tests.conftest import free_port, isolated_env, pkgate_cmd, run
-from tests.procs import ServerProcess
+from tests.procs import ServerProcess, running_nginx
 from tests.test_deploy_nginx import NGINX, main_config
 from tests.upstreams.npm_registry import NpmRegistry, serve_registry
 
@@ -117,7 +117,6 @@ async def topology(tmp_path: Path, postgres_url: str) -> AsyncIterator[Topology]
             )
             for name in ("a", "b")
         ]
-        nginx = None
         try:
             for instance in instances:
                 await instance.start()
@@ -127,28 +126,9 @@ async def topology(tmp_path: Path, postgres_url: str) -> AsyncIterator[Topology]
             )
             conf = work / "nginx.conf"
             conf.write_text(main_config(work, site))
-            checked = await run(NGINX, "-t", "-c", conf, "-p", work)
-            assert checked.returncode == 0, checked.output
-            nginx = await asyncio.create_subprocess_exec(
-                NGINX, "-c", str(conf), "-p", str(work), "-g", "daemon off;",
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-            )  # fmt: skip
-            async with asyncio.timeout(20):
-                while True:
-                    try:
-                        _, writer = await asyncio.open_connection("127.0.0.1", listen)
-                    except OSError:
-                        assert nginx.returncode is None, (work / "error.log").read_text()
-                        await asyncio.sleep(0.05)
-                        continue
-                    writer.close()
-                    await writer.wait_closed()
-                    break
-            yield Topology(url, instances, registry, created.stdout.strip())
+            async with running_nginx(NGINX, conf, work, listen):
+                yield Topology(url, instances, registry, created.stdout.strip())
         finally:
-            if nginx is not None and nginx.returncode is None:
-                nginx.terminate()
-                await nginx.wait()
             for instance in instances:  # the list restart() updates
                 if instance.proc is not None and instance.proc.returncode is None:
                     await instance.stop(signal.SIGTERM)

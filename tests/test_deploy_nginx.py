@@ -1,6 +1,5 @@
 """pkgate behind a real nginx built from deploy/nginx.conf, over TLS, with a real npm client."""
 
-import asyncio
 import json
 import shutil
 import ssl
@@ -18,6 +17,7 @@ from proxy.accesslog import AccessLogSink, access_log_class, access_logger
 from proxy.app import create_app
 from proxy.settings import Settings
 from tests.conftest import free_port, free_socket, isolated_env, run
+from tests.procs import running_nginx
 from tests.upstreams.npm_registry import NpmRegistry, serve_registry
 from tokenapi.issue import ensure_user, issue_token
 from tokenapi.keys import store_key
@@ -132,29 +132,12 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         site.write_text(render_site(https_port, http_port, settings.port, cert, key))
         conf = work / "nginx.conf"
         conf.write_text(main_config(work, site))
-        checked = await run(NGINX, "-t", "-c", conf, "-p", work)  # type: ignore[arg-type]
-        assert checked.returncode == 0, checked.output
-        nginx = await asyncio.create_subprocess_exec(
-            NGINX, "-c", str(conf), "-p", str(work), "-g", "daemon off;",  # type: ignore[arg-type]
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
         try:
-            async with asyncio.timeout(20):
-                while True:
-                    try:
-                        _, writer = await asyncio.open_connection("127.0.0.1", https_port)
-                    except OSError:
-                        assert nginx.returncode is None, (work / "error.log").read_text()
-                        await asyncio.sleep(0.05)
-                        continue
-                    writer.close()
-                    await writer.wait_closed()
-                    break
-            yield Stack(URL(f"https://127.0.0.1:{https_port}"), cert, app, log, log_path, registry)
+            async with running_nginx(NGINX, conf, work, https_port):
+                yield Stack(
+                    URL(f"https://127.0.0.1:{https_port}"), cert, app, log, log_path, registry
+                )
         finally:
-            if nginx.returncode is None:
-                nginx.terminate()
-            await nginx.wait()
             await runner.cleanup()
             log.close()
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -19,24 +18,12 @@ from proxy import discover
 from proxy.discover import Found, Missing
 from tests.conftest import isolated_env, pkgate_cmd, run
 from tests.procs import ServerProcess
-from tests.upstreams.npm_registry import NpmRegistry, serve_registry
-from tests.upstreams.pypi_index import PypiIndex, serve_index
+from tests.upstreams.npm_registry import NpmRegistry
+from tests.upstreams.pypi_index import PypiIndex
 
 NPM = shutil.which("npm")
 needs_npm = pytest.mark.skipif(NPM is None, reason="npm is not installed")
 OWN = URL("http://127.0.0.1:8080")
-
-
-@pytest.fixture
-async def registry() -> AsyncIterator[NpmRegistry]:
-    async with serve_registry() as reg:
-        yield reg
-
-
-@pytest.fixture
-async def index() -> AsyncIterator[PypiIndex]:
-    async with serve_index() as idx:
-        yield idx
 
 
 def machine(home: Path, npm_registry: str | None, pip_index: str | None) -> dict[str, str]:

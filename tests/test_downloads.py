@@ -7,7 +7,6 @@ import base64
 import json
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +16,11 @@ import pytest
 from tests.api_support import Answer, call
 from tests.conftest import RunningServer, StartServer, pkgate_cmd, run
 from tests.procs import ServerProcess
-from tests.upstreams.npm_registry import NpmRegistry, serve_registry
+from tests.upstreams.npm_registry import NpmRegistry
 from tokenapi.downloads import DAY, npm_tarball_version, prune, pruning, pypi_file
 from tokenapi.issue import ensure_user, issue_token
 from tokenapi.passwords import hash_password_async
 from tokenapi.store import Store
-
-
-@pytest.fixture
-async def registry() -> AsyncIterator[NpmRegistry]:
-    async with serve_registry() as reg:
-        yield reg
 
 
 @pytest.fixture

@@ -8,13 +8,12 @@ install needed (tarballs and wheels, never metadata or ``.metadata`` files), as 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from tests.api_support import call
-from tests.conftest import RunningServer, StartServer
+from tests.conftest import RunningServer
 from tests.npm.test_npm_clients import CLIENTS, INSTALLED, project
 from tests.pypi.test_pypi_clients import (
     EXPECTED_WHEELS,
@@ -24,33 +23,10 @@ from tests.pypi.test_pypi_clients import (
     poetry_project,
     uv_pip_install,
 )
-from tests.upstreams.npm_registry import NpmRegistry, serve_registry
-from tests.upstreams.pypi_index import PypiIndex, serve_index
+from tests.upstreams.npm_registry import NpmRegistry
+from tests.upstreams.pypi_index import PypiIndex
 
 pytestmark = pytest.mark.clients
-
-
-@pytest.fixture
-async def registry() -> AsyncIterator[NpmRegistry]:
-    async with serve_registry() as reg:
-        yield reg
-
-
-@pytest.fixture
-async def index() -> AsyncIterator[PypiIndex]:
-    async with serve_index() as idx:
-        yield idx
-
-
-@pytest.fixture
-async def server(
-    start_server: StartServer, registry: NpmRegistry, index: PypiIndex
-) -> RunningServer:
-    return await start_server(
-        npm_upstream=str(registry.url) + "/",
-        pypi_upstream=str(index.index_url),
-        pypi_files_upstream=(str(index.files_url) + "/",),
-    )
 
 
 async def history(server: RunningServer, secret: str) -> list[dict[str, str]]:

@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import TOP, free_port, pkgate_cmd, run, serve_app
+from tests.procs import LoggedProcess, serve_args
 from tokenapi.store import Store
 
 pytestmark = pytest.mark.slow
@@ -22,34 +23,19 @@ pytestmark = pytest.mark.slow
 EXIT_DEADLINE = 20.0  # seconds from SIGTERM to exit, generous for a loaded machine
 
 
-class Launched:
+class Launched(LoggedProcess):
     def __init__(self, fault: str, data: Path, upstream: str, *args: str) -> None:
+        super().__init__()
         self.port = free_port()
         self.cmd = [
             sys.executable,
             str(TOP / "tests" / "exit_launcher.py"),
             fault,
-            "serve",
-            "--port",
-            str(self.port),
-            "--data-dir",
-            str(data),
-            "--npm-upstream",
-            upstream,
-            "--access-log",
-            "false",
-            *args,
+            *serve_args(self.port, data, *args, upstream=upstream),
         ]
-        self.lines: list[str] = []
-        self._seen = asyncio.Event()
-        self.proc: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.cmd, cwd=TOP, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-        )
-        self._reader = asyncio.create_task(self._read())
+        await self.spawn(*self.cmd, cwd=TOP)
         await self.wait_for("pkgate listening")
         async with aiohttp.ClientSession() as http, asyncio.timeout(20):
             while True:
@@ -61,21 +47,13 @@ class Launched:
                     pass
                 await asyncio.sleep(0.05)
 
-    async def _read(self) -> None:
-        assert self.proc is not None
-        assert self.proc.stderr is not None
-        async for raw in self.proc.stderr:
-            self.lines.append(raw.decode(errors="replace").rstrip())
-            self._seen.set()
-
     async def wait_for(self, text: str, timeout: float = 20) -> None:
         async with asyncio.timeout(timeout):
             while not any(text in line for line in self.lines):
                 assert self._reader is not None
                 if self._reader.done():
                     raise AssertionError("\n".join(self.lines[-30:]))
-                self._seen.clear()
-                await self._seen.wait()
+                await self.next_line()
 
     async def terminate(self) -> int:
         """SIGTERM, then the exit status; fails if the process is still there after the deadline."""
@@ -92,10 +70,6 @@ class Launched:
         assert self._reader is not None
         await self._reader
         return code
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ and a failed first send takes the whole registration back (503)."""
 import asyncio
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,19 +12,13 @@ from yarl import URL
 
 from tests.api_support import NPM_UPSTREAM, TOKEN_RE, call
 from tests.conftest import StartServer
-from tests.smtp import SmtpServer, smtp_server
+from tests.smtp import SmtpServer
 from tokenapi import mailqueue, tokens
 from tokenapi.config import TokenApiConfig
 from tokenapi.keys import config_key
 from tokenapi.mail import Mailer, welcome_message
 from tokenapi.store import Store, registration
 from tokenapi.store import mailqueue as queue
-
-
-@pytest.fixture
-def mail() -> Iterator[SmtpServer]:
-    with smtp_server() as server:
-        yield server
 
 
 async def crashed_registration(store: Store, config: TokenApiConfig, email: str) -> str:

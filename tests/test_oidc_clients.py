@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tests.api_support import call
-from tests.conftest import RunningServer, StartServer, isolated_env, run
+from tests.conftest import RunningServer, StartServer, isolated_env, run, upstreams
 from tests.npm.test_npm_clients import assert_only_pkgate_reached, project
 from tests.oidc_issuer import RUNNER_TOKEN, Issuer, serve_issuer
 from tests.pypi.test_pypi_clients import (
@@ -19,8 +19,8 @@ from tests.pypi.test_pypi_clients import (
     index_url,
     pip_install,
 )
-from tests.upstreams.npm_registry import NpmRegistry, serve_registry
-from tests.upstreams.pypi_index import PypiIndex, serve_index
+from tests.upstreams.npm_registry import NpmRegistry
+from tests.upstreams.pypi_index import PypiIndex
 from tokenapi.oidcconfig import parse_issuers
 
 pytestmark = pytest.mark.clients
@@ -30,18 +30,6 @@ pytestmark = pytest.mark.clients
 async def issuer() -> AsyncIterator[Issuer]:
     async with serve_issuer() as found:
         yield found
-
-
-@pytest.fixture
-async def registry() -> AsyncIterator[NpmRegistry]:
-    async with serve_registry() as reg:
-        yield reg
-
-
-@pytest.fixture
-async def index() -> AsyncIterator[PypiIndex]:
-    async with serve_index() as idx:
-        yield idx
 
 
 async def ci_server(
@@ -57,12 +45,7 @@ async def ci_server(
         "claims": {"repository": "my-org/*"},
         **entry,
     }
-    return await start_server(
-        npm_upstream=str(registry.url) + "/",
-        pypi_upstream=str(index.index_url),
-        pypi_files_upstream=(str(index.files_url) + "/",),
-        oidc_issuers=parse_issuers([config]),
-    )
+    return await start_server(**upstreams(registry, index), oidc_issuers=parse_issuers([config]))
 
 
 async def minted(server: RunningServer, issuer: Issuer) -> str:

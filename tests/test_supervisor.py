@@ -17,6 +17,7 @@ import pytest
 from yarl import URL
 
 from tests.conftest import free_port, pkgate_cmd, run
+from tests.procs import LoggedProcess, serve_args
 from tests.test_workers import children_of
 from tokenapi.store import Store
 
@@ -25,43 +26,17 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 READY = re.compile(r"worker (\d+) ready \(pid (\d+)\)")
 
 
-class Supervised:
+class Supervised(LoggedProcess):
     """``pkgate serve --workers N`` as a subprocess whose log lines are read as they come."""
 
     def __init__(self, data: Path, *args: str) -> None:
+        super().__init__()
         self.port = free_port()
         self.url = URL(f"http://127.0.0.1:{self.port}")
-        self.args = [
-            "serve",
-            "--port",
-            str(self.port),
-            "--data-dir",
-            str(data),
-            "--npm-upstream",
-            "http://127.0.0.1:9/",
-            "--access-log",
-            "false",
-            *args,
-        ]
-        self.lines: list[str] = []
-        self._new_line = asyncio.Event()
-        self.proc: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self.args = serve_args(self.port, data, *args)
 
     async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            *pkgate_cmd(*self.args),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc is not None
-        assert self.proc.stderr is not None
-        async for raw in self.proc.stderr:
-            self.lines.append(raw.decode(errors="replace").rstrip())
-            self._new_line.set()
+        await self.spawn(*pkgate_cmd(*self.args))
 
     async def wait_for(
         self, pattern: re.Pattern[str], count: int = 1, timeout: float = 30
@@ -79,8 +54,7 @@ class Supervised:
                     and self._reader.done()
                 ):
                     raise AssertionError("\n".join(self.lines[-30:]))
-                self._new_line.clear()
-                await self._new_line.wait()
+                await self.next_line()
 
     async def exit_code(self, timeout: float = 60) -> int:
         assert self.proc is not None
@@ -94,10 +68,6 @@ class Supervised:
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
         return await self.exit_code()
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
 
 
 async def healthy(http: aiohttp.ClientSession, url: URL) -> bool:

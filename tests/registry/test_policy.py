@@ -29,10 +29,10 @@ from proxy.registry.policy import (
     Refusal,
     RefusalKind,
 )
-from tests.conftest import RunningServer, StartServer
+from tests.conftest import RunningServer
 from tests.pypi.conftest import basic
-from tests.upstreams.npm_registry import CORGI, NpmRegistry, serve_registry
-from tests.upstreams.pypi_index import JSON_TYPE, PypiIndex, serve_index
+from tests.upstreams.npm_registry import CORGI, NpmRegistry
+from tests.upstreams.pypi_index import JSON_TYPE, PypiIndex
 from tokenapi.store import Token
 
 WITHHELD = Refusal(RefusalKind.QUARANTINED, "pkg-plain@1.1.0 is withheld", "min_release_age")
@@ -65,29 +65,6 @@ class RecordingPolicy:
         self, token: Token | None, facts: PackageFacts, decision: Decision, version: str | None
     ) -> None:
         self.applied_to.append((token.id if token else None, facts.name, version))
-
-
-@pytest.fixture
-async def registry() -> AsyncIterator[NpmRegistry]:
-    async with serve_registry() as reg:
-        yield reg
-
-
-@pytest.fixture
-async def index() -> AsyncIterator[PypiIndex]:
-    async with serve_index() as idx:
-        yield idx
-
-
-@pytest.fixture
-async def server(
-    start_server: StartServer, registry: NpmRegistry, index: PypiIndex
-) -> RunningServer:
-    return await start_server(
-        npm_upstream=str(registry.url) + "/",
-        pypi_upstream=str(index.index_url),
-        pypi_files_upstream=(str(index.files_url) + "/",),
-    )
 
 
 @pytest.fixture

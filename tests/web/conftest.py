@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, async_playwright
 
-from tests.conftest import TOP, RunningServer, StartServer
-from tests.smtp import SmtpServer, smtp_server
-from tests.upstreams.npm_registry import NpmRegistry, serve_registry
-from tests.upstreams.pypi_index import PypiIndex, serve_index
+from tests.conftest import TOP, RunningServer, StartServer, upstreams
+from tests.smtp import SmtpServer
+from tests.upstreams.npm_registry import NpmRegistry
+from tests.upstreams.pypi_index import PypiIndex
 from tokenapi.passwords import hash_password_async
 from tokenapi.store import User
 
@@ -110,33 +110,22 @@ class Site:
 
 
 @pytest.fixture
-def mail() -> Iterator[SmtpServer]:
-    with smtp_server() as server:
-        yield server
+def npm_upstream(registry: NpmRegistry) -> NpmRegistry:
+    """The shared fake npm registry (tests/conftest.py), under the name the web tests use."""
+    return registry
 
 
 @pytest.fixture
-async def npm_upstream() -> AsyncIterator[NpmRegistry]:
-    async with serve_registry() as registry:
-        yield registry
-
-
-@pytest.fixture
-async def pypi_upstream() -> AsyncIterator[PypiIndex]:
-    async with serve_index() as index:
-        yield index
+def pypi_upstream(index: PypiIndex) -> PypiIndex:
+    """The shared fake PyPI index (tests/conftest.py), under the name the web tests use."""
+    return index
 
 
 @pytest.fixture
 async def site(
     start_server: StartServer, mail: SmtpServer, npm_upstream: NpmRegistry, pypi_upstream: PypiIndex
 ) -> Site:
-    server = await start_server(
-        npm_upstream=str(npm_upstream.url) + "/",
-        pypi_upstream=str(pypi_upstream.index_url),
-        pypi_files_upstream=(str(pypi_upstream.files_url) + "/",),
-        smtp_url=mail.url,
-    )
+    server = await start_server(**upstreams(npm_upstream, pypi_upstream), smtp_url=mail.url)
     return Site(server, mail, npm_upstream, pypi_upstream)
 
 
