@@ -14,7 +14,7 @@ import pytest
 from tests.api_support import NPM_UPSTREAM, PYPI_UPSTREAM, call, code_in, tokens_in
 from tests.conftest import RunningServer, StartServer, pkgate_cmd, run
 from tests.pg import PostgresServer
-from tests.smtp import SmtpServer, smtp_server
+from tests.smtp import SmtpServer
 from tests.upstreams.npm_registry import serve_registry
 from tokenapi import tokens
 from tokenapi.passwords import hash_password_async
@@ -23,12 +23,6 @@ from tokenapi.store.base import DownloadQuery
 from tokenapi.store.postgres import PostgresStore
 
 PASSWORD = "correct horse battery staple"
-
-
-@pytest.fixture
-def mail():  # type: ignore[no-untyped-def]
-    with smtp_server() as server:
-        yield server
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import pytest
 from proxy.cli import _while_busy
 from tests.api_support import TOKEN_RE, code_in
 from tests.conftest import free_port, pkgate_cmd, run
-from tests.smtp import SmtpServer, smtp_server
+from tests.smtp import SmtpServer
 from tests.test_workers import Connection, children_of, owner_of, server_socket_inode
 from tokenapi.issue import ensure_user, issue_token
 from tokenapi.store import Store
@@ -57,12 +57,6 @@ class Workers:
     data: Path
     port: int
     pinned: list[Pinned]  # one connection per worker
-
-
-@pytest.fixture
-def mail() -> Iterator[SmtpServer]:
-    with smtp_server() as server:
-        yield server
 
 
 @pytest.fixture
