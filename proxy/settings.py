@@ -484,7 +484,15 @@ FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 # harness (tests/run.sh, CI) and deploy/ (the compose files' database password).
 OTHER_ENV = frozenset(
     ENV_PREFIX + name
-    for name in ("CONFIG", "TOOLS", "REQUIRE_POSTGRES", "CHROMIUM", "LOAD_SECONDS", "DB_PASSWORD")
+    for name in (
+        "CONFIG",
+        "TOOLS",
+        "REQUIRE_TOOLS",
+        "REQUIRE_POSTGRES",
+        "CHROMIUM",
+        "LOAD_SECONDS",
+        "DB_PASSWORD",
+    )
 )
 
 

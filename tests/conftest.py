@@ -20,6 +20,7 @@ from proxy.app import create_app
 from proxy.server import SafeAppRunner
 from proxy.settings import Settings
 from tests import pg
+from tests.requires import require
 from tokenapi.issue import ensure_user, issue_token
 from tokenapi.keys import config_key, recorder_key, store_key, validator_key
 from tokenapi.lastused import UsageRecorder
@@ -185,14 +186,11 @@ async def serve_app(app: web.Application) -> tuple[web.AppRunner, URL]:
 def postgres() -> Iterator[pg.PostgresServer]:
     """One throwaway PostgreSQL server for the session (see tests/pg.py).
 
-    Skipped when PostgreSQL is not installed, except under tests/run.sh or CI, where it fails.
+    Skipped when PostgreSQL is not installed, except under tests/run.sh or CI (tests/requires.py).
     """
     server = pg.start_server()
-    if server is None:
-        message = "PostgreSQL is not installed (tests/run.sh installs it)"
-        if pg.required():
-            pytest.fail(message)
-        pytest.skip(message)
+    require(server, "PostgreSQL")
+    assert server is not None
     yield server
     server.destroy()
 

@@ -20,13 +20,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-# Set by tests/run.sh (and by CI): a missing PostgreSQL fails the tests instead of skipping them.
-REQUIRE_ENV = "PKGATE_REQUIRE_POSTGRES"
 USER = "pkgate"
-
-
-def required() -> bool:
-    return bool(os.environ.get(REQUIRE_ENV) or os.environ.get("CI"))
 
 
 def bindir() -> Path | None:

@@ -12,56 +12,39 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 PYTHON=.venv/bin/python bash tests/tools/install.sh
 
-# System tools the deploy/ tests use: nginx (TLS reverse-proxy test) and systemd-analyze.
+# System packages the tests drive, from the distribution (CI runs this as root on Debian):
+#   nginx-light      the TLS reverse-proxy and two-instance deploy tests
+#   systemd          systemd-analyze verify of deploy/pkgate.service
+#   postgresql       the store tests on PostgreSQL (SPEC 17); tests/pg.py starts a throwaway
+#                    cluster as an unprivileged user
+#   chromium         the web page tests (never a browser a test tool downloads)
+#   jq, curl         the README's CI jobs, run by tests/test_oidc_clients.py
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    # A failed install is not fatal: the deploy checks that need the tool say they were skipped.
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
-      || echo "tests/run.sh: could not install ${missing[*]}; their deploy checks will be skipped" >&2
-  else
-    echo "tests/run.sh: cannot install ${missing[*]} (not root or no apt-get); their deploy checks will be skipped" >&2
-  fi
-fi
-
-# PostgreSQL for the store tests (SPEC §17): the distribution's server package; the tests start a
-# throwaway cluster themselves (tests/pg.py) as an unprivileged user. Under run.sh they never skip.
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get -o DPkg::Lock::Timeout=300 update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
-      --no-install-recommends postgresql
-  else
-    echo "tests/run.sh: PostgreSQL is missing and cannot be installed (not root or no apt-get)" >&2
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 \
+  || missing+=(postgresql)
+command -v jq >/dev/null 2>&1 || missing+=(jq)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+browser=()  # Chromium with its recommended packages (fonts)
+[ -x /usr/bin/chromium ] || browser+=(chromium)
+if [ ${#missing[@]} -gt 0 ] || [ ${#browser[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "tests/run.sh: ${missing[*]} ${browser[*]} missing and cannot be installed" \
+      "(not root or no apt-get)" >&2
     exit 1
   fi
-fi
-export PKGATE_REQUIRE_POSTGRES=1
-
-# The web page tests drive the distribution's Chromium (never a browser a test tool downloads).
-if ! [ -x /usr/bin/chromium ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get -o DPkg::Lock::Timeout=300 update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq chromium
-  else
-    echo "tests/run.sh: Chromium is missing and cannot be installed (not root or no apt-get)" >&2
-    exit 1
+  apt=(apt-get -o DPkg::Lock::Timeout=300 -y -qq)
+  "${apt[@]}" update
+  if [ ${#missing[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" install --no-install-recommends "${missing[@]}"
+  fi
+  if [ ${#browser[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" install "${browser[@]}"
   fi
 fi
-
-# The README's CI jobs (GitHub Actions, GitLab CI) are run by tests/test_oidc_clients.py: curl, jq.
-if ! command -v jq >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get -o DPkg::Lock::Timeout=300 update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
-      --no-install-recommends jq curl
-  else
-    echo "tests/run.sh: jq or curl is missing and cannot be installed (not root or no apt-get)" >&2
-    exit 1
-  fi
-fi
+# Under run.sh no test skips for a missing tool: it fails instead (tests/requires.py).
+export PKGATE_REQUIRE_TOOLS=1
 
 .venv/bin/ruff check .
 .venv/bin/mypy

@@ -4,10 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from proxy.settings import ENV_PREFIX, FIELDS, Settings
+from tests.requires import require
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 HADOLINT = Path(sys.executable).parent / "hadolint"
@@ -71,8 +71,8 @@ def test_deploy_systemd__unit_is_hardened() -> None:
 
 def test_deploy_systemd__passes_systemd_analyze_verify(tmp_path: Path) -> None:
     tool = shutil.which("systemd-analyze")
-    if tool is None:
-        pytest.skip("systemd-analyze is not installed (tests/run.sh installs it as root)")
+    require(tool, "systemd-analyze")
+    assert tool is not None
     pkgate = Path(sys.executable).parent / "pkgate"
     unit = tmp_path / "pkgate.service"
     # verify insists that ExecStart's program exists: point it at this checkout's install.

@@ -19,6 +19,7 @@ from yarl import URL
 from proxy.settings import ENV_PREFIX, FIELDS
 from tests.conftest import free_port, isolated_env, pkgate_cmd, run
 from tests.procs import ServerProcess, running_nginx
+from tests.requires import require
 from tests.test_deploy_nginx import NGINX, main_config
 from tests.upstreams.npm_registry import NpmRegistry, serve_registry
 
@@ -82,8 +83,7 @@ class Topology:
 
 @pytest.fixture
 async def topology(tmp_path: Path, postgres_url: str) -> AsyncIterator[Topology]:
-    if NGINX is None:
-        pytest.skip("nginx is not installed (tests/run.sh installs nginx-light as root)")
+    require(NGINX, "nginx")
     work = tmp_path / "nginx"
     work.mkdir()
     listen = free_port()

@@ -18,6 +18,7 @@ from proxy.app import create_app
 from proxy.settings import Settings
 from tests.conftest import free_port, free_socket, isolated_env, run
 from tests.procs import running_nginx
+from tests.requires import require
 from tests.upstreams.npm_registry import NpmRegistry, serve_registry
 from tokenapi.issue import ensure_user, issue_token
 from tokenapi.keys import store_key
@@ -27,9 +28,10 @@ NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").e
 # Clients reach nginx from this loopback address, nginx reaches pkgate from 127.0.0.1.
 CLIENT_ADDRESS = "127.0.0.5"
 
-pytestmark = pytest.mark.skipif(
-    NGINX is None, reason="nginx is not installed (tests/run.sh installs nginx-light as root)"
-)
+
+@pytest.fixture(autouse=True)
+def _needs_nginx() -> None:
+    require(NGINX, "nginx")
 
 
 def render_site(https_port: int, http_port: int, pkgate_port: int, cert: Path, key: Path) -> str:

@@ -18,12 +18,17 @@ from proxy import discover
 from proxy.discover import Found, Missing
 from tests.conftest import isolated_env, pkgate_cmd, run
 from tests.procs import ServerProcess
+from tests.requires import require
 from tests.upstreams.npm_registry import NpmRegistry
 from tests.upstreams.pypi_index import PypiIndex
 
 NPM = shutil.which("npm")
-needs_npm = pytest.mark.skipif(NPM is None, reason="npm is not installed")
 OWN = URL("http://127.0.0.1:8080")
+
+
+@pytest.fixture
+def needs_npm() -> None:
+    require(NPM, "npm")
 
 
 def machine(home: Path, npm_registry: str | None, pip_index: str | None) -> dict[str, str]:
@@ -38,7 +43,7 @@ def machine(home: Path, npm_registry: str | None, pip_index: str | None) -> dict
     return env
 
 
-@needs_npm
+@pytest.mark.usefixtures("needs_npm")
 @pytest.mark.parametrize("workers", ["1", "2"])
 async def test_serve__discovers_both_upstreams_and_serves_them(
     tmp_path: Path, registry: NpmRegistry, index: PypiIndex, workers: str
@@ -89,7 +94,7 @@ async def test_serve__discovers_both_upstreams_and_serves_them(
     assert index.requests
 
 
-@needs_npm
+@pytest.mark.usefixtures("needs_npm")
 async def test_serve__an_explicit_upstream_wins_and_nothing_is_discovered(
     tmp_path: Path, registry: NpmRegistry, index: PypiIndex
 ) -> None:
@@ -109,7 +114,7 @@ async def test_serve__an_explicit_upstream_wins_and_nothing_is_discovered(
     assert not registry.requests
 
 
-@needs_npm
+@pytest.mark.usefixtures("needs_npm")
 async def test_serve__no_discover_refuses_with_one_line(tmp_path: Path) -> None:
     env = machine(tmp_path / "home", "http://127.0.0.1:9/", "http://127.0.0.1:9/simple/")
     result = await run(*pkgate_cmd("serve", "--no-discover", "--data-dir", str(tmp_path)), env=env)
@@ -134,14 +139,14 @@ def test_fill_upstreams__nothing_found_is_one_line_saying_why(
     assert "npm_upstream" in message
 
 
-@needs_npm
+@pytest.mark.usefixtures("needs_npm")
 def test_npm_registry__from_npm_config(tmp_path: Path) -> None:
     env = machine(tmp_path, "http://127.0.0.1:4873/npm", None)
     found = discover.npm_registry(env, OWN)
     assert found == Found("http://127.0.0.1:4873/npm/", f"`npm config get registry` ({NPM})")
 
 
-@needs_npm
+@pytest.mark.usefixtures("needs_npm")
 @pytest.mark.parametrize(
     ("configured", "why"),
     [
