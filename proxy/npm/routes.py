@@ -56,6 +56,7 @@ from ..registry.upstream import Upstream, UpstreamError, raise_for_upstream_stat
 from ..settings import Settings
 from . import rewrite as npmrewrite
 from .login import login_middleware
+from .notice import NOTICE_CACHE_CONTROL, NOTICE_HEADER, withheld_notice
 from .rewrite import BadPath, PackagePath, Published
 
 log = logging.getLogger(__name__)
@@ -142,11 +143,24 @@ class PackumentEntry(MetaEntry):
             content_type=self.content_type,
             etag=body_etag(body),
             validators=self.validators,
-            headers=self.headers,
+            headers=with_notice(self.headers, decision),
             files={f: p for f, p in self.files.items() if p.version not in decision.removed},
         )
         variant.measure()
         return variant
+
+
+def with_notice(headers: Mapping[str, str], decision: Decision) -> Mapping[str, str]:
+    """``headers`` plus the ``npm-notice`` naming what ``decision`` withholds (``.notice``).
+
+    npm prints the notice only for answers it does not store in its cache (make-fetch-happen
+    marks every stored 200 ``x-local-cache``, which npm-registry-fetch skips), so such a variant
+    is ``no-store``: npm asks again each time (the body then comes from pkgate's memory).
+    """
+    notice = withheld_notice(decision.removed)
+    if notice is None:
+        return headers
+    return {**headers, hdrs.CACHE_CONTROL: NOTICE_CACHE_CONTROL, NOTICE_HEADER: notice}
 
 
 def npm_config(settings: Settings, base: URL) -> NpmConfig:

@@ -5,7 +5,8 @@ What each client prints when pkgate refuses a version (checked below):
   JSON ``error``, yarn and pnpm print the status line's reason phrase (pkgate puts the message
   there too), bun prints only the status code;
 - ``package.json`` pins it: the version is not in the packument, so every client reports that no
-  such version exists (the packument cannot say why for one version without listing it).
+  such version exists; npm also prints the packument's ``npm-notice`` header (``npm notice pkgate
+  withheld pkg-sc@1.1.0 is blocked: ... (MAL-...)``), the others show no reason.
 """
 
 from __future__ import annotations
@@ -117,4 +118,20 @@ async def test_a_blocked_version_pinned_in_package_json_is_not_found(
     result = await proj.install(client)
     assert result.returncode != 0, result.output
     assert NO_SUCH_VERSION[client] in result.output, result.output
+    assert policed.registry.tarball_requests() == []
+
+
+async def test_npm_install_of_a_blocked_version_names_the_advisory(
+    tmp_path: Path, tools: Path, policed: Policed
+) -> None:
+    """``npm install pkg-sc@1.1.0``: npm prints the packument's ``npm-notice`` with the reason."""
+    proj = project(tmp_path, tools, policed)
+    proj.configure("npm", await policed.server.token())
+    write_deps(proj, {})
+    for _ in range(2):  # the second time npm has a cache: the answer was not stored in it
+        result = await proj.run("npm", "install", "--no-audit", "pkg-sc@1.1.0")
+        assert result.returncode != 0, result.output
+        assert NO_SUCH_VERSION["npm"] in result.output, result.output
+        assert f"npm notice pkgate withheld {MESSAGE}" in result.output, result.output
+        assert BLOCKED_ID in result.output
     assert policed.registry.tarball_requests() == []

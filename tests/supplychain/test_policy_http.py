@@ -8,6 +8,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from proxy.npm.notice import MAX_NOTICE, withheld_notice
+from proxy.registry.policy import Refusal, RefusalKind
 from proxy.supplychain.service import supplychain_key
 
 from .conftest import BLOCKED_ID, BLOCKED_REASON, PYPI_BLOCKED_ID, Policed, feed_records
@@ -136,3 +138,47 @@ async def test_a_feed_change_reaches_cached_metadata_at_the_next_refresh(
         metrics
     )
     assert "pkgate_blocklist_malformed_records 1.0" in metrics
+
+
+async def test_npm_packuments_name_what_was_withheld_in_npm_notice(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Both forms carry one ASCII ``npm-notice`` line naming each withheld version and why; the
+    version document and an untouched packument carry none."""
+    for accept in (CORGI, "application/json"):
+        for _ in range(2):  # the second answer is the memoised variant: the same header
+            async with http.get("/npm/pkg-sc", headers={"Accept": accept}) as resp:
+                assert resp.status == 200
+                notice = resp.headers["npm-notice"]
+                assert resp.headers["Cache-Control"] == "private, no-store"
+            assert notice.startswith("pkgate withheld "), notice
+            assert f"pkg-sc@1.1.0 is blocked: {BLOCKED_REASON} ({BLOCKED_ID})" in notice
+            assert "; pkg-sc@1.2.0 is withheld until " in notice
+            assert notice.isascii()
+            assert len(notice) <= MAX_NOTICE
+    async with http.get("/npm/pkg-sc/1.0.0") as resp:
+        assert resp.status == 200
+        assert "npm-notice" not in resp.headers
+    async with http.get("/npm/pkg-app", headers={"Accept": CORGI}) as resp:
+        assert resp.status == 200
+        assert "npm-notice" not in resp.headers
+        assert resp.headers["Cache-Control"] == "private, max-age=300"
+
+
+def test_the_notice_is_printable_ascii_and_bounded() -> None:
+    refusals = {
+        f"1.{i}.0": Refusal(
+            RefusalKind.BLOCKED, f"x@1.{i}.0 is blocked: \u00e9vil\r\nSet: 1 (MAL-{i})"
+        )
+        for i in range(50)
+    }
+    notice = withheld_notice(refusals)
+    assert notice is not None
+    assert len(notice) <= MAX_NOTICE
+    assert notice.startswith("pkgate withheld x@1.0.0 is blocked: ?vil??Set: 1 (MAL-0); ")
+    assert all(" " <= c <= "~" for c in notice)
+    shown = notice.count("is blocked")
+    assert notice.endswith(f"; and {50 - shown} more")
+    assert withheld_notice({}) is None
+    one = {"1.0.0": Refusal(RefusalKind.BLOCKED, "y" * 1000)}
+    assert withheld_notice(one) == "pkgate withheld 1 versions"
