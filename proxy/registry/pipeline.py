@@ -253,7 +253,13 @@ async def decided(
     if decision.refusal is not None:
         raise PolicyRefused(decision.refusal)
     cache = registry.metadata
-    variant_key = (key[0], key[1], f"{key[2]} policy {policy.generation} {entry.etag}")
+    # Within one generation a decision changes only when time ends a quarantine, and then its
+    # valid_until moves: it is part of the key, so an ended quarantine never serves its old variant.
+    variant_key = (
+        key[0],
+        key[1],
+        f"{key[2]} policy {policy.generation} {decision.valid_until} {entry.etag}",
+    )
     variant = cache.peek(variant_key)
     if variant is None:
         if entry.length > OFF_LOOP_BYTES:

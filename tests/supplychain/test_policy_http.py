@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -69,6 +70,25 @@ async def test_npm_packuments_lose_blocked_and_young_versions(
     # Nothing withheld was ever fetched from the upstream.
     fetched = [r.path for r in policed.registry.tarball_requests()]
     assert fetched == ["/pkg-sc/-/pkg-sc-1.0.0.tgz"], fetched
+
+
+async def test_a_quarantine_that_ends_shows_the_version_on_the_next_request(
+    policed: Policed, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for accept in (CORGI, "application/json"):
+        doc = await get_json(http, "/npm/pkg-sc", Accept=accept)
+        assert sorted(doc["versions"]) == ["1.0.0"], accept
+    # pkg-sc 1.2.0 was published a day ago under a 3d minimum age: two days and a bit later it
+    # is old enough, while 1.1.0 stays blocked (so a policy variant is still served).
+    later = time.time() + 2 * 86400 + 60
+    policed.server.app[supplychain_key].engine.clock = lambda: later
+    monkeypatch.setattr(time, "time", lambda: later)
+    for accept in (CORGI, "application/json"):
+        doc = await get_json(http, "/npm/pkg-sc", Accept=accept)
+        assert sorted(doc["versions"]) == ["1.0.0", "1.2.0"], accept
+        assert doc["dist-tags"] == {"latest": "1.2.0"}
+    async with http.get("/npm/pkg-sc/-/pkg-sc-1.2.0.tgz") as resp:
+        assert resp.status == 200
 
 
 async def test_pypi_pages_lose_withheld_files(
