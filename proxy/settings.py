@@ -289,7 +289,7 @@ class Settings:
     host: str = setting("127.0.0.1", _str, "listen address")
     port: int = setting(8080, _port, "listen port")
     public_url: str | None = setting(
-        None, _public_url, "origin (and optional path) clients use; default http://HOST:PORT"
+        None, _public_url, "origin (and optional path) clients use; default: http on host and port"
     )
     data_dir: Path = setting(Path("pkgate-data"), lambda v: Path(_str(v)), "data directory")
     database_url: str | None = setting(

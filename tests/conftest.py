@@ -314,3 +314,9 @@ __all__ = [
     "run",
     "serve_app",
 ]
+
+
+@pytest.fixture
+def needs_linux() -> None:
+    """Tests that read /proc: skipped elsewhere, a failure under tests/run.sh and CI."""
+    require(sys.platform.startswith("linux"), "Linux (/proc)")

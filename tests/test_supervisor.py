@@ -8,7 +8,6 @@ import asyncio
 import os
 import re
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from tests.procs import LoggedProcess, serve_args
 from tests.test_workers import children_of
 from tokenapi.store import Store
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+pytestmark = pytest.mark.usefixtures("needs_linux")
 
 READY = re.compile(r"worker (\d+) ready \(pid (\d+)\)")
 

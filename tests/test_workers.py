@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 
 from tests.conftest import free_port, pkgate_cmd, run
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+pytestmark = pytest.mark.usefixtures("needs_linux")
 
 REVOCATION_DEADLINE = 1.0  # SPEC 3.4: other processes see a revocation within one second
 MAX_CONNECTIONS = 200

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from tests.test_workers import Connection, children_of, owner_of, server_socket_
 from tokenapi.issue import ensure_user, issue_token
 from tokenapi.store import Store
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+pytestmark = pytest.mark.usefixtures("needs_linux")
 
 
 class Pinned(Connection):

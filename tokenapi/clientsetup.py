@@ -41,7 +41,7 @@ def npmrc_auth_key(public_url: URL) -> str:
 
 
 def pypi_url_with_token(public_url: URL, secret: str) -> str:
-    """``https://token:<secret>@host/.../pypi/simple/`` (secrets are base62: nothing to escape)."""
+    """``<P>/pypi/simple/`` with ``token:<secret>@`` before its host (base62: nothing to escape)."""
     scheme, _, rest = pypi_url(public_url).partition("://")
     return f"{scheme}://token:{secret}@{rest}"
 
