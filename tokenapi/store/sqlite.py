@@ -67,6 +67,31 @@ class SqliteTx(Tx):
         await self._db.executemany(sql, [tuple(r) for r in rows])
 
 
+async def _enter_wal(db: aiosqlite.Connection) -> None:
+    """Switch the file to WAL, waiting out other processes that hold it as they open it too.
+
+    Changing the journal mode needs the file to itself and SQLite answers "database is locked"
+    at once, without calling the busy handler, so the wait is ours: short, growing pauses up to
+    the same ``BUSY_TIMEOUT_MS`` every other statement gets.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        try:
+            async with db.execute("PRAGMA journal_mode = WAL") as cur:
+                row = await cur.fetchone()
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or loop.time() + pause > deadline:
+                raise
+            await asyncio.sleep(pause)  # a lock held by another process cannot be awaited
+            pause = min(pause * 2, 0.1)
+            continue
+        if row is None or str(row[0]).lower() != "wal":
+            raise sqlite3.OperationalError(f"journal mode stays {row[0] if row else 'unknown'}")
+        return
+
+
 async def _close_all(conns: Iterable[aiosqlite.Connection]) -> None:
     """Close every connection even if one close fails or is cancelled: each one's thread is
     non-daemon, so a connection left open keeps the process from exiting."""
@@ -106,7 +131,7 @@ class SqliteStore(Store):
                 await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
                 await conn.execute("PRAGMA foreign_keys = ON")
             db, reader = opened
-            await db.execute("PRAGMA journal_mode = WAL")
+            await _enter_wal(db)
             await db.execute("PRAGMA synchronous = FULL")
             # A queued mail holds its token until sent; a deleted row is overwritten with zeros.
             await db.execute("PRAGMA secure_delete = ON")
