@@ -19,6 +19,7 @@ from .npm import routes as npm
 from .ops import setup_ops
 from .pypi import routes as simple
 from .ratelimit import setup_registry_limits
+from .registry import decode
 from .registry.artifacts import ArtifactCache
 from .registry.metacache import MetadataCache
 from .registry.pipeline import Registry, registry_key
@@ -117,6 +118,7 @@ def create_app(settings: Settings) -> web.Application:
     """Build the whole server for ``settings``; nothing is opened until the app starts."""
     # This order matters: metrics outermost so they count the final status of every answer,
     # including the JSON errors the error middleware makes from failures below it.
+    decode.return_large_buffers()
     app = web.Application(
         middlewares=[metrics_middleware, error_middleware], client_max_size=CLIENT_MAX_SIZE
     )

@@ -16,6 +16,9 @@ decoded buffer alive.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import sys
 import threading
 import zlib
 from collections.abc import Iterator
@@ -38,6 +41,35 @@ GZIP_MAGIC: Final = b"\x1f\x8b"
 ON_LOOP_MAX: Final = 64 * 1024
 # ... as long as they decode to no more than this.
 ON_LOOP_DECODED_MAX: Final = 1024 * 1024
+
+
+# glibc's mallopt parameter: allocations at least this large are mapped (and unmapped) on their own.
+M_MMAP_THRESHOLD: Final = -3
+MMAP_THRESHOLD: Final = STEP
+
+
+def return_large_buffers() -> bool:
+    """Make glibc give every buffer of a decoding step or more back to the system when freed.
+
+    By default glibc raises its mmap threshold each time a large block is freed (up to 32 MiB),
+    after which the multi-megabyte buffers of a decoding (its steps, a growing body) come from the
+    heap arenas of the worker threads, where freed memory stays resident and fragments: after a
+    burst of large bodies the process keeps hundreds of megabytes it no longer uses.  A fixed
+    threshold keeps what the budget counts close to what the process holds.  Returns whether the
+    C library took the setting (only glibc has it; elsewhere nothing changes).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
 
 
 class Budget:
