@@ -1,7 +1,8 @@
 """Authentication of registry routes: every request carries a valid token (or anonymous is allowed).
 
-A middleware per registry sub-application: it reads Bearer or Basic credentials, resolves them
-through the validation cache, records the use in memory and stores the token on the request.
+An ``Authenticator`` per registry sub-application, run by its gate (``proxy.gate``): it reads
+Bearer or Basic credentials, resolves them through the validation cache, records the use in
+memory and stores the token on the request.
 Failures are 401 with the ecosystem's challenge and a JSON error naming the reason (invalid or
 revoked, "token expired", "token not valid for <ecosystem>"); the secret is never echoed.
 """
@@ -9,17 +10,17 @@ revoked, "token expired", "token not valid for <ecosystem>"); the secret is neve
 from __future__ import annotations
 
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Middleware
 from cachetools import TTLCache
 
 from tokenapi import tokens
 from tokenapi.credentials import MalformedCredentials, secret_from_header
 from tokenapi.errors import StoreUnavailable
 from tokenapi.keys import REQUEST_TOKEN, recorder_key, store_key, validator_key
+from tokenapi.lastused import UsageRecorder
 from tokenapi.store import Token
-from tokenapi.validation import EXPIRED, INVALID, out_of_scope
+from tokenapi.validation import EXPIRED, INVALID, TokenValidator, out_of_scope
 
-from .errors import Handler, json_error
+from .errors import json_error
 from .keys import REQUEST_AUTH_FAILURE, REQUEST_ECOSYSTEM, REQUEST_PRESENTED, settings_key
 from .metrics import metrics_key
 
@@ -31,76 +32,86 @@ def unauthorized(message: str, challenge: str) -> web.Response:
     return json_error(401, message, headers={hdrs.WWW_AUTHENTICATE: challenge})
 
 
-def registry_auth_middleware(ecosystem: str, challenge: str, root: web.Application) -> Middleware:
-    """The middleware that guards one registry's routes; shared state is read from ``root``."""
+class Authenticator:
+    """The authentication of one registry mount; shared state is read from ``root``."""
 
-    # Failure path only: remembers which rejected digests were revoked (rather than unknown), so
-    # a client retrying a dead token costs one store query per minute, not one per request.
-    revoked_seen: TTLCache[str, bool] = TTLCache(maxsize=4096, ttl=60.0)
+    __slots__ = ("_recorder", "_revoked_seen", "_root", "_validator", "challenge", "ecosystem")
 
-    async def failure_outcome(request: web.Request, secret: str) -> str:
-        if not tokens.is_well_formed(secret):
-            return "invalid"
-        digest = tokens.digest(secret)
-        revoked = revoked_seen.get(digest)
-        if revoked is None:
-            try:
-                revoked = await root[store_key].digest_revoked(digest)
-            except StoreUnavailable:
-                return "invalid"
-            revoked_seen[digest] = revoked
-        return "revoked" if revoked else "invalid"
+    def __init__(self, ecosystem: str, challenge: str, root: web.Application) -> None:
+        self.ecosystem = ecosystem
+        self.challenge = challenge
+        self._root = root
+        # Failure path only: remembers which rejected digests were revoked (rather than unknown),
+        # so a client retrying a dead token costs one store query per minute, not one per request.
+        self._revoked_seen: TTLCache[str, bool] = TTLCache(maxsize=4096, ttl=60.0)
+        # Read from the root at the first request (they exist once the app has started).
+        self._validator: TokenValidator | None = None
+        self._recorder: UsageRecorder | None = None
 
-    def count(request: web.Request, outcome: str) -> None:
-        metrics = root.get(metrics_key)
-        if metrics is not None:
-            metrics.auth_outcome(ecosystem, outcome)
-
-    @web.middleware
-    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def __call__(self, request: web.Request) -> web.Response | None:
+        """None when the request may go on (its token, if any, on ``REQUEST_TOKEN``), else the
+        401 to answer (the reason on ``REQUEST_AUTH_FAILURE``)."""
+        ecosystem = self.ecosystem
         request[REQUEST_ECOSYSTEM] = ecosystem
         presented = request.get(REQUEST_PRESENTED)
         if presented is not None and presented.cached is not None:
-            # The rate limiter resolved it from the cache with no await since: no work twice.
+            # The throttle resolved it from the cache with no await since: no work twice.
             secret: str | None = presented.secret
             token: Token | None = presented.cached
         else:
             try:
                 secret = secret_from_header(request.headers.get(hdrs.AUTHORIZATION))
             except MalformedCredentials as exc:
-                request[REQUEST_AUTH_FAILURE] = "invalid"
-                count(request, "invalid")
-                return unauthorized(str(exc), challenge)
+                return self._refuse(request, "invalid", str(exc))
             token = None
 
         if secret is None:
-            count(request, "missing")
-            if root[settings_key].anonymous == "allow":
-                return await handler(request)
-            return unauthorized("Authentication required: send your pkgate token", challenge)
+            self._count("missing")
+            if self._root[settings_key].anonymous == "allow":
+                return None
+            return unauthorized("Authentication required: send your pkgate token", self.challenge)
         if token is None:
-            checked = await root[validator_key].check(secret, ecosystem)
+            validator = self._validator or self._started()[0]
+            checked = await validator.check(secret, ecosystem)
             if checked == INVALID:
-                outcome = await failure_outcome(request, secret)
-                request[REQUEST_AUTH_FAILURE] = outcome
-                count(request, outcome)
-                return unauthorized(INVALID, challenge)
+                return self._refuse(request, await self._failure_outcome(secret), INVALID)
             if isinstance(checked, str):
                 # A token pkgate issued, expired or used out of scope: not a guess.
                 outcome = "expired" if checked == EXPIRED else "out_of_scope"
-                request[REQUEST_AUTH_FAILURE] = outcome
-                count(request, outcome)
-                return unauthorized(checked, challenge)
+                return self._refuse(request, outcome, checked)
             token = checked
         elif ecosystem not in token.scopes:
-            request[REQUEST_AUTH_FAILURE] = "out_of_scope"
-            count(request, "out_of_scope")
-            return unauthorized(out_of_scope(ecosystem), challenge)
-        metrics = root.get(metrics_key)
-        if metrics is not None:
-            metrics.auth_outcome(ecosystem, "ok")
-        root[recorder_key].record(token.id, ecosystem)
+            return self._refuse(request, "out_of_scope", out_of_scope(ecosystem))
+        self._count("ok")
+        (self._recorder or self._started()[1]).record(token.id, ecosystem)
         request[REQUEST_TOKEN] = token
-        return await handler(request)
+        return None
 
-    return authenticate
+    def _started(self) -> tuple[TokenValidator, UsageRecorder]:
+        root = self._root
+        self._validator = root[validator_key]
+        self._recorder = root[recorder_key]
+        return self._validator, self._recorder
+
+    def _refuse(self, request: web.Request, outcome: str, message: str) -> web.Response:
+        request[REQUEST_AUTH_FAILURE] = outcome
+        self._count(outcome)
+        return unauthorized(message, self.challenge)
+
+    def _count(self, outcome: str) -> None:
+        metrics = self._root.get(metrics_key)
+        if metrics is not None:
+            metrics.auth_outcome(self.ecosystem, outcome)
+
+    async def _failure_outcome(self, secret: str) -> str:
+        if not tokens.is_well_formed(secret):
+            return "invalid"
+        digest = tokens.digest(secret)
+        revoked = self._revoked_seen.get(digest)
+        if revoked is None:
+            try:
+                revoked = await self._root[store_key].digest_revoked(digest)
+            except StoreUnavailable:
+                return "invalid"
+            self._revoked_seen[digest] = revoked
+        return "revoked" if revoked else "invalid"

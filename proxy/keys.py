@@ -22,7 +22,7 @@ artifact_cache_key = web.AppKey("artifact_cache", ArtifactCache)
 registry_base_key = web.AppKey("registry_base", URL)
 
 # Per-request keys (typed: aiohttp warns about plain string keys) for metrics and the access log.
-# The registry's auth middleware sets the ecosystem ("npm" or "pypi") on every request it sees.
+# The registry gate's authentication sets the ecosystem ("npm" or "pypi") on every request it sees.
 REQUEST_ECOSYSTEM = web.RequestKey("pkgate_ecosystem", str)
 # Handlers that consult a cache set "hit", "miss" or "stale" (served stale after upstream failure).
 REQUEST_CACHE = web.RequestKey("pkgate_cache", str)
@@ -32,7 +32,7 @@ REQUEST_CLIENT_IP = web.RequestKey("pkgate_client_ip", str)
 
 
 class Presented(NamedTuple):
-    """The credentials a registry request presented, read once by the first middleware.
+    """The credentials a registry request presented, read once by the gate's throttle.
 
     ``secret`` is None when no Authorization header came, "" when it was unreadable; ``cached``
     is the validation-cache hit for it, if any, taken with no await since.  (A named tuple: one
@@ -43,11 +43,11 @@ class Presented(NamedTuple):
     cached: Token | None
 
 
-# Set by the rate-limit middleware, reused by the auth middleware that runs right after it.
+# Set by the gate's throttle, reused by the authentication that runs right after it (proxy.gate).
 REQUEST_PRESENTED = web.RequestKey("pkgate_presented", Presented)
 
-# Set by the auth middleware on a refused request that presented credentials: "invalid" (unknown,
-# malformed or unreadable: a guess) or "revoked" / "expired" / "out_of_scope" (a token pkgate
-# issued, now dead or used outside its scopes).
-# The rate-limit middleware charges only guesses to the client address's failure budget.
+# Set by the gate's authentication on a refused request that presented credentials: "invalid"
+# (unknown, malformed or unreadable: a guess) or "revoked" / "expired" / "out_of_scope" (a token
+# pkgate issued, now dead or used outside its scopes).
+# The gate's throttle charges only guesses to the client address's failure budget.
 REQUEST_AUTH_FAILURE = web.RequestKey("pkgate_auth_failure", str)

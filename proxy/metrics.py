@@ -9,7 +9,7 @@ Values read at scrape time rather than counted: active tokens (one store query p
 last-used recorder's flush count and last batch size.
 
 Per-request keys the handlers set (``web.RequestKey``s from ``proxy.keys``):
-- ``REQUEST_ECOSYSTEM``: ``npm`` or ``pypi``; set by the registry auth middleware.
+- ``REQUEST_ECOSYSTEM``: ``npm`` or ``pypi``; set by the registry gate's authentication.
 - ``REQUEST_CACHE``: ``request[REQUEST_CACHE] = "hit"``, ``"miss"`` or ``"stale"`` when the answer
   came from, missed, or fell back to the metadata/artifact cache; ``"revalidated"`` when the
   upstream confirmed a cached entry, ``"bypass"`` when the answer could not be cached.

@@ -1,13 +1,13 @@
 """Rate limits on the registry routes: requests per token, requests per client IP, failed logins.
 
-One middleware per registry sub-application, placed before the authentication middleware; the
-limiters themselves live once on the root application so npm and PyPI (and their virtual hosts)
-share the same budgets.  Three independent throttles:
+A ``Throttle`` per registry sub-application, run by its gate (``proxy.gate``) before
+authentication; the limiters themselves live once on the root application so npm and PyPI (and
+their virtual hosts) share the same budgets.  Three independent throttles:
 
 - requests per client IP and requests per token, each a steady rate with a burst allowance,
   generous enough that installing hundreds of packages never meets them;
 - failed authentications per client IP, a budget for *guesses*: counted from the 401 answers of
-  the auth middleware for credentials pkgate never issued (unknown, malformed, bad checksum).  Once
+  authentication for credentials pkgate never issued (unknown, malformed, bad checksum).  Once
   an address is over it, its further guesses get 429 instead of 401.  The budget never refuses
   anything else: a valid token is served whatever other tokens from the same address did (behind
   a NAT or a shared CI runner one bad actor must not lock everyone out), and a token pkgate issued
@@ -24,16 +24,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Middleware
 
 from tokenapi import tokens
 from tokenapi.clientip import client_ip
 from tokenapi.credentials import MalformedCredentials, secret_from_header
 from tokenapi.keys import validator_key
 from tokenapi.ratelimit import RateLimiter
+from tokenapi.validation import TokenValidator
 
-from .errors import Handler, json_error
-from .keys import REQUEST_AUTH_FAILURE, REQUEST_CLIENT_IP, REQUEST_PRESENTED, Presented
+from .errors import json_error
+from .keys import REQUEST_CLIENT_IP, REQUEST_PRESENTED, Presented
 from .settings import Network, Settings
 
 AUTH_FAILURE_WINDOW = 60.0
@@ -86,54 +86,67 @@ def too_many(message: str, retry_after: int) -> web.Response:
     return json_error(429, message, headers={hdrs.RETRY_AFTER: str(int(retry_after))})
 
 
-def registry_ratelimit_middleware(root: web.Application) -> Middleware:
-    """The middleware that throttles one registry's routes (runs before authentication)."""
+class Throttle:
+    """The throttles of one registry mount: ``admit`` before authentication, ``guessed`` after a
+    refused guess.  The limiters are read from the root application once, at the first request."""
 
-    @web.middleware
-    async def throttle(request: web.Request, handler: Handler) -> web.StreamResponse:
+    __slots__ = ("_limits", "_root", "_validator")
 
-        limits = root.get(registry_limits_key)
+    def __init__(self, root: web.Application) -> None:
+        self._root = root
+        self._limits: RegistryLimits | None = None
+        self._validator: TokenValidator | None = None
+
+    def admit(self, request: web.Request) -> web.Response | None:
+        """A 429 when the address or the token is over its rate, else None (go on).
+
+        Leaves for the authentication after it the client address (``REQUEST_CLIENT_IP``) and
+        what was presented, with its validation-cache hit (``REQUEST_PRESENTED``).
+        """
+        limits = self._limits
         if limits is None:
-            return await handler(request)
+            limits = self._limits = self._root.get(registry_limits_key)
+            if limits is None:
+                return None
         ip = request[REQUEST_CLIENT_IP] = client_ip(request, limits.trusted_proxies)
         if limits.per_ip is not None:
             retry = limits.per_ip.hit(ip)
             if retry is not None:
                 return too_many(TOO_MANY, retry)
-        header = request.headers.get(hdrs.AUTHORIZATION)
         try:
-            secret = secret_from_header(header)
+            secret = secret_from_header(request.headers.get(hdrs.AUTHORIZATION))
         except MalformedCredentials:
-            secret = ""  # presented but unreadable: the auth middleware answers 401
+            secret = ""  # presented but unreadable: authentication answers 401
         # The secret's digest, computed once: the validation cache and the token bucket key.
         digest: str | None = None
         known = None
         if secret and _token_shaped(secret):
             digest = tokens.digest(secret)
-            known = root[validator_key].cached(secret, digest)
+            validator = self._validator
+            if validator is None:
+                validator = self._validator = self._root[validator_key]
+            known = validator.cached(secret, digest)
         request[REQUEST_PRESENTED] = Presented(secret, known)
-        if secret is None:
-            # Nothing presented, nothing guessed: only the request rates apply.
-            return await handler(request)
-        if limits.per_token is not None and secret:
+        if secret and limits.per_token is not None:
+            # Nothing presented, nothing guessed: then only the request rates apply.
             key = digest if known is not None else _token_key(secret, False)
             if key is not None:
                 retry = limits.per_token.hit(key)
                 if retry is not None:
                     return too_many(TOO_MANY, retry)
-        response = await handler(request)
-        if (
-            limits.auth_failures is not None
-            and response.status == 401
-            and request.get(REQUEST_AUTH_FAILURE) == "invalid"
-        ):
-            # A guess: spend one unit of the address's budget; once it is gone, say so.
-            retry = limits.auth_failures.hit(ip)
-            if retry is not None:
-                return too_many(TOO_MANY_FAILURES, retry)
-        return response
+        return None
 
-    return throttle
+    def guessed(self, request: web.Request) -> web.Response | None:
+        """After a 401 for credentials pkgate never issued: spend one unit of the address's
+        failure budget; once it is gone, the 429 to answer instead."""
+        limits = self._limits
+        if limits is None or limits.auth_failures is None:
+            return None
+        ip = request.get(REQUEST_CLIENT_IP)
+        if ip is None:
+            return None
+        retry = limits.auth_failures.hit(ip)
+        return None if retry is None else too_many(TOO_MANY_FAILURES, retry)
 
 
 def _token_shaped(secret: str) -> bool:

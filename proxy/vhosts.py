@@ -20,10 +20,9 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractResource, Domain
 from yarl import URL
 
-from .auth import registry_auth_middleware
 from .compat import add_domain_subapp
+from .gate import EarlyAnswer, early_answers_key, registry_gate
 from .keys import registry_base_key
-from .ratelimit import registry_ratelimit_middleware
 from .registry.pipeline import Registry, registry_key
 from .settings import Settings
 
@@ -87,18 +86,14 @@ def registry_app(
     settings: Settings,
     base: URL,
 ) -> web.Application:
-    """One registry's sub-application: its auth middleware, its routes, and where it lives.
+    """One registry's sub-application: its gate (``proxy.gate``), its routes, and where it lives.
 
-    The middlewares read the shared state (validator, limiters, metrics) from ``root`` directly:
+    The gate reads the shared state (validator, limiters, metrics) from ``root`` directly:
     ``request.config_dict`` builds a new chain view on every access, which the warm path feels.
     """
-    # Throttles first: they refuse an address over its failed-auth limit before any token lookup.
-    sub = web.Application(
-        middlewares=[
-            registry_ratelimit_middleware(root),
-            registry_auth_middleware(ecosystem, challenge, root),
-        ]
-    )
+    early: list[EarlyAnswer] = []
+    sub = web.Application(middlewares=[registry_gate(ecosystem, challenge, root, early)])
+    sub[early_answers_key] = early
     sub[registry_base_key] = base
     registry = root.get(registry_key)
     if registry is None:

@@ -11,9 +11,9 @@ which npm would prompt for a username and password pkgate cannot take).
 from __future__ import annotations
 
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Middleware
 
-from ..errors import Handler, json_error
+from ..errors import json_error
+from ..gate import EarlyAnswer
 from ..settings import Settings
 
 LOGIN_PATHS = ("-/v1/login", "-/user/org.couchdb.user:")
@@ -39,16 +39,16 @@ def is_login(mount: str, raw_path: str, method: str) -> bool:
     return method == hdrs.METH_PUT and rest.startswith(LOGIN_PATHS[1])
 
 
-def login_middleware(settings: Settings, mount: str) -> Middleware:
-    """Answer npm's login requests on the npm mount ``mount`` (its raw path, no trailing /)."""
+def login_answer(settings: Settings, mount: str) -> EarlyAnswer:
+    """The answer to npm's login requests on the npm mount ``mount`` (its raw path, no trailing
+    /), run by the mount's gate before the throttles and authentication."""
     advice = login_advice(settings)
 
-    @web.middleware
-    async def answer_login(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def answer_login(request: web.Request) -> web.Response | None:
         method = request.method
         # Only a POST or a PUT can be a login: the GETs of an install skip the path checks.
         if method in LOGIN_METHODS and is_login(mount, request.raw_path.split("?", 1)[0], method):
             return json_error(501, advice)
-        return await handler(request)
+        return None
 
     return answer_login

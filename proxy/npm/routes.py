@@ -1,16 +1,15 @@
 """The npm registry endpoint, at ``<public_url>/npm/`` and at the root of ``npm_host`` when set.
 
-Every request has already passed the registry auth middleware.  Only npm's wire format lives
-here: routing on the raw path (so ``@scope%2fname``, ``%2F`` and ``/`` all work), what a packument
-says (``rewrite``), and which digest a tarball must match; the steps themselves (cache or fetch ->
-decode -> parse/rewrite -> policy -> respond, and expected digest -> policy -> store or
-fetch-and-verify -> respond) are ``proxy.registry.pipeline``'s.  Packuments are cached after
+Every request has already passed the registry gate (throttles, authentication). Only npm's wire
+format lives here: routing on the raw path (so ``@scope%2fname``, ``%2F`` and ``/`` all work), what
+a packument says (``rewrite``), and which digest a tarball must match; the steps themselves (cache
+or fetch -> decode -> parse/rewrite -> policy -> respond, and expected digest -> policy -> store or
+fetch-and-verify -> respond) are ``proxy.registry.pipeline``'s. Packuments are cached after
 rewriting, per mount and per form (abbreviated or full, from the client's ``Accept``), and every
-tarball in them points at the mount that served them.  Version documents (``<name>/<version>``,
-a dist-tag too) and ``-/package/<name>/dist-tags`` are derived from the cached full packument and
-cached beside it.  Tarballs go through the artifact store, verified against the
-``dist.integrity`` (else ``shasum``) their packument publishes.  The registry is read-only.
-"""
+tarball in them points at the mount that served them. Version documents (``<name>/<version>``, a
+dist-tag too) and ``-/package/<name>/dist-tags`` are derived from the cached full packument and
+cached beside it. Tarballs go through the artifact store, verified against the ``dist.integrity``
+(else ``shasum``) their packument publishes. The registry is read-only."""
 
 from __future__ import annotations
 
@@ -27,6 +26,7 @@ from tokenapi.keys import REQUEST_TOKEN, request_token
 
 from ..auth import NPM_CHALLENGE, unauthorized
 from ..errors import json_error
+from ..gate import early_answers_key
 from ..keys import registry_base_key
 from ..registry.artifacts import Digest
 from ..registry.decode import IN_FLIGHT, MAX_BODY, decode_body, decode_small, read_body
@@ -55,7 +55,7 @@ from ..registry.policy import Decision, Ecosystem, PackageFacts, PolicyRefused
 from ..registry.upstream import Upstream, UpstreamError, raise_for_upstream_status
 from ..settings import Settings
 from . import rewrite as npmrewrite
-from .login import login_middleware
+from .login import login_answer
 from .notice import NOTICE_CACHE_CONTROL, NOTICE_HEADER, withheld_notice
 from .rewrite import BadPath, PackagePath, Published
 
@@ -563,7 +563,7 @@ def setup_routes(app: web.Application, settings: Settings) -> None:
         base = public.with_path(public.path.rstrip("/") + "/npm/")
     app[npm_config_key] = npm_config(settings, base)
     # npm login is answered with how to get a token, before the throttles and authentication.
-    app.middlewares.insert(0, login_middleware(settings, app[npm_config_key].mount))
+    app[early_answers_key].append(login_answer(settings, app[npm_config_key].mount))
     # One catch-all: aiohttp's router unquotes only some %2F spellings, so dispatch() routes
     # on the raw path itself.
     app.router.add_route("*", "/{path:.*}", dispatch)
