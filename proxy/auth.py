@@ -22,7 +22,7 @@ from tokenapi.validation import EXPIRED, INVALID, TokenValidator, out_of_scope
 
 from .errors import json_error
 from .keys import REQUEST_AUTH_FAILURE, REQUEST_ECOSYSTEM, REQUEST_PRESENTED, settings_key
-from .metrics import metrics_key
+from .metrics import Metrics, metrics_key
 
 NPM_CHALLENGE = 'Bearer realm="pkgate"'
 PYPI_CHALLENGE = 'Basic realm="pkgate"'
@@ -35,7 +35,15 @@ def unauthorized(message: str, challenge: str) -> web.Response:
 class Authenticator:
     """The authentication of one registry mount; shared state is read from ``root``."""
 
-    __slots__ = ("_recorder", "_revoked_seen", "_root", "_validator", "challenge", "ecosystem")
+    __slots__ = (
+        "_metrics",
+        "_recorder",
+        "_revoked_seen",
+        "_root",
+        "_validator",
+        "challenge",
+        "ecosystem",
+    )
 
     def __init__(self, ecosystem: str, challenge: str, root: web.Application) -> None:
         self.ecosystem = ecosystem
@@ -47,6 +55,7 @@ class Authenticator:
         # Read from the root at the first request (they exist once the app has started).
         self._validator: TokenValidator | None = None
         self._recorder: UsageRecorder | None = None
+        self._metrics: Metrics | None = None
 
     async def __call__(self, request: web.Request) -> web.Response | None:
         """None when the request may go on (its token, if any, on ``REQUEST_TOKEN``), else the
@@ -99,9 +108,12 @@ class Authenticator:
         return unauthorized(message, self.challenge)
 
     def _count(self, outcome: str) -> None:
-        metrics = self._root.get(metrics_key)
-        if metrics is not None:
-            metrics.auth_outcome(self.ecosystem, outcome)
+        metrics = self._metrics
+        if metrics is None:
+            metrics = self._metrics = self._root.get(metrics_key)
+            if metrics is None:
+                return
+        metrics.auth_outcome(self.ecosystem, outcome)
 
     async def _failure_outcome(self, secret: str) -> str:
         if not tokens.is_well_formed(secret):

@@ -103,6 +103,7 @@ class NpmConfig:
     mount: str  # raw path of the npm root without trailing slash: "/npm", "/base/npm" or ""
     public_root: str  # absolute URL of the npm root, no trailing slash: base of every URL we write
     upstream_root: str  # upstream registry base URL, with a trailing slash
+    registry: Registry = field(compare=False)  # the shared pipeline (caches, upstream, policy)
 
     def packument_key(self, name: str, form: str) -> CacheKey:
         """The metadata cache key of a packument as this mount rewrites it."""
@@ -163,7 +164,7 @@ def with_notice(headers: Mapping[str, str], decision: Decision) -> Mapping[str, 
     return {**headers, hdrs.CACHE_CONTROL: NOTICE_CACHE_CONTROL, NOTICE_HEADER: notice}
 
 
-def npm_config(settings: Settings, base: URL) -> NpmConfig:
+def npm_config(settings: Settings, base: URL, registry: Registry) -> NpmConfig:
     """The mount's locations: ``base`` is the absolute URL it answers at (never request headers)."""
     if settings.npm_upstream is None:
         raise ValueError("npm_upstream is not set")
@@ -171,6 +172,7 @@ def npm_config(settings: Settings, base: URL) -> NpmConfig:
         mount=base.raw_path.rstrip("/"),
         public_root=str(base).rstrip("/"),
         upstream_root=settings.npm_upstream,
+        registry=registry,
     )
 
 
@@ -234,9 +236,8 @@ async def whoami(request: web.Request) -> web.Response:
     return web.json_response({"username": token.email})
 
 
-async def dispatch(request: web.Request) -> web.StreamResponse:
-    """Route one npm request on its raw path."""
-    config = request.app[npm_config_key]
+async def dispatch(config: NpmConfig, request: web.Request) -> web.StreamResponse:
+    """Route one npm request on its raw path (the handler of a mount, bound to its ``config``)."""
     raw = request.raw_path.split("?", 1)[0]
     if not raw.startswith(config.mount + "/"):
         raise web.HTTPNotFound()
@@ -271,15 +272,11 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     return await packument(request, config, package)
 
 
-def registry_of(request: web.Request) -> Registry:
-    return request.app[registry_key]
-
-
 async def packument(request: web.Request, config: NpmConfig, package: PackagePath) -> web.Response:
     """A package document, full or abbreviated as the client's Accept asks, from the cache."""
-    registry = registry_of(request)
+    registry = config.registry
     form = form_of(request.headers.get(hdrs.ACCEPT))
-    fetch = partial(fetch_packument, registry.upstream, config, package, form)
+    fetch = partial(fetch_packument, config, package, form)
     complete = None
     if form == ABBREVIATED:
         complete = partial(full_facts, registry, config, package)
@@ -288,7 +285,7 @@ async def packument(request: web.Request, config: NpmConfig, package: PackagePat
 
 
 async def full_packument(registry: Registry, config: NpmConfig, package: PackagePath) -> Cached:
-    fetch = partial(fetch_packument, registry.upstream, config, package, FULL)
+    fetch = partial(fetch_packument, config, package, FULL)
     return await registry.metadata.get_or_fetch(config.packument_key(package.name, FULL), fetch)
 
 
@@ -338,7 +335,7 @@ async def derived(
     from the packument as the policy lets it be served (and ``spec``, a version the policy
     removed, is refused), uncached.
     """
-    registry = registry_of(request)
+    registry = config.registry
     cache = registry.metadata
     policy = registry.policy
     if policy.active:
@@ -389,7 +386,6 @@ async def off_loop_if_large(derive: Callable[[bytes], bytes | None], body: bytes
 
 
 async def fetch_packument(
-    upstream: Upstream,
     config: NpmConfig,
     package: PackagePath,
     form: str,
@@ -398,7 +394,7 @@ async def fetch_packument(
     """Fetch, decode and rewrite a packument (the metadata cache's fetch function)."""
     build = partial(packument_entry, name=package.name, public_root=config.public_root)
     return await fetch_metadata(
-        upstream,
+        config.registry.upstream,
         upstream_url(config, package.escaped_name),
         build,
         validators=validators,
@@ -481,7 +477,7 @@ async def published_file(
             return (published, entry) if published is not None else None
     # No packument here yet (another worker served it, it was evicted, or the cache is off):
     # fetch the abbreviated one; it lands in the cache for packument requests too.
-    fetch = partial(fetch_packument, registry.upstream, config, package, ABBREVIATED)
+    fetch = partial(fetch_packument, config, package, ABBREVIATED)
     try:
         cached = await cache.get_or_fetch(config.packument_key(package.name, ABBREVIATED), fetch)
     except UpstreamError:
@@ -498,7 +494,7 @@ async def tarball(
 ) -> web.StreamResponse:
     """A tarball: expected digest (from its packument) -> policy -> store or fetch-and-verify."""
     assert package.file is not None
-    registry = registry_of(request)
+    registry = config.registry
     found = await published_file(registry, config, package)
     published, entry = found if found is not None else (None, None)
     decision = None
@@ -537,7 +533,7 @@ async def audit(request: web.Request, config: NpmConfig, rest: str) -> web.Respo
     }
     url = upstream_url(config, rest)
     fetched = await fetch_json(
-        registry_of(request).upstream, "POST", url, headers, body, pass_client_errors=True
+        config.registry.upstream, "POST", url, headers, body, pass_client_errors=True
     )
     return web.Response(status=fetched.status, body=fetched.body, content_type="application/json")
 
@@ -549,7 +545,7 @@ async def json_passthrough(request: web.Request, config: NpmConfig, rest: str) -
         hdrs.ACCEPT_ENCODING: "gzip, deflate",
     }
     url = upstream_url(config, rest, request.rel_url.raw_query_string)
-    fetched = await fetch_json(registry_of(request).upstream, "GET", url, headers)
+    fetched = await fetch_json(config.registry.upstream, "GET", url, headers)
     return web.Response(body=fetched.body, content_type="application/json")
 
 
@@ -561,9 +557,9 @@ def setup_routes(app: web.Application, settings: Settings) -> None:
     if base is None:
         public = settings.base_url
         base = public.with_path(public.path.rstrip("/") + "/npm/")
-    app[npm_config_key] = npm_config(settings, base)
+    config = app[npm_config_key] = npm_config(settings, base, app[registry_key])
     # npm login is answered with how to get a token, before the throttles and authentication.
-    app[early_answers_key].append(login_answer(settings, app[npm_config_key].mount))
+    app[early_answers_key].append(login_answer(settings, config.mount))
     # One catch-all: aiohttp's router unquotes only some %2F spellings, so dispatch() routes
     # on the raw path itself.
-    app.router.add_route("*", "/{path:.*}", dispatch)
+    app.router.add_route("*", "/{path:.*}", partial(dispatch, config))

@@ -48,6 +48,7 @@ from .metacache import (
     NOT_MODIFIED,
     Cached,
     CacheKey,
+    CacheState,
     Fetch,
     MetadataCache,
     MetaEntry,
@@ -186,9 +187,13 @@ async def fetch_metadata(
         return build(fetched)
 
 
+# The access log's and the metrics' name of each cache state.
+_STATE_LABELS: Final = {state: state.value.lower() for state in CacheState}
+
+
 def note_cache_state(request: web.Request, cached: Cached) -> None:
     """Record how the answer was obtained, for the access log and metrics."""
-    request[REQUEST_CACHE] = cached.state.value.lower()
+    request[REQUEST_CACHE] = _STATE_LABELS[cached.state]
 
 
 async def serve_metadata(
