@@ -4,8 +4,8 @@ Fields: ``time`` (UTC, ISO 8601), ``client_ip`` (X-Forwarded-For believed only f
 ``trusted_proxies``), ``method``, ``path`` (the raw path; query values of secret-looking parameters
 and anything shaped like a pkgate token masked), ``status``, ``bytes`` (body bytes sent),
 ``duration_ms``, ``token_id`` (the id, never the secret), ``ecosystem``, ``cache`` (``hit``,
-``miss``, ``stale`` or null, from ``proxy.keys.REQUEST_CACHE``) and ``user_agent``.  ``bytes``
-counts everything written for the answer, status line and headers included (nginx's
+``miss``, ``stale`` or null, from the request's ``proxy.keys.RegistryFacts``) and ``user_agent``.
+``bytes`` counts everything written for the answer, status line and headers included (nginx's
 ``$bytes_sent``), since a streamed body has no Content-Length to report.
 
 Paths and user agents come from the client: they are length-capped, masked, and written only as
@@ -56,7 +56,7 @@ from tokenapi.clientip import Network, client_ip
 from tokenapi.keys import REQUEST_TOKEN
 from tokenapi.store import Token
 
-from .keys import REQUEST_CACHE, REQUEST_CLIENT_IP, REQUEST_ECOSYSTEM
+from .keys import REQUEST_FACTS
 from .settings import Settings
 
 LOGGER_NAME = "pkgate.access"
@@ -132,11 +132,14 @@ def access_record(
     trusted_proxies: Iterable[Network] = (),
 ) -> dict[str, Any]:
     """The log fields of one answered request."""
-    token = request.get(REQUEST_TOKEN)
     method = request.method
     user_agent = request.headers.get(hdrs.USER_AGENT)
-    # The registry throttle has worked the address out already (with the same trusted proxies).
-    ip = request.get(REQUEST_CLIENT_IP)
+    facts = request.get(REQUEST_FACTS)
+    if facts is not None:
+        # The registry gate has worked these out already (the address with the same proxies).
+        ip, token, ecosystem, cache = facts.ip, facts.token, facts.ecosystem, facts.cache
+    else:
+        ip, token, ecosystem, cache = None, request.get(REQUEST_TOKEN), None, None
     if ip is None:
         # A request refused before routing is a BaseRequest: its peer is all there is.
         if isinstance(request, web.Request):
@@ -152,8 +155,8 @@ def access_record(
         "bytes": response.body_length,
         "duration_ms": round(seconds * 1000, 3),
         "token_id": token.id if isinstance(token, Token) else None,
-        "ecosystem": request.get(REQUEST_ECOSYSTEM),
-        "cache": request.get(REQUEST_CACHE),
+        "ecosystem": ecosystem,
+        "cache": cache,
         "user_agent": mask_tokens(user_agent[:MAX_USER_AGENT]) if user_agent else None,
     }
 

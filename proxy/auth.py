@@ -21,7 +21,7 @@ from tokenapi.store import Token
 from tokenapi.validation import EXPIRED, INVALID, TokenValidator, out_of_scope
 
 from .errors import json_error
-from .keys import REQUEST_AUTH_FAILURE, REQUEST_ECOSYSTEM, REQUEST_PRESENTED, settings_key
+from .keys import RegistryFacts, settings_key
 from .metrics import Metrics, metrics_key
 
 NPM_CHALLENGE = 'Bearer realm="pkgate"'
@@ -57,22 +57,19 @@ class Authenticator:
         self._recorder: UsageRecorder | None = None
         self._metrics: Metrics | None = None
 
-    async def __call__(self, request: web.Request) -> web.Response | None:
-        """None when the request may go on (its token, if any, on ``REQUEST_TOKEN``), else the
-        401 to answer (the reason on ``REQUEST_AUTH_FAILURE``)."""
+    async def __call__(self, request: web.Request, facts: RegistryFacts) -> web.Response | None:
+        """None when the request may go on (its token, if any, on ``REQUEST_TOKEN`` and
+        ``facts``), else the 401 to answer (the reason on ``facts.auth_failure``)."""
         ecosystem = self.ecosystem
-        request[REQUEST_ECOSYSTEM] = ecosystem
-        presented = request.get(REQUEST_PRESENTED)
-        if presented is not None and presented.cached is not None:
+        token: Token | None = facts.cached
+        if token is not None:
             # The throttle resolved it from the cache with no await since: no work twice.
-            secret: str | None = presented.secret
-            token: Token | None = presented.cached
+            secret: str | None = facts.secret
         else:
             try:
                 secret = secret_from_header(request.headers.get(hdrs.AUTHORIZATION))
             except MalformedCredentials as exc:
-                return self._refuse(request, "invalid", str(exc))
-            token = None
+                return self._refuse(facts, "invalid", str(exc))
 
         if secret is None:
             self._count("missing")
@@ -83,17 +80,17 @@ class Authenticator:
             validator = self._validator or self._started()[0]
             checked = await validator.check(secret, ecosystem)
             if checked == INVALID:
-                return self._refuse(request, await self._failure_outcome(secret), INVALID)
+                return self._refuse(facts, await self._failure_outcome(secret), INVALID)
             if isinstance(checked, str):
                 # A token pkgate issued, expired or used out of scope: not a guess.
                 outcome = "expired" if checked == EXPIRED else "out_of_scope"
-                return self._refuse(request, outcome, checked)
+                return self._refuse(facts, outcome, checked)
             token = checked
         elif ecosystem not in token.scopes:
-            return self._refuse(request, "out_of_scope", out_of_scope(ecosystem))
+            return self._refuse(facts, "out_of_scope", out_of_scope(ecosystem))
         self._count("ok")
         (self._recorder or self._started()[1]).record(token.id, ecosystem)
-        request[REQUEST_TOKEN] = token
+        facts.token = request[REQUEST_TOKEN] = token
         return None
 
     def _started(self) -> tuple[TokenValidator, UsageRecorder]:
@@ -102,8 +99,8 @@ class Authenticator:
         self._recorder = root[recorder_key]
         return self._validator, self._recorder
 
-    def _refuse(self, request: web.Request, outcome: str, message: str) -> web.Response:
-        request[REQUEST_AUTH_FAILURE] = outcome
+    def _refuse(self, facts: RegistryFacts, outcome: str, message: str) -> web.Response:
+        facts.auth_failure = outcome
         self._count(outcome)
         return unauthorized(message, self.challenge)
 

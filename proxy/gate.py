@@ -21,7 +21,7 @@ from aiohttp.typedefs import Middleware
 
 from .auth import Authenticator
 from .errors import Handler
-from .keys import REQUEST_AUTH_FAILURE
+from .keys import REQUEST_FACTS, RegistryFacts
 from .ratelimit import Throttle
 
 # An answer given before the throttles and authentication, or None to go on.
@@ -40,18 +40,19 @@ def registry_gate(
 
     @web.middleware
     async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        facts = request[REQUEST_FACTS] = RegistryFacts(ecosystem)
         for answer in early:
             answered = answer(request)
             if answered is not None:
                 return answered
-        refused = throttle.admit(request)
+        refused = throttle.admit(request, facts)
         if refused is not None:
             return refused
-        refused = await authenticate(request)
+        refused = await authenticate(request, facts)
         if refused is None:
             return await handler(request)
-        if request.get(REQUEST_AUTH_FAILURE) == "invalid":
-            return throttle.guessed(request) or refused
+        if facts.auth_failure == "invalid":
+            return throttle.guessed(facts) or refused
         return refused
 
     return gate

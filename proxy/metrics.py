@@ -8,11 +8,11 @@ and configured upstream origins, so no client input, and no secret, can become a
 Values read at scrape time rather than counted: active tokens (one store query per scrape) and the
 last-used recorder's flush count and last batch size.
 
-Per-request keys the handlers set (``web.RequestKey``s from ``proxy.keys``):
-- ``REQUEST_ECOSYSTEM``: ``npm`` or ``pypi``; set by the registry gate's authentication.
-- ``REQUEST_CACHE``: ``request[REQUEST_CACHE] = "hit"``, ``"miss"`` or ``"stale"`` when the answer
-  came from, missed, or fell back to the metadata/artifact cache; ``"revalidated"`` when the
-  upstream confirmed a cached entry, ``"bypass"`` when the answer could not be cached.
+Labels from the ``RegistryFacts`` a registry gate puts on its requests (``proxy.keys``):
+- ``ecosystem``: ``npm`` or ``pypi`` (``none`` for every other request);
+- ``cache``: ``"hit"``, ``"miss"`` or ``"stale"`` when the answer came from, missed, or fell back
+  to the metadata/artifact cache; ``"revalidated"`` when the upstream confirmed a cached entry,
+  ``"bypass"`` when the answer could not be cached (``note_cache``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from tokenapi.lastused import UsageRecorder
 
 from .accesslog import AccessLogSink, access_log_key
 from .errors import Handler
-from .keys import REQUEST_CACHE, REQUEST_ECOSYSTEM, metadata_cache_key
+from .keys import REQUEST_FACTS, metadata_cache_key
 from .registry.metacache import MetadataCache
 
 AUTH_OUTCOMES = ("ok", "missing", "invalid", "revoked", "expired", "out_of_scope")
@@ -327,11 +327,6 @@ def route_label(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-def ecosystem_label(request: web.Request) -> str:
-    ecosystem: str = request.get(REQUEST_ECOSYSTEM, "none")
-    return ecosystem
-
-
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Count every request with its final status, duration and cache outcome."""
@@ -351,12 +346,12 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         raise
     finally:
         metrics.in_flight -= 1
-        ecosystem = ecosystem_label(request)
+        facts = request.get(REQUEST_FACTS)
+        ecosystem = "none" if facts is None else facts.ecosystem
         metrics.requests.inc(ecosystem, route_label(request), str(status))
         metrics.request_duration.observe(ecosystem, time.perf_counter() - start)
-        cache = request.get(REQUEST_CACHE)
-        if cache in CACHE_OUTCOMES:
-            metrics.cache.inc(ecosystem, cache)
+        if facts is not None and facts.cache in CACHE_OUTCOMES:
+            metrics.cache.inc(ecosystem, facts.cache)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

@@ -26,14 +26,14 @@ from dataclasses import dataclass
 from aiohttp import hdrs, web
 
 from tokenapi import tokens
-from tokenapi.clientip import client_ip
+from tokenapi.clientip import address_of
 from tokenapi.credentials import MalformedCredentials, secret_from_header
 from tokenapi.keys import validator_key
 from tokenapi.ratelimit import RateLimiter
 from tokenapi.validation import TokenValidator
 
 from .errors import json_error
-from .keys import REQUEST_CLIENT_IP, REQUEST_PRESENTED, Presented
+from .keys import RegistryFacts
 from .settings import Network, Settings
 
 AUTH_FAILURE_WINDOW = 60.0
@@ -97,18 +97,18 @@ class Throttle:
         self._limits: RegistryLimits | None = None
         self._validator: TokenValidator | None = None
 
-    def admit(self, request: web.Request) -> web.Response | None:
+    def admit(self, request: web.Request, facts: RegistryFacts) -> web.Response | None:
         """A 429 when the address or the token is over its rate, else None (go on).
 
-        Leaves for the authentication after it the client address (``REQUEST_CLIENT_IP``) and
-        what was presented, with its validation-cache hit (``REQUEST_PRESENTED``).
+        Leaves on ``facts`` the client address and, for the authentication after it, what was
+        presented with its validation-cache hit.
         """
         limits = self._limits
         if limits is None:
             limits = self._limits = self._root.get(registry_limits_key)
             if limits is None:
                 return None
-        ip = request[REQUEST_CLIENT_IP] = client_ip(request, limits.trusted_proxies)
+        ip = facts.ip = address_of(request, limits.trusted_proxies)
         if limits.per_ip is not None:
             retry = limits.per_ip.hit(ip)
             if retry is not None:
@@ -126,7 +126,8 @@ class Throttle:
             if validator is None:
                 validator = self._validator = self._root[validator_key]
             known = validator.cached(secret, digest)
-        request[REQUEST_PRESENTED] = Presented(secret, known)
+        facts.secret = secret
+        facts.cached = known
         if secret and limits.per_token is not None:
             # Nothing presented, nothing guessed: then only the request rates apply.
             key = digest if known is not None else _token_key(secret, False)
@@ -136,13 +137,13 @@ class Throttle:
                     return too_many(TOO_MANY, retry)
         return None
 
-    def guessed(self, request: web.Request) -> web.Response | None:
+    def guessed(self, facts: RegistryFacts) -> web.Response | None:
         """After a 401 for credentials pkgate never issued: spend one unit of the address's
         failure budget; once it is gone, the 429 to answer instead."""
         limits = self._limits
         if limits is None or limits.auth_failures is None:
             return None
-        ip = request.get(REQUEST_CLIENT_IP)
+        ip = facts.ip
         if ip is None:
             return None
         retry = limits.auth_failures.hit(ip)

@@ -23,7 +23,7 @@ from proxy.accesslog import (
     safe_path,
 )
 from proxy.app import create_app
-from proxy.keys import REQUEST_CACHE
+from proxy.keys import REQUEST_FACTS, RegistryFacts, note_cache
 from proxy.settings import Settings
 from tests.conftest import free_socket
 from tests.procs import ServerProcess
@@ -222,7 +222,8 @@ async def test_accesslog__cache_outcome_from_the_handler(tmp_path: Path) -> None
     sink = AccessLogSink(path=tmp_path / "access.log")
 
     async def cached(request: web.Request) -> web.Response:
-        request[REQUEST_CACHE] = "stale"
+        request[REQUEST_FACTS] = RegistryFacts("npm")  # what a registry gate puts on requests
+        note_cache(request, "stale")
         return web.Response(body=b"12345")
 
     app = web.Application()
@@ -244,7 +245,7 @@ async def test_accesslog__cache_outcome_from_the_handler(tmp_path: Path) -> None
     [line] = [json.loads(s) for s in (tmp_path / "access.log").read_text().splitlines()]
     assert line["cache"] == "stale"
     assert line["bytes"] > 5
-    assert line["ecosystem"] is None
+    assert line["ecosystem"] == "npm"
 
 
 # ------------------------------------------------------------------ batching and durability

@@ -6,7 +6,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
 from proxy.errors import error_middleware
-from proxy.keys import REQUEST_CACHE, REQUEST_ECOSYSTEM
+from proxy.keys import REQUEST_FACTS, RegistryFacts, note_cache
 from proxy.metrics import Metrics, metrics_key, metrics_middleware, setup_metrics
 from proxy.registry.upstream import Upstream, UpstreamError
 from tests.conftest import RunningServer, StartServer, free_port, serve_app
@@ -131,8 +131,8 @@ async def test_metrics__cache_outcome_set_by_a_handler_is_counted() -> None:
     metrics = setup_metrics(app)
 
     async def cached(request: web.Request) -> web.Response:
-        request[REQUEST_ECOSYSTEM] = "npm"
-        request[REQUEST_CACHE] = request.match_info["outcome"]
+        request[REQUEST_FACTS] = RegistryFacts("npm")  # what a registry gate puts on requests
+        note_cache(request, request.match_info["outcome"])
         return web.Response(text="ok")
 
     app.router.add_get("/{outcome}", cached)

@@ -15,14 +15,18 @@ from tokenapi import clientip
 async def test_client_ip__resolved_once_per_request(
     start_server: StartServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from proxy import ratelimit
+
     calls: list[str] = []
-    resolve = clientip._resolve
+    resolve = clientip.address_of
 
     def counting(request: object, networks: object) -> str:
         calls.append(request.path)  # type: ignore[attr-defined]
         return resolve(request, networks)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(clientip, "_resolve", counting)
+    # Every caller: client_ip (the API, the access log) and the registry throttle.
+    monkeypatch.setattr(clientip, "address_of", counting)
+    monkeypatch.setattr(ratelimit, "address_of", counting)
     server = await start_server(
         npm_upstream="http://127.0.0.1:9/", trusted_proxies=(ipaddress.ip_network("127.0.0.1/32"),)
     )

@@ -73,12 +73,14 @@ def client_ip(request: web.BaseRequest, trusted_networks: Iterable[Network]) -> 
     if found is not None and found[0] == networks:
         resolved: str = found[1]
         return resolved
-    address = _resolve(request, networks)
+    address = address_of(request, networks)
     request[_RESOLVED] = (networks, address)
     return address
 
 
-def _resolve(request: web.BaseRequest, networks: tuple[Network, ...]) -> str:
+def address_of(request: web.BaseRequest, networks: tuple[Network, ...]) -> str:
+    """``client_ip`` worked out afresh, for a caller that keeps the answer itself (the
+    registry throttle keeps it on the request's ``RegistryFacts``)."""
     peer = peer_ip(request)
     if not networks:
         return peer

@@ -40,7 +40,7 @@ from yarl import URL
 from tokenapi.keys import REQUEST_TOKEN
 from tokenapi.store import Token
 
-from ..keys import REQUEST_CACHE, artifact_cache_key, metadata_cache_key, upstream_key
+from ..keys import artifact_cache_key, metadata_cache_key, note_cache, upstream_key
 from .artifacts import ArtifactCache, Digest
 from .decode import IN_FLIGHT, MAX_BODY, decode_body, read_body
 from .delivery import ARTIFACT_SENT, deliver
@@ -193,7 +193,7 @@ _STATE_LABELS: Final = {state: state.value.lower() for state in CacheState}
 
 def note_cache_state(request: web.Request, cached: Cached) -> None:
     """Record how the answer was obtained, for the access log and metrics."""
-    request[REQUEST_CACHE] = _STATE_LABELS[cached.state]
+    note_cache(request, _STATE_LABELS[cached.state])
 
 
 async def serve_metadata(
@@ -332,7 +332,7 @@ async def serve_artifact(
             method, artifact.url, headers=extra, what=artifact.what, kind="artifact"
         )
 
-    request[REQUEST_CACHE] = "bypass" if artifact.digest is None else "miss"
+    note_cache(request, "bypass" if artifact.digest is None else "miss")
     response = await deliver(
         request,
         registry.artifacts,
@@ -343,7 +343,7 @@ async def serve_artifact(
         headers=headers,
     )
     if response.headers.get("X-Cache") == "HIT":
-        request[REQUEST_CACHE] = "hit"
+        note_cache(request, "hit")
     sent = request.get(ARTIFACT_SENT)
     if sent is not None and registry.on_served:
         token: Token | None = request.get(REQUEST_TOKEN)
