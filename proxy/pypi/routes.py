@@ -55,7 +55,7 @@ from ..registry.pipeline import (
     serve_metadata,
 )
 from ..registry.policy import Decision, Ecosystem, FileFacts, PackageFacts
-from ..registry.upstream import Upstream, UpstreamError
+from ..registry.upstream import UpstreamError
 from ..settings import Settings
 from .negotiate import choose
 from .rewrite import (
@@ -253,10 +253,12 @@ def _redirect(location: str) -> web.HTTPMovedPermanently:
 class SimpleIndex:
     """The handlers of one PyPI sub-application, bound to its settings."""
 
-    def __init__(self, settings: Settings, base: URL) -> None:
-        """``base`` is the absolute URL this mount answers at, with a trailing slash."""
+    def __init__(self, settings: Settings, base: URL, registry: Registry) -> None:
+        """``base`` is the absolute URL this mount answers at, with a trailing slash;
+        ``registry`` the shared pipeline (caches, upstream, policy)."""
         if settings.pypi_upstream is None:
             raise ValueError("pypi_upstream is not set")
+        self.registry = registry
         self.index_url = URL(settings.pypi_upstream)
         index_origin = str(self.index_url.origin()) + "/"
         self.links = FileLinks(f"{base}files", [index_origin, *settings.pypi_files_upstream])
@@ -281,8 +283,8 @@ class SimpleIndex:
         media_type = negotiate(request)
         if media_type is None:
             return not_acceptable()
-        registry = request.app[registry_key]
-        fetch = partial(self._fetch_index, registry.upstream, media_type)
+        registry = self.registry
+        fetch = partial(self._fetch_index, media_type)
         key = self.page_key(ROOT_KEY_NAME, media_type)
         return await serve_metadata(request, registry, key, fetch)
 
@@ -304,17 +306,17 @@ class SimpleIndex:
         media_type = negotiate(request)
         if media_type is None:
             return not_acceptable()
-        registry = request.app[registry_key]
-        fetch = partial(self._fetch_project, registry.upstream, normalized, media_type)
+        registry = self.registry
+        fetch = partial(self._fetch_project, normalized, media_type)
         key = self.page_key(normalized, media_type)
         return await serve_metadata(request, registry, key, fetch)
 
     async def _fetch_index(
-        self, upstream: Upstream, media_type: str, validators: Validators
+        self, media_type: str, validators: Validators
     ) -> MetaEntry | NotModified:
         build = partial(build_index_entry, media_type=media_type)
         return await fetch_metadata(
-            upstream,
+            self.registry.upstream,
             self.index_url,
             build,
             validators=validators,
@@ -324,11 +326,11 @@ class SimpleIndex:
         )
 
     async def _fetch_project(
-        self, upstream: Upstream, name: str, media_type: str, validators: Validators
+        self, name: str, media_type: str, validators: Validators
     ) -> PageEntry | NotModified:
         build = partial(build_project_entry, name=name, media_type=media_type, links=self.links)
         return await fetch_metadata(
-            upstream,
+            self.registry.upstream,
             self.project_url(name),
             build,
             validators=validators,
@@ -374,7 +376,7 @@ class SimpleIndex:
         if known is None or key not in known.files:
             # No page in this process yet (another worker served it, it was evicted, the cache
             # is off) or an older one: fetch the JSON form; it lands in the cache for pages too.
-            fetch = partial(self._fetch_project, registry.upstream, project, JSON_TYPE)
+            fetch = partial(self._fetch_project, project, JSON_TYPE)
             cached = await cache.get_or_fetch(self.page_key(project, JSON_TYPE), fetch)
             known = cached.entry if isinstance(cached.entry, PageEntry) else None
         if known is None:
@@ -388,7 +390,7 @@ class SimpleIndex:
         url = None if key is None else self.file_url(key)
         if key is None or url is None:
             return json_error(404, "Not found")
-        registry = request.app[registry_key]
+        registry = self.registry
         try:
             found = await self.published_page(registry, key)
         except UpstreamError as exc:
@@ -429,7 +431,7 @@ def setup_routes(app: web.Application, settings: Settings) -> None:
     if base is None:
         public = settings.base_url
         base = public.with_path(public.path.rstrip("/") + "/pypi/")
-    index = SimpleIndex(settings, base)
+    index = SimpleIndex(settings, base, app[registry_key])
     app.router.add_get("/simple", index.simple_no_slash)
     app.router.add_get("/simple/", index.root)
     app.router.add_get("/simple/{name}", index.project_no_slash)
