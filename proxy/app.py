@@ -99,7 +99,9 @@ async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
         enabled=settings.cache,
     )
     artifacts = ArtifactCache(
-        settings.artifact_dir, settings.artifact_cache_bytes if settings.cache else 0
+        settings.artifact_dir,
+        settings.artifact_cache_bytes if settings.cache else 0,
+        memory_bytes=settings.artifact_memory_bytes,
     )
     await artifacts.start()
     app[artifact_cache_key] = artifacts

@@ -384,6 +384,12 @@ class Settings:
     artifact_cache_bytes: int = setting(
         10 * 1024**3, _byte_size, "disk bound of the artifact cache under data_dir (0 = off)"
     )
+    artifact_memory_bytes: int = setting(
+        64 * 1024**2,
+        _byte_size,
+        "memory bound for small cached artifacts (up to 512 KiB each) answered from memory "
+        "(0 = always from disk)",
+    )
     log_level: str = setting("info", _choice("debug", "info", "warning", "error"), "log level")
     access_log: bool = setting(True, _bool, "write one JSON access log line per request")
     access_log_file: Path | None = setting(

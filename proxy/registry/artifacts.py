@@ -11,6 +11,10 @@ answers into responses.
   may still relay) when it would not fit in the bound or when the disk fails, and says so.
 - Eviction is LRU by bytes; a file larger than the bound is never kept, and a new file never
   evicts itself.
+- ``in_memory(name, digest)``: small files (``SMALL_FILE_MAX``) once asked for are also kept in
+  memory, within ``memory_max`` bytes (LRU), read once and checked against their digest again as
+  they are read (a file changed on disk is dropped, never served), so the many small tarballs of
+  a warm install are answered without opening a file, a thread hop and a sendfile per request.
 
 Files live under ``<data_dir>/cache/artifacts/<2 hex>/<64 hex>``: the name is a SHA-256 of the
 handler's key and the expected digest, never derived from a client's path, so nothing can escape
@@ -123,6 +127,21 @@ class ArtifactStats:
     evictions: int = 0
     too_large: int = 0
     disk_errors: int = 0
+    memory_hits: int = 0  # of the hits, answered from memory
+
+
+# Files up to this size are kept in memory too once asked for (most npm tarballs are far smaller).
+SMALL_FILE_MAX: Final = 512 * 1024
+DEFAULT_MEMORY_BYTES: Final = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class InMemory:
+    """A stored file's verified bytes, with the validators a response from the file would have."""
+
+    body: bytes
+    etag: str  # as aiohttp's FileResponse makes it (unquoted): mtime (ns) and size in hex
+    mtime: float  # the file's modification time (Last-Modified)
 
 
 class HashMismatch(UpstreamError):
@@ -145,10 +164,20 @@ def _pid_alive(pid: int) -> bool:
 class ArtifactCache:
     """Verified artifacts on disk with a byte bound, LRU eviction and shared downloads."""
 
-    def __init__(self, root: Path, max_bytes: int, *, chunk_size: int = CHUNK_SIZE) -> None:
+    def __init__(
+        self,
+        root: Path,
+        max_bytes: int,
+        *,
+        chunk_size: int = CHUNK_SIZE,
+        memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    ) -> None:
         self.root = root
         self.max_bytes = max_bytes
         self.chunk_size = chunk_size
+        self.memory_max = memory_bytes if max_bytes > 0 else 0
+        self._memory: OrderedDict[str, InMemory] = OrderedDict()
+        self.memory_bytes = 0  # of the bodies kept in memory (counted apart from ``bytes``)
         self._tmp = root / "tmp"
         self._index: OrderedDict[str, int] = OrderedDict()
         self._inflight: dict[str, Download] = {}
@@ -219,6 +248,55 @@ class ArtifactCache:
         self.bytes += size
         return path
 
+    async def in_memory(self, name: str, digest: Digest) -> InMemory | None:
+        """The stored file ``name``'s bytes from memory when it is small, else None (serve it
+        from disk).  Read once, off the loop, and checked against ``digest`` as it is read: a
+        file that no longer matches is dropped from the store and None returned (a miss then)."""
+        found = self._memory.get(name)
+        if found is not None:
+            self._memory.move_to_end(name)
+            if name in self._index:
+                self._index.move_to_end(name)
+            self.stats.memory_hits += 1
+            return found
+        size = self._index.get(name)
+        if size is None or size > SMALL_FILE_MAX or size > self.memory_max:
+            return None
+        try:
+            loaded = await asyncio.to_thread(_read_verified, self._path(name), digest)
+        except OSError:
+            return None
+        if loaded is None:
+            self.stats.mismatches += 1
+            log.warning(
+                "stored artifact %s no longer matches its %s: dropped", name, digest.algorithm
+            )
+            self._forget(name)
+            await self.flush_evictions()
+            return None
+        if name not in self._index:  # evicted while it was read
+            return None
+        self._memory[name] = loaded
+        self.memory_bytes += len(loaded.body)
+        while self.memory_bytes > self.memory_max:
+            _, dropped = self._memory.popitem(last=False)
+            self.memory_bytes -= len(dropped.body)
+        self.stats.memory_hits += 1
+        return loaded
+
+    def _forget_memory(self, name: str) -> None:
+        dropped = self._memory.pop(name, None)
+        if dropped is not None:
+            self.memory_bytes -= len(dropped.body)
+
+    def _forget(self, name: str) -> None:
+        """Drop the stored file ``name`` (its deletion waits for ``flush_evictions``)."""
+        size = self._index.pop(name, None)
+        if size is not None:
+            self.bytes -= size
+            self._pending_unlinks.append(self._path(name))
+        self._forget_memory(name)
+
     def inflight(self, name: str) -> Download | None:
         """The download of ``name`` under way, if any (its ``future`` gives the outcome)."""
         return self._inflight.get(name)
@@ -258,6 +336,7 @@ class ArtifactCache:
                 continue
             del self._index[name]
             self.bytes -= size
+            self._forget_memory(name)
             self.stats.evictions += 1
             victims.append(self._path(name))
         if victims:
@@ -274,6 +353,7 @@ class ArtifactCache:
         old = self._index.pop(name, None)
         if old is not None:
             self.bytes -= old
+        self._forget_memory(name)
         self._index[name] = size
         self.bytes += size
 
@@ -438,10 +518,32 @@ def _install(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _read_verified(path: Path, digest: Digest) -> InMemory | None:
+    """The whole file if it still matches ``digest`` (None if not), with its validators."""
+    with path.open("rb") as fh:
+        st = os.fstat(fh.fileno())
+        if st.st_size > SMALL_FILE_MAX:
+            return None
+        body = fh.read(SMALL_FILE_MAX + 1)
+    hasher = digest.hasher()
+    hasher.update(body)
+    if len(body) != st.st_size or not digest.matches(hasher.digest()):
+        return None
+    return InMemory(body=body, etag=f"{st.st_mtime_ns:x}-{st.st_size:x}", mtime=st.st_mtime)
+
+
 def _unlink_all(paths: list[Path]) -> None:
     for path in paths:
         with contextlib.suppress(OSError):
             path.unlink(missing_ok=True)
 
 
-__all__ = ["ArtifactCache", "ArtifactStats", "Digest", "Download", "HashMismatch", "Outcome"]
+__all__ = [
+    "ArtifactCache",
+    "ArtifactStats",
+    "Digest",
+    "Download",
+    "HashMismatch",
+    "InMemory",
+    "Outcome",
+]

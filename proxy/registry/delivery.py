@@ -3,8 +3,9 @@
 ``deliver`` answers GET and HEAD, with Range, for one artifact whose expected ``digest`` the
 registry found (None when its metadata publishes none):
 
-- **hit**: a verified file on disk, answered with ``SendfileResponse`` (Range/206/416, HEAD);
-  ``X-Cache: HIT``.
+- **hit**: a verified file on disk, answered with ``SendfileResponse`` (Range/206/416, HEAD,
+  conditional requests); a small one asked for with a plain GET is answered from the store's
+  memory copy instead (``ArtifactCache.in_memory``), with the same headers; ``X-Cache: HIT``.
 - **miss, GET**: the upstream's bytes stream to the client while they are hashed and written to a
   temporary file; the last chunk is held back until the hash is checked.  A mismatch cuts the
   connection (the client sees a short body, never a complete wrong one) and nothing is kept.
@@ -43,7 +44,7 @@ import aiohttp
 from aiohttp import hdrs, web
 
 from ..compat import SendfileResponse
-from .artifacts import ArtifactCache, Digest, Download, HashMismatch, Outcome
+from .artifacts import ArtifactCache, Digest, Download, HashMismatch, InMemory, Outcome
 from .upstream import UpstreamError, raise_for_upstream_status
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,13 @@ async def deliver(
     name = store.name_for(key, digest)
     path = store.lookup_name(name)
     if path is not None:
-        return await from_disk(request, store, path, content_type, headers)
+        if not partial and not _conditional(request):
+            kept = await store.in_memory(name, digest)
+            if kept is not None:
+                return await from_memory(request, store, kept, content_type, headers)
+            path = store.lookup_name(name)  # gone if it no longer matched
+        if path is not None:
+            return await from_disk(request, store, path, content_type, headers)
     pending = store.inflight(name)
     if pending is not None:
         store.stats.coalesced += 1
@@ -142,6 +149,36 @@ async def from_disk(
         length = resp.content_length
         if length is not None:
             request[ARTIFACT_SENT] = length
+    return resp
+
+
+def _conditional(request: web.BaseRequest) -> bool:
+    headers = request.headers
+    return any(
+        name in headers
+        for name in (hdrs.IF_NONE_MATCH, hdrs.IF_MODIFIED_SINCE, hdrs.IF_MATCH, hdrs.IF_RANGE)
+    )
+
+
+async def from_memory(
+    request: web.BaseRequest,
+    store: ArtifactCache,
+    kept: InMemory,
+    content_type: str,
+    headers: Mapping[str, str] | None,
+) -> web.StreamResponse:
+    """A small verified file from memory: the answer ``from_disk`` would give a plain GET."""
+    store.stats.hits += 1
+    resp = web.Response(body=kept.body, headers=headers)
+    resp.content_type = content_type
+    resp.etag = kept.etag
+    resp.last_modified = kept.mtime
+    resp.headers[hdrs.ACCEPT_RANGES] = "bytes"
+    resp.headers["X-Cache"] = "HIT"
+    await resp.prepare(request)
+    await resp.write_eof()
+    if not _gone(request):
+        request[ARTIFACT_SENT] = len(kept.body)
     return resp
 
 

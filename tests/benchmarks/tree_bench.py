@@ -434,6 +434,17 @@ class Result:
     warm_hits: int
     cache_mb: float
     cache_json_mb: float
+    # CPU seconds the upstream spent on the direct install, pkgate on the cold and the warm one
+    # (client and servers share the machine's cores: this is time the client did not get).
+    direct_cpu: float = 0.0
+    cold_cpu: float = 0.0
+    warm_cpu: float = 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_profile(work: Path, tree: Path, names: list[str], tools: Path, profile: str,
@@ -443,11 +454,13 @@ def run_profile(work: Path, tree: Path, names: list[str], tools: Path, profile: 
     upstream = f"http://127.0.0.1:{up_port}"
     results = []
     serve = [PY, __file__, "--serve", str(tree), str(up_port), str(latency), str(rate)]
-    with process(serve, up_port):
+    with process(serve, up_port) as up:
         for client in clients:
             tag = f"{profile}-{client}"
             http_json(f"{upstream}/-/bench/bytes")
+            before = cpu_seconds(up.pid)
             direct = install(work, tools, client, names, upstream, None, f"{tag}-direct")
+            direct_cpu = cpu_seconds(up.pid) - before
             direct_bytes = http_json(f"{upstream}/-/bench/bytes")["bytes"]
             data = work / f"data-{tag}"
             ids = {}
@@ -460,16 +473,20 @@ def run_profile(work: Path, tree: Path, names: list[str], tools: Path, profile: 
                     "--npm-upstream", upstream + "/", "--metadata-ttl", "3600",
                     "--access-log-file", str(log), "--log-level", "warning"]  # fmt: skip
             registry = f"http://127.0.0.1:{port}/npm/"
-            with process(args, port):
+            with process(args, port) as gate:
+                before = cpu_seconds(gate.pid)
                 cold = install(work, tools, client, names, registry, secrets["cold"], f"{tag}-cold")
+                middle = cpu_seconds(gate.pid)
                 warm = install(work, tools, client, names, registry, secrets["warm"], f"{tag}-warm")
+                cold_cpu, warm_cpu = middle - before, cpu_seconds(gate.pid) - middle
                 metrics = _metrics(f"http://127.0.0.1:{port}/metrics")
             cold_bytes, _, _ = log_figures(log, ids["cold"])
             warm_bytes, warm_requests, warm_hits = log_figures(log, ids["warm"])
             cache_mb = metrics.get("pkgate_metadata_cache_bytes", 0) / 1e6
             json_mb = metrics.get("pkgate_metadata_cache_identity_bytes", 0) / 1e6
             result = Result(profile, client, direct, cold, warm, direct_bytes, cold_bytes,
-                            warm_bytes, warm_requests, warm_hits, cache_mb, json_mb)  # fmt: skip
+                            warm_bytes, warm_requests, warm_hits, cache_mb, json_mb,
+                            direct_cpu, cold_cpu, warm_cpu)  # fmt: skip
             print(f"  {result}", file=sys.stderr, flush=True)
             results.append(result)
             shutil.rmtree(data, ignore_errors=True)
@@ -492,7 +509,8 @@ def _metrics(url: str) -> dict[str, float]:
 
 def table(results: list[Result]) -> str:
     head = ("profile", "client", "direct", "cold", "warm", "MB on the wire direct/cold/warm",
-            "warm from cache", "metadata cache MB (JSON MB)")  # fmt: skip
+            "warm from cache", "metadata cache MB (JSON MB)",
+            "server CPU s direct/cold/warm")  # fmt: skip
     rows = [head]
     for r in results:
         rows.append((
@@ -502,6 +520,7 @@ def table(results: list[Result]) -> str:
             f"{r.direct_bytes / 1e6:.1f} / {r.cold_bytes / 1e6:.1f} / {r.warm_bytes / 1e6:.1f}",
             f"{r.warm_hits}/{r.warm_requests} ({100 * r.warm_hits / max(r.warm_requests, 1):.0f}%)",
             f"{r.cache_mb:.1f} ({r.cache_json_mb:.1f})",
+            f"{r.direct_cpu:.1f} / {r.cold_cpu:.1f} / {r.warm_cpu:.1f}",
         ))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(rows[0], widths, strict=True)) + " |"]
