@@ -17,7 +17,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 
 from aiohttp import hdrs, web
 from yarl import URL
@@ -461,7 +461,13 @@ def published_digest(published: Published | None) -> Digest | None:
     """The digest a tarball must match: its sha512 SRI integrity, else its sha1 shasum."""
     if published is None:
         return None
-    return Digest.from_sri(published.integrity) or Digest.from_hex("sha1", published.shasum)
+    return _digest(published.integrity, published.shasum)
+
+
+@lru_cache(maxsize=8192)
+def _digest(integrity: str | None, shasum: str | None) -> Digest | None:
+    # Parsed once per published hash, not on every download of the tarball (Digest is frozen).
+    return Digest.from_sri(integrity) or Digest.from_hex("sha1", shasum)
 
 
 async def published_file(

@@ -34,8 +34,10 @@ import enum
 import hashlib
 import hmac
 import logging
+import math
 import os
 import secrets
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,7 +143,7 @@ class InMemory:
 
     body: bytes
     etag: str  # as aiohttp's FileResponse makes it (unquoted): mtime (ns) and size in hex
-    mtime: float  # the file's modification time (Last-Modified)
+    last_modified: str  # as aiohttp formats the file's mtime: whole seconds, rounded up
 
 
 class HashMismatch(UpstreamError):
@@ -248,16 +250,22 @@ class ArtifactCache:
         self.bytes += size
         return path
 
-    async def in_memory(self, name: str, digest: Digest) -> InMemory | None:
-        """The stored file ``name``'s bytes from memory when it is small, else None (serve it
-        from disk).  Read once, off the loop, and checked against ``digest`` as it is read: a
-        file that no longer matches is dropped from the store and None returned (a miss then)."""
+    def remembered(self, name: str) -> InMemory | None:
+        """The memory copy of the stored file ``name``, if one is kept (no I/O)."""
         found = self._memory.get(name)
         if found is not None:
             self._memory.move_to_end(name)
             if name in self._index:
                 self._index.move_to_end(name)
             self.stats.memory_hits += 1
+        return found
+
+    async def in_memory(self, name: str, digest: Digest) -> InMemory | None:
+        """The stored file ``name``'s bytes from memory when it is small, else None (serve it
+        from disk).  Read once, off the loop, and checked against ``digest`` as it is read: a
+        file that no longer matches is dropped from the store and None returned (a miss then)."""
+        found = self.remembered(name)
+        if found is not None:
             return found
         size = self._index.get(name)
         if size is None or size > SMALL_FILE_MAX or size > self.memory_max:
@@ -529,7 +537,13 @@ def _read_verified(path: Path, digest: Digest) -> InMemory | None:
     hasher.update(body)
     if len(body) != st.st_size or not digest.matches(hasher.digest()):
         return None
-    return InMemory(body=body, etag=f"{st.st_mtime_ns:x}-{st.st_size:x}", mtime=st.st_mtime)
+    return InMemory(
+        body=body,
+        etag=f"{st.st_mtime_ns:x}-{st.st_size:x}",
+        last_modified=time.strftime(
+            "%a, %d %b %Y %H:%M:%S GMT", time.gmtime(math.ceil(st.st_mtime))
+        ),
+    )
 
 
 def _unlink_all(paths: list[Path]) -> None:

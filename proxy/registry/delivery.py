@@ -87,9 +87,14 @@ async def deliver(
     if digest is None or not store.enabled:
         return await relay(request, store, open_upstream, content_type, headers, digest)
     name = store.name_for(key, digest)
+    plain = not partial and not _conditional(request)
+    if plain:
+        kept = store.remembered(name)
+        if kept is not None:
+            return await from_memory(request, store, kept, content_type, headers)
     path = store.lookup_name(name)
     if path is not None:
-        if not partial and not _conditional(request):
+        if plain:
             kept = await store.in_memory(name, digest)
             if kept is not None:
                 return await from_memory(request, store, kept, content_type, headers)
@@ -172,7 +177,7 @@ async def from_memory(
     resp = web.Response(body=kept.body, headers=headers)
     resp.content_type = content_type
     resp.etag = kept.etag
-    resp.last_modified = kept.mtime
+    resp.headers[hdrs.LAST_MODIFIED] = kept.last_modified
     resp.headers[hdrs.ACCEPT_RANGES] = "bytes"
     resp.headers["X-Cache"] = "HIT"
     await resp.prepare(request)

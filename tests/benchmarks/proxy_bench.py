@@ -426,6 +426,11 @@ class Bench:
             6: self.npm_install,
             7: self.workers,
             8: self.policy_overhead,
+            9: lambda: self.warm_metadata(
+                "9. warm small tarball req/s",
+                "/npm/dep001/-/dep001-1.0.0.tgz",
+                "application/octet-stream",
+            ),
         }
         with process(upstream_cmd, self.up_port):
             for number, measure in rows.items():
