@@ -128,8 +128,8 @@ class Throttle:
             known = validator.cached(secret, digest)
         facts.secret = secret
         facts.cached = known
+        # Nothing presented (or nothing readable): only the request rate per address applies.
         if secret and limits.per_token is not None:
-            # Nothing presented, nothing guessed: then only the request rates apply.
             key = digest if known is not None else _token_key(secret, False)
             if key is not None:
                 retry = limits.per_token.hit(key)
@@ -141,12 +141,9 @@ class Throttle:
         """After a 401 for credentials pkgate never issued: spend one unit of the address's
         failure budget; once it is gone, the 429 to answer instead."""
         limits = self._limits
-        if limits is None or limits.auth_failures is None:
-            return None
-        ip = facts.ip
-        if ip is None:
-            return None
-        retry = limits.auth_failures.hit(ip)
+        if limits is None or limits.auth_failures is None or facts.ip is None:
+            return None  # no limits (admit set no address), or this budget is off
+        retry = limits.auth_failures.hit(facts.ip)
         return None if retry is None else too_many(TOO_MANY_FAILURES, retry)
 
 

@@ -10,7 +10,9 @@ REQUIRE_ENV = "PKGATE_REQUIRE_TOOLS"
 
 
 def required() -> bool:
-    return bool(os.environ.get(REQUIRE_ENV) or os.environ.get("CI"))
+    """Under tests/run.sh or CI (any ``CI`` value but empty, ``0`` or ``false``)."""
+    ci = os.environ.get("CI", "").strip().lower()
+    return bool(os.environ.get(REQUIRE_ENV)) or ci not in ("", "0", "false")
 
 
 def require(present: object, what: str) -> None:

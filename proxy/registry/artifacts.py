@@ -11,10 +11,11 @@ answers into responses.
   may still relay) when it would not fit in the bound or when the disk fails, and says so.
 - Eviction is LRU by bytes; a file larger than the bound is never kept, and a new file never
   evicts itself.
-- ``in_memory(name, digest)``: small files (``SMALL_FILE_MAX``) once asked for are also kept in
-  memory, within ``memory_max`` bytes (LRU), read once and checked against their digest again as
-  they are read (a file changed on disk is dropped, never served), so the many small tarballs of
-  a warm install are answered without opening a file, a thread hop and a sendfile per request.
+- ``remembered(name)``, ``load_into_memory(name, digest)``: small files (``SMALL_FILE_MAX``)
+  once asked for are also kept in memory, within ``memory_max`` bytes (LRU), read once and
+  checked against their digest again as they are read (a file changed on disk is dropped, never
+  served), so the many small tarballs of a warm install are answered without opening a file, a
+  thread hop and a sendfile per request.
 
 Files live under ``<data_dir>/cache/artifacts/<2 hex>/<64 hex>``: the name is a SHA-256 of the
 handler's key and the expected digest, never derived from a client's path, so nothing can escape
@@ -260,13 +261,12 @@ class ArtifactCache:
             self.stats.memory_hits += 1
         return found
 
-    async def in_memory(self, name: str, digest: Digest) -> InMemory | None:
-        """The stored file ``name``'s bytes from memory when it is small, else None (serve it
-        from disk).  Read once, off the loop, and checked against ``digest`` as it is read: a
-        file that no longer matches is dropped from the store and None returned (a miss then)."""
-        found = self.remembered(name)
-        if found is not None:
-            return found
+    async def load_into_memory(self, name: str, digest: Digest) -> InMemory | None:
+        """Keep the stored file ``name`` in memory when it is small; None to serve it from disk.
+
+        Read off the loop and checked against ``digest`` as it is read: a file that no longer
+        matches is dropped from the store and None returned (a miss then).  Called once
+        ``remembered`` has no copy."""
         size = self._index.get(name)
         if size is None or size > SMALL_FILE_MAX or size > self.memory_max:
             return None
@@ -284,6 +284,7 @@ class ArtifactCache:
             return None
         if name not in self._index:  # evicted while it was read
             return None
+        self._forget_memory(name)  # a concurrent request may have loaded it too
         self._memory[name] = loaded
         self.memory_bytes += len(loaded.body)
         while self.memory_bytes > self.memory_max:

@@ -5,7 +5,8 @@ registry found (None when its metadata publishes none):
 
 - **hit**: a verified file on disk, answered with ``SendfileResponse`` (Range/206/416, HEAD,
   conditional requests); a small one asked for with a plain GET is answered from the store's
-  memory copy instead (``ArtifactCache.in_memory``), with the same headers; ``X-Cache: HIT``.
+  memory copy instead (``ArtifactCache.remembered``, ``load_into_memory``), with the same
+  headers; ``X-Cache: HIT``.
 - **miss, GET**: the upstream's bytes stream to the client while they are hashed and written to a
   temporary file; the last chunk is held back until the hash is checked.  A mismatch cuts the
   connection (the client sees a short body, never a complete wrong one) and nothing is kept.
@@ -95,7 +96,7 @@ async def deliver(
     path = store.lookup_name(name)
     if path is not None:
         if plain:
-            kept = await store.in_memory(name, digest)
+            kept = await store.load_into_memory(name, digest)
             if kept is not None:
                 return await from_memory(request, store, kept, content_type, headers)
             path = store.lookup_name(name)  # gone if it no longer matched
@@ -145,24 +146,8 @@ async def from_disk(
     headers: Mapping[str, str] | None,
 ) -> web.StreamResponse:
     """A verified file from the store, sent here so that its completion is known."""
-    store.stats.hits += 1
     resp = SendfileResponse(path, chunk_size=store.chunk_size, headers=headers)
-    resp.content_type = content_type
-    resp.headers["X-Cache"] = "HIT"
-    await resp.prepare(request)
-    if resp.status == 200 and request.method == hdrs.METH_GET and not _gone(request):
-        length = resp.content_length
-        if length is not None:
-            request[ARTIFACT_SENT] = length
-    return resp
-
-
-def _conditional(request: web.BaseRequest) -> bool:
-    headers = request.headers
-    return any(
-        name in headers
-        for name in (hdrs.IF_NONE_MATCH, hdrs.IF_MODIFIED_SINCE, hdrs.IF_MATCH, hdrs.IF_RANGE)
-    )
+    return await _send_hit(request, store, resp, content_type)
 
 
 async def from_memory(
@@ -173,18 +158,36 @@ async def from_memory(
     headers: Mapping[str, str] | None,
 ) -> web.StreamResponse:
     """A small verified file from memory: the answer ``from_disk`` would give a plain GET."""
-    store.stats.hits += 1
     resp = web.Response(body=kept.body, headers=headers)
-    resp.content_type = content_type
     resp.etag = kept.etag
     resp.headers[hdrs.LAST_MODIFIED] = kept.last_modified
     resp.headers[hdrs.ACCEPT_RANGES] = "bytes"
+    return await _send_hit(request, store, resp, content_type)
+
+
+async def _send_hit(
+    request: web.BaseRequest, store: ArtifactCache, resp: web.StreamResponse, content_type: str
+) -> web.StreamResponse:
+    """Send a hit's answer here, so that a complete 200 body is known (``ARTIFACT_SENT``)."""
+    store.stats.hits += 1
+    resp.content_type = content_type
     resp.headers["X-Cache"] = "HIT"
     await resp.prepare(request)
     await resp.write_eof()
-    if not _gone(request):
-        request[ARTIFACT_SENT] = len(kept.body)
+    length = resp.content_length
+    complete = resp.status == 200 and request.method == hdrs.METH_GET and not _gone(request)
+    if complete and length is not None:
+        request[ARTIFACT_SENT] = length
     return resp
+
+
+# A request with one of these is answered from the file, whose validators aiohttp checks.
+_CONDITIONAL: Final = (hdrs.IF_NONE_MATCH, hdrs.IF_MODIFIED_SINCE, hdrs.IF_MATCH, hdrs.IF_RANGE)
+
+
+def _conditional(request: web.BaseRequest) -> bool:
+    headers = request.headers
+    return any(name in headers for name in _CONDITIONAL)
 
 
 async def fill(

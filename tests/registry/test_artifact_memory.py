@@ -3,6 +3,7 @@ bounded, and never a file that changed on disk (issue 13: warm installs of many 
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -96,3 +97,16 @@ async def test_memory__bounded_large_files_stay_on_disk_and_eviction_drops_copie
 
 def test_memory__off_when_the_store_is_off(tmp_path: Path) -> None:
     assert ArtifactCache(tmp_path, 0).memory_max == 0
+
+
+async def test_memory__concurrent_first_loads_count_the_copy_once(harness: Harness) -> None:
+    publish(harness, "a.tgz", TARBALL)
+    await get(harness, "a.tgz")
+    store = harness.cache
+    [name] = list(store._index)
+    digest = harness.digests["a.tgz"]
+    assert digest is not None
+    assert store.remembered(name) is None
+    loaded = await asyncio.gather(*(store.load_into_memory(name, digest) for _ in range(3)))
+    assert all(copy is not None and copy.body == TARBALL for copy in loaded)
+    assert store.memory_bytes == len(TARBALL)
