@@ -11,10 +11,9 @@ from tokenapi.config import TokenApiConfig
 
 from . import breachwire
 from .auth import NPM_CHALLENGE, PYPI_CHALLENGE
-from .errors import error_middleware
 from .history import download_recorder
 from .keys import artifact_cache_key, metadata_cache_key, settings_key, upstream_key
-from .metrics import metrics_key, metrics_middleware, setup_metrics
+from .metrics import Metrics, front_middleware, metrics_key
 from .npm import routes as npm
 from .ops import setup_ops
 from .pypi import routes as simple
@@ -118,17 +117,14 @@ async def server_header(request: web.Request, response: web.StreamResponse) -> N
 
 def create_app(settings: Settings) -> web.Application:
     """Build the whole server for ``settings``; nothing is opened until the app starts."""
-    # This order matters: metrics outermost so they count the final status of every answer,
-    # including the JSON errors the error middleware makes from failures below it.
     decode.return_large_buffers()
-    app = web.Application(
-        middlewares=[metrics_middleware, error_middleware], client_max_size=CLIENT_MAX_SIZE
-    )
+    metrics = Metrics()
+    app = web.Application(middlewares=[front_middleware(metrics)], client_max_size=CLIENT_MAX_SIZE)
+    app[metrics_key] = metrics
     app[settings_key] = settings
     app.on_response_prepare.append(server_header)
     app[registry_key] = Registry(app)
     app[registry_key].on_served.append(download_recorder(app))
-    setup_metrics(app)
     tokenapi.http.setup(app, token_api_config(settings), supplychain_admin.ENDPOINTS)
     app.cleanup_ctx.append(upstream_ctx)
     app.cleanup_ctx.append(cache_ctx)

@@ -42,9 +42,14 @@ PRIVATE_API: Final = (
 AIOHTTP_VERSION: Final = aiohttp.__version__
 
 
-def add_domain_subapp(app: web.Application, rule: Domain, subapp: web.Application) -> None:
+def add_domain_subapp(
+    app: web.Application, rule: Domain, subapp: web.Application
+) -> web.AbstractResource:
     """``Application.add_domain`` with our own ``Domain`` rule instead of a plain host name."""
-    app._add_subapp(partial(MatchedSubAppResource, rule, subapp), subapp)
+    resource: web.AbstractResource = app._add_subapp(
+        partial(MatchedSubAppResource, rule, subapp), subapp
+    )
+    return resource
 
 
 class SafeServer(web.Server):

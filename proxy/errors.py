@@ -53,24 +53,30 @@ def policy_refusal(refusal: Refusal) -> web.Response:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every error into a JSON body; never let a traceback reach a client.
+    """Turn every error into a JSON body (``answer_failure``); never let a traceback reach a
+    client.  The main app does this in its one middleware (``proxy.metrics.front_middleware``)."""
+    try:
+        return await handler(request)
+    except Exception as exc:
+        return answer_failure(request, exc)
+
+
+def answer_failure(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The JSON answer for a handler's failure ``exc`` (re-raised when not ours to answer).
 
     A failure after the answer's status line went out cannot become another answer (it would be
     written into the body): the connection is cut instead.
     """
-    try:
-        return await handler(request)
-    except Exception as exc:
-        if answer_started(request):
-            log.warning(
-                "failure after the answer started on %s: %s",
-                safe_path(request.rel_url),
-                exc.__class__.__name__,
-            )
-            if request.transport is not None:
-                request.transport.abort()
-            raise ConnectionResetError("the answer had already started") from None
-        return error_answer(request, exc)
+    if answer_started(request):
+        log.warning(
+            "failure after the answer started on %s: %s",
+            safe_path(request.rel_url),
+            exc.__class__.__name__,
+        )
+        if request.transport is not None:
+            request.transport.abort()
+        raise ConnectionResetError("the answer had already started") from None
+    return error_answer(request, exc)
 
 
 def answer_started(request: web.BaseRequest) -> bool:

@@ -1,4 +1,4 @@
-"""The gate of a registry mount: one middleware running its checks in order, then the route.
+"""The gate of a registry mount: the checks every registry route runs first, in order.
 
 1. early answers, for requests that must be answered before authentication (npm's login
    requests get the advice on how to get a token, ``proxy.npm.login``);
@@ -7,17 +7,16 @@
 4. the route; a refused guess (credentials pkgate never issued) is charged to the address's
    failure budget afterwards (``Throttle.guessed``), which may turn the 401 into a 429.
 
-One middleware rather than one per check: each middleware layer costs a coroutine and a wrapper
-on every request of an install, and the checks always run together, in this order.
+The gate wraps each route's handler (``RegistryGate.guard``) rather than being a middleware:
+a middleware layer costs aiohttp a wrapper, a coroutine and a sub-application of its own on
+every request of an install, and the checks always run together, in this order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from .auth import Authenticator
 from .errors import Handler
@@ -27,32 +26,42 @@ from .ratelimit import Throttle
 # An answer given before the throttles and authentication, or None to go on.
 EarlyAnswer = Callable[[web.Request], web.Response | None]
 
-# On each registry sub-app: its early answers, which its routes' setup may add to.
-early_answers_key: Final = web.AppKey("early_answers", list[EarlyAnswer])
 
+class RegistryGate:
+    """The checks of one registry mount; shared state is read from ``root``.
 
-def registry_gate(
-    ecosystem: str, challenge: str, root: web.Application, early: list[EarlyAnswer]
-) -> Middleware:
-    """The middleware guarding one registry mount; shared state is read from ``root``."""
-    throttle = Throttle(root)
-    authenticate = Authenticator(ecosystem, challenge, root)
+    ``early`` lists the mount's early answers; its routes' setup may add to it.
+    """
 
-    @web.middleware
-    async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        facts = request[REQUEST_FACTS] = RegistryFacts(ecosystem)
-        for answer in early:
-            answered = answer(request)
-            if answered is not None:
-                return answered
-        refused = throttle.admit(request, facts)
-        if refused is not None:
+    __slots__ = ("_authenticate", "_throttle", "early", "ecosystem")
+
+    def __init__(self, ecosystem: str, challenge: str, root: web.Application) -> None:
+        self.ecosystem = ecosystem
+        self.early: list[EarlyAnswer] = []
+        self._throttle = Throttle(root)
+        self._authenticate = Authenticator(ecosystem, challenge, root)
+
+    def guard(self, handler: Handler) -> Handler:
+        """``handler`` behind this gate."""
+        ecosystem = self.ecosystem
+        early = self.early
+        throttle = self._throttle
+        authenticate = self._authenticate
+
+        async def gated(request: web.Request) -> web.StreamResponse:
+            facts = request[REQUEST_FACTS] = RegistryFacts(ecosystem)
+            for answer in early:
+                answered = answer(request)
+                if answered is not None:
+                    return answered
+            refused = throttle.admit(request, facts)
+            if refused is not None:
+                return refused
+            refused = await authenticate(request, facts)
+            if refused is None:
+                return await handler(request)
+            if facts.auth_failure == "invalid":
+                return throttle.guessed(facts) or refused
             return refused
-        refused = await authenticate(request, facts)
-        if refused is None:
-            return await handler(request)
-        if facts.auth_failure == "invalid":
-            return throttle.guessed(facts) or refused
-        return refused
 
-    return gate
+        return gated

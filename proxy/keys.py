@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from aiohttp import web
-from yarl import URL
 
 from tokenapi.store import Token
 
@@ -16,8 +15,6 @@ settings_key = web.AppKey("settings", Settings)
 upstream_key = web.AppKey("upstream", Upstream)
 metadata_cache_key = web.AppKey("metadata_cache", MetadataCache)
 artifact_cache_key = web.AppKey("artifact_cache", ArtifactCache)
-# On each registry sub-app: the absolute URL where that mount is reached (see proxy.vhosts).
-registry_base_key = web.AppKey("registry_base", URL)
 
 
 class RegistryFacts:

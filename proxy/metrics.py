@@ -23,6 +23,7 @@ from bisect import bisect_left
 from collections.abc import Iterator
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -38,7 +39,7 @@ from tokenapi.keys import breach_key, recorder_key, store_key
 from tokenapi.lastused import UsageRecorder
 
 from .accesslog import AccessLogSink, access_log_key
-from .errors import Handler
+from .errors import Handler, answer_failure
 from .keys import REQUEST_FACTS, metadata_cache_key
 from .registry.metacache import MetadataCache
 
@@ -327,41 +328,52 @@ def route_label(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count every request with its final status, duration and cache outcome."""
-    metrics = request.app[metrics_key]
-    start = time.perf_counter()
-    status = 500
-    metrics.in_flight += 1
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    except (ConnectionResetError, asyncio.CancelledError):
-        status = CLIENT_CLOSED
-        raise
-    finally:
-        metrics.in_flight -= 1
-        facts = request.get(REQUEST_FACTS)
-        ecosystem = "none" if facts is None else facts.ecosystem
-        metrics.requests.inc(ecosystem, route_label(request), str(status))
-        metrics.request_duration.observe(ecosystem, time.perf_counter() - start)
-        if facts is not None and facts.cache in CACHE_OUTCOMES:
-            metrics.cache.inc(ecosystem, facts.cache)
+def front_middleware(metrics: Metrics) -> Middleware:
+    """The main app's one middleware: every request counted in ``metrics`` with its final
+    status, duration and cache outcome, around the route; every failure made a JSON answer
+    (``proxy.errors.answer_failure``) inside the count, so the count has the answer's status.
+
+    One layer rather than two: each middleware layer costs aiohttp a wrapper and a coroutine on
+    every request.
+    """
+    requests = metrics.requests.values
+    cache = metrics.cache.values
+    durations = metrics.request_duration
+    perf_counter = time.perf_counter
+
+    @web.middleware
+    async def front(request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = perf_counter()
+        status = 500
+        metrics.in_flight += 1
+        try:
+            try:
+                response = await handler(request)
+            except Exception as exc:
+                response = answer_failure(request, exc)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except (ConnectionResetError, asyncio.CancelledError):
+            status = CLIENT_CLOSED
+            raise
+        finally:
+            metrics.in_flight -= 1
+            facts = request.get(REQUEST_FACTS)
+            ecosystem = "none" if facts is None else facts.ecosystem
+            labels = (ecosystem, route_label(request), str(status))
+            requests[labels] = requests.get(labels, 0.0) + 1.0
+            durations.observe(ecosystem, perf_counter() - start)
+            if facts is not None and facts.cache in CACHE_OUTCOMES:
+                outcome = (ecosystem, facts.cache)
+                cache[outcome] = cache.get(outcome, 0.0) + 1.0
+
+    return front
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
     """The Prometheus text exposition of this process's metrics."""
     body = await request.app[metrics_key].render(request.app)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-def setup_metrics(app: web.Application) -> Metrics:
-    """Give ``app`` its own Metrics (the app factory places the middleware, ops the route)."""
-    metrics = Metrics()
-    app[metrics_key] = metrics
-    return metrics

@@ -1,13 +1,13 @@
 import aiohttp
 import pytest
-from aiohttp import web
+from aiohttp import hdrs, web
 from yarl import URL
 
 from proxy import settings as settings_mod
 from proxy.auth import NPM_CHALLENGE
-from proxy.keys import registry_base_key, settings_key
+from proxy.keys import settings_key
 from proxy.settings import Settings, SettingsError
-from proxy.vhosts import mount_registry
+from proxy.vhosts import RegistryMount, mount_registry
 from tests.conftest import RunningServer, StartServer, serve_app
 
 UNREACHABLE = "http://127.0.0.1:9/"
@@ -70,11 +70,11 @@ async def test_vhosts__each_mount_knows_its_public_base() -> None:
         anonymous="allow",
     )
 
-    async def base(request: web.Request) -> web.Response:
-        return web.Response(text=str(request.app[registry_base_key]))
+    def routes(mount: RegistryMount, _settings: Settings) -> None:
+        async def base(request: web.Request) -> web.Response:
+            return web.Response(text=str(mount.base))
 
-    def routes(app: web.Application, _settings: Settings) -> None:
-        app.router.add_get("/where", base)
+        mount.add(hdrs.METH_GET, "/where", base)
 
     app = web.Application()
     app[settings_key] = settings

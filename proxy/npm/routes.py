@@ -26,8 +26,6 @@ from tokenapi.keys import REQUEST_TOKEN, request_token
 
 from ..auth import NPM_CHALLENGE, unauthorized
 from ..errors import json_error
-from ..gate import early_answers_key
-from ..keys import registry_base_key
 from ..registry.artifacts import Digest
 from ..registry.decode import IN_FLIGHT, MAX_BODY, decode_body, decode_small, read_body
 from ..registry.metacache import (
@@ -47,13 +45,13 @@ from ..registry.pipeline import (
     decision_for,
     fetch_metadata,
     note_cache_state,
-    registry_key,
     serve_artifact,
     serve_metadata,
 )
 from ..registry.policy import Decision, Ecosystem, PackageFacts, PolicyRefused
 from ..registry.upstream import Upstream, UpstreamError, raise_for_upstream_status
 from ..settings import Settings
+from ..vhosts import RegistryMount
 from . import rewrite as npmrewrite
 from .login import login_answer
 from .notice import NOTICE_CACHE_CONTROL, NOTICE_HEADER, withheld_notice
@@ -113,9 +111,6 @@ class NpmConfig:
     def derived_key(self, name: str, what: str) -> CacheKey:
         """The metadata cache key of an answer derived from the full packument, named ``what``."""
         return ("npm", name, f"{what} {self.public_root}")
-
-
-npm_config_key = web.AppKey("npm_config", NpmConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -555,17 +550,12 @@ async def json_passthrough(request: web.Request, config: NpmConfig, rest: str) -
     return web.Response(body=fetched.body, content_type="application/json")
 
 
-def setup_routes(app: web.Application, settings: Settings) -> None:
-    """Register the npm endpoint on its sub-application."""
-    # Mounted under the public URL's path and possibly on its own host: each mount knows where
-    # it is reached and writes tarball URLs pointing there.
-    base = app.get(registry_base_key)
-    if base is None:
-        public = settings.base_url
-        base = public.with_path(public.path.rstrip("/") + "/npm/")
-    config = app[npm_config_key] = npm_config(settings, base, app[registry_key])
+def setup_routes(mount: RegistryMount, settings: Settings) -> None:
+    """Register the npm endpoint on ``mount`` (which knows where it is reached: tarball URLs
+    point there)."""
+    config = npm_config(settings, mount.base, mount.registry)
     # npm login is answered with how to get a token, before the throttles and authentication.
-    app[early_answers_key].append(login_answer(settings, config.mount))
+    mount.gate.early.append(login_answer(settings, config.mount))
     # One catch-all: aiohttp's router unquotes only some %2F spellings, so dispatch() routes
     # on the raw path itself.
-    app.router.add_route("*", "/{path:.*}", partial(dispatch, config))
+    mount.add("*", "/{path:.*}", partial(dispatch, config))

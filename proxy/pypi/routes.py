@@ -33,7 +33,6 @@ from aiohttp import hdrs, web
 from yarl import URL
 
 from ..errors import json_error
-from ..keys import registry_base_key
 from ..registry.artifacts import Digest
 from ..registry.decode import MAX_BODY
 from ..registry.metacache import (
@@ -50,13 +49,13 @@ from ..registry.pipeline import (
     Registry,
     decision_for,
     fetch_metadata,
-    registry_key,
     serve_artifact,
     serve_metadata,
 )
 from ..registry.policy import Decision, Ecosystem, FileFacts, PackageFacts
 from ..registry.upstream import UpstreamError
 from ..settings import Settings
+from ..vhosts import RegistryMount
 from .negotiate import choose
 from .rewrite import (
     HTML_TYPE,
@@ -423,17 +422,11 @@ class SimpleIndex:
         return await serve_artifact(request, registry, artifact, decision)
 
 
-def setup_routes(app: web.Application, settings: Settings) -> None:
-    """Register the index and file routes on the PyPI sub-application."""
-    # Mounted under the public URL's path and possibly on its own host: each mount writes
-    # links to itself.
-    base = app.get(registry_base_key)
-    if base is None:
-        public = settings.base_url
-        base = public.with_path(public.path.rstrip("/") + "/pypi/")
-    index = SimpleIndex(settings, base, app[registry_key])
-    app.router.add_get("/simple", index.simple_no_slash)
-    app.router.add_get("/simple/", index.root)
-    app.router.add_get("/simple/{name}", index.project_no_slash)
-    app.router.add_get("/simple/{name}/", index.project)
-    app.router.add_get("/files/{tail:.+}", index.file)
+def setup_routes(mount: RegistryMount, settings: Settings) -> None:
+    """Register the index and file routes on ``mount`` (whose links point at itself)."""
+    index = SimpleIndex(settings, mount.base, mount.registry)
+    mount.add(hdrs.METH_GET, "/simple", index.simple_no_slash)
+    mount.add(hdrs.METH_GET, "/simple/", index.root)
+    mount.add(hdrs.METH_GET, "/simple/{name}", index.project_no_slash)
+    mount.add(hdrs.METH_GET, "/simple/{name}/", index.project)
+    mount.add(hdrs.METH_GET, "/files/{tail:.+}", index.file)
