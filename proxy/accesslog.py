@@ -53,10 +53,8 @@ from aiohttp.abc import AbstractAccessLogger
 from yarl import URL
 
 from tokenapi.clientip import Network, client_ip
-from tokenapi.keys import REQUEST_TOKEN
-from tokenapi.store import Token
 
-from .keys import REQUEST_FACTS
+from .keys import REQUEST_FACTS, RegistryFacts
 from .settings import Settings
 
 LOGGER_NAME = "pkgate.access"
@@ -132,32 +130,45 @@ def access_record(
     trusted_proxies: Iterable[Network] = (),
 ) -> dict[str, Any]:
     """The log fields of one answered request."""
-    method = request.method
-    user_agent = request.headers.get(hdrs.USER_AGENT)
-    facts = request.get(REQUEST_FACTS)
+    try:
+        facts: RegistryFacts | None = request[REQUEST_FACTS]
+    except KeyError:  # not a registry request
+        facts = None
     if facts is not None:
         # The registry gate has worked these out already (the address with the same proxies).
         ip, token, ecosystem, cache = facts.ip, facts.token, facts.ecosystem, facts.cache
     else:
-        ip, token, ecosystem, cache = None, request.get(REQUEST_TOKEN), None, None
+        ip, token, ecosystem, cache = None, None, None, None
     if ip is None:
         # A request refused before routing is a BaseRequest: its peer is all there is.
         if isinstance(request, web.Request):
             ip = client_ip(request, trusted_proxies)
         else:
             ip = request.remote or "unknown"
+    method = request.method
+    user_agent = request.headers.get(hdrs.USER_AGENT)
+    if user_agent is not None:
+        user_agent = user_agent[:MAX_USER_AGENT]
+        if "pkg_" in user_agent or not user_agent.isascii():
+            user_agent = mask_tokens(user_agent)
+    path = request.raw_path
+    if "?" in path or not path.startswith("/") or "pkg_" in path or not path.isascii():
+        path = safe_path(request.rel_url)
+    elif len(path) > MAX_PATH:
+        path = path[:MAX_PATH]
     return {
         "time": _clock.now(),
         "client_ip": ip,
         "method": method if method in _PLAIN_METHODS else mask_tokens(method[:16]),
-        "path": safe_path(request.rel_url),
+        "path": path,
         "status": response.status,
         "bytes": response.body_length,
-        "duration_ms": round(seconds * 1000, 3),
-        "token_id": token.id if isinstance(token, Token) else None,
+        # Milliseconds to three places (round() costs several times this arithmetic).
+        "duration_ms": int(seconds * 1_000_000 + 0.5) / 1000,
+        "token_id": token.id if token is not None else None,
         "ecosystem": ecosystem,
         "cache": cache,
-        "user_agent": mask_tokens(user_agent[:MAX_USER_AGENT]) if user_agent else None,
+        "user_agent": user_agent or None,
     }
 
 

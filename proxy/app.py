@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from aiohttp import hdrs, web
+from aiohttp import web
 
 import tokenapi.http
 from tokenapi.config import TokenApiConfig
 
-from . import breachwire
+from . import breachwire, compat
 from .auth import NPM_CHALLENGE, PYPI_CHALLENGE
 from .history import download_recorder
 from .keys import artifact_cache_key, metadata_cache_key, settings_key, upstream_key
@@ -107,22 +107,18 @@ async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+# Every answer names the server ``pkgate`` only (never the aiohttp or Python versions).
 SERVER_NAME = "pkgate"
-
-
-async def server_header(request: web.Request, response: web.StreamResponse) -> None:
-    """Every answer names the server ``pkgate`` only (never the aiohttp or Python versions)."""
-    response.headers[hdrs.SERVER] = SERVER_NAME
 
 
 def create_app(settings: Settings) -> web.Application:
     """Build the whole server for ``settings``; nothing is opened until the app starts."""
     decode.return_large_buffers()
+    compat.name_the_server(SERVER_NAME)
     metrics = Metrics()
     app = web.Application(middlewares=[front_middleware(metrics)], client_max_size=CLIENT_MAX_SIZE)
     app[metrics_key] = metrics
     app[settings_key] = settings
-    app.on_response_prepare.append(server_header)
     app[registry_key] = Registry(app)
     app[registry_key].on_served.append(download_recorder(app))
     tokenapi.http.setup(app, token_api_config(settings), supplychain_admin.ENDPOINTS)

@@ -15,7 +15,7 @@ from cachetools import TTLCache
 from tokenapi import tokens
 from tokenapi.credentials import MalformedCredentials, secret_from_header
 from tokenapi.errors import StoreUnavailable
-from tokenapi.keys import REQUEST_TOKEN, recorder_key, store_key, validator_key
+from tokenapi.keys import recorder_key, store_key, validator_key
 from tokenapi.lastused import UsageRecorder
 from tokenapi.store import Token
 from tokenapi.validation import EXPIRED, INVALID, TokenValidator, out_of_scope
@@ -37,6 +37,8 @@ class Authenticator:
 
     __slots__ = (
         "_metrics",
+        "_ok_counts",
+        "_ok_labels",
         "_recorder",
         "_revoked_seen",
         "_root",
@@ -56,10 +58,12 @@ class Authenticator:
         self._validator: TokenValidator | None = None
         self._recorder: UsageRecorder | None = None
         self._metrics: Metrics | None = None
+        self._ok_counts: dict[tuple[str, ...], float] | None = None
+        self._ok_labels = (ecosystem, "ok")
 
     async def __call__(self, request: web.Request, facts: RegistryFacts) -> web.Response | None:
-        """None when the request may go on (its token, if any, on ``REQUEST_TOKEN`` and
-        ``facts``), else the 401 to answer (the reason on ``facts.auth_failure``)."""
+        """None when the request may go on (its token, if any, on ``facts``), else the 401
+        to answer (the reason on ``facts.auth_failure``)."""
         ecosystem = self.ecosystem
         token: Token | None = facts.cached
         if token is not None:
@@ -88,9 +92,13 @@ class Authenticator:
             token = checked
         elif ecosystem not in token.scopes:
             return self._refuse(facts, "out_of_scope", out_of_scope(ecosystem))
-        self._count("ok")
+        counts = self._ok_counts
+        if counts is not None:
+            counts[self._ok_labels] = counts.get(self._ok_labels, 0.0) + 1.0
+        else:
+            self._count("ok")
         (self._recorder or self._started()[1]).record(token.id, ecosystem)
-        facts.token = request[REQUEST_TOKEN] = token
+        facts.token = token
         return None
 
     def _started(self) -> tuple[TokenValidator, UsageRecorder]:
@@ -110,6 +118,8 @@ class Authenticator:
             metrics = self._metrics = self._root.get(metrics_key)
             if metrics is None:
                 return
+            # The warm path's count, "ok", is kept straight in the counter's values.
+            self._ok_counts = metrics.auth.values
         metrics.auth_outcome(self.ecosystem, outcome)
 
     async def _failure_outcome(self, secret: str) -> str:

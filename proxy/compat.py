@@ -1,8 +1,10 @@
 """Every use of aiohttp's private API, in one place (``tests/test_compat.py`` pins each of them).
 
-aiohttp gives no public way to do these four things; each function names what it relies on, and
+aiohttp gives no public way to do these five things; each function names what it relies on, and
 the test fails loudly (naming the attribute) when an aiohttp upgrade moves any of it:
 
+- ``name_the_server``: ``web_response.SERVER_SOFTWARE``, the ``Server`` header every answer
+  gets unless it sets its own (a signal handler per answer would cost a coroutine each);
 - ``add_domain_subapp``: ``Application._add_subapp`` with a custom host rule (``add_domain``
   takes only a host name, and our rule must yield to the main app's routes);
 - ``SafeServer`` / ``SafeAppRunner``: ``Server._kwargs``, ``Server._loop`` and
@@ -22,7 +24,7 @@ from functools import partial
 from typing import IO, Any, Final
 
 import aiohttp
-from aiohttp import web
+from aiohttp import web, web_response
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_urldispatcher import Domain, MatchedSubAppResource
@@ -32,6 +34,7 @@ SENDFILE_MAX: Final = 16 * 1024 * 1024
 
 # What each function below relies on: (object, attribute).  The compatibility test checks them.
 PRIVATE_API: Final = (
+    (web_response, "SERVER_SOFTWARE"),
     (web.Application, "_add_subapp"),
     (web.Server, "_kwargs"),
     (web.Server, "_loop"),
@@ -40,6 +43,12 @@ PRIVATE_API: Final = (
     (web.StreamResponse, "_payload_writer"),
 )
 AIOHTTP_VERSION: Final = aiohttp.__version__
+
+
+def name_the_server(name: str) -> None:
+    """Make ``name`` the ``Server`` header of every answer of every aiohttp server in this
+    process (aiohttp's default names aiohttp and the Python version)."""
+    web_response.SERVER_SOFTWARE = name  # type: ignore[attr-defined]
 
 
 def add_domain_subapp(

@@ -14,7 +14,7 @@ every request of an install, and the checks always run together, in this order.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from aiohttp import web
 
@@ -28,32 +28,39 @@ EarlyAnswer = Callable[[web.Request], web.Response | None]
 
 
 class RegistryGate:
-    """The checks of one registry mount; shared state is read from ``root``.
+    """The checks of one registry mount; shared state is read from ``root``."""
 
-    ``early`` lists the mount's early answers; its routes' setup may add to it.
-    """
-
-    __slots__ = ("_authenticate", "_throttle", "early", "ecosystem")
+    __slots__ = ("_authenticate", "_early", "_throttle", "ecosystem")
 
     def __init__(self, ecosystem: str, challenge: str, root: web.Application) -> None:
         self.ecosystem = ecosystem
-        self.early: list[EarlyAnswer] = []
+        # Method -> the early answers for requests of that method.
+        self._early: dict[str, list[EarlyAnswer]] = {}
         self._throttle = Throttle(root)
         self._authenticate = Authenticator(ecosystem, challenge, root)
+
+    def answer_early(self, methods: Iterable[str], answer: EarlyAnswer) -> None:
+        """Let ``answer`` answer requests of ``methods`` first (a route's setup calls this):
+        the requests of an install (GETs) meet no early answer they do not need."""
+        for method in methods:
+            self._early.setdefault(method, []).append(answer)
 
     def guard(self, handler: Handler) -> Handler:
         """``handler`` behind this gate."""
         ecosystem = self.ecosystem
-        early = self.early
+        early = self._early
         throttle = self._throttle
         authenticate = self._authenticate
 
         async def gated(request: web.Request) -> web.StreamResponse:
-            facts = request[REQUEST_FACTS] = RegistryFacts(ecosystem)
-            for answer in early:
-                answered = answer(request)
-                if answered is not None:
-                    return answered
+            facts = request[REQUEST_FACTS] = RegistryFacts()
+            facts.ecosystem = ecosystem
+            answers = early.get(request.method)
+            if answers is not None:
+                for answer in answers:
+                    answered = answer(request)
+                    if answered is not None:
+                        return answered
             refused = throttle.admit(request, facts)
             if refused is not None:
                 return refused

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from aiohttp.web_urldispatcher import AbstractRoute, SystemRoute
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -40,7 +41,7 @@ from tokenapi.lastused import UsageRecorder
 
 from .accesslog import AccessLogSink, access_log_key
 from .errors import Handler, answer_failure
-from .keys import REQUEST_FACTS, metadata_cache_key
+from .keys import REQUEST_FACTS, RegistryFacts, metadata_cache_key
 from .registry.metacache import MetadataCache
 
 AUTH_OUTCOMES = ("ok", "missing", "invalid", "revoked", "expired", "out_of_scope")
@@ -338,6 +339,9 @@ def front_middleware(metrics: Metrics) -> Middleware:
     """
     requests = metrics.requests.values
     cache = metrics.cache.values
+    # Route -> its label, for the routes the app declares (aiohttp makes a new route object for
+    # every unmatched request: those are labelled afresh, and never kept).
+    labels: dict[AbstractRoute, str] = {}
     durations = metrics.request_duration
     perf_counter = time.perf_counter
 
@@ -361,10 +365,19 @@ def front_middleware(metrics: Metrics) -> Middleware:
             raise
         finally:
             metrics.in_flight -= 1
-            facts = request.get(REQUEST_FACTS)
+            try:
+                facts: RegistryFacts | None = request[REQUEST_FACTS]
+            except KeyError:  # not a registry request
+                facts = None
             ecosystem = "none" if facts is None else facts.ecosystem
-            labels = (ecosystem, route_label(request), str(status))
-            requests[labels] = requests.get(labels, 0.0) + 1.0
+            route = request.match_info.route
+            label = labels.get(route)
+            if label is None:
+                label = route_label(request)
+                if not isinstance(route, SystemRoute):
+                    labels[route] = label
+            counted = (ecosystem, label, str(status))
+            requests[counted] = requests.get(counted, 0.0) + 1.0
             durations.observe(ecosystem, perf_counter() - start)
             if facts is not None and facts.cache in CACHE_OUTCOMES:
                 outcome = (ecosystem, facts.cache)

@@ -109,30 +109,32 @@ class Throttle:
             if limits is None:
                 return None
         ip = facts.ip = address_of(request, limits.trusted_proxies)
-        if limits.per_ip is not None:
-            retry = limits.per_ip.hit(ip)
+        per_ip = limits.per_ip
+        if per_ip is not None:
+            retry = per_ip.hit(ip)
             if retry is not None:
                 return too_many(TOO_MANY, retry)
         try:
             secret = secret_from_header(request.headers.get(hdrs.AUTHORIZATION))
         except MalformedCredentials:
             secret = ""  # presented but unreadable: authentication answers 401
+        facts.secret = secret
+        if not secret:
+            # Nothing presented (or nothing readable): only the request rate per address applies.
+            return None
         # The secret's digest, computed once: the validation cache and the token bucket key.
-        digest: str | None = None
         known = None
-        if secret and _token_shaped(secret):
+        if len(secret) == tokens.TOKEN_LEN and secret.startswith(tokens.PREFIX):
             digest = tokens.digest(secret)
             validator = self._validator
             if validator is None:
                 validator = self._validator = self._root[validator_key]
-            known = validator.cached(secret, digest)
-        facts.secret = secret
-        facts.cached = known
-        # Nothing presented (or nothing readable): only the request rate per address applies.
-        if secret and limits.per_token is not None:
+            known = facts.cached = validator.cached_digest(digest)
+        per_token = limits.per_token
+        if per_token is not None:
             key = digest if known is not None else _token_key(secret, False)
             if key is not None:
-                retry = limits.per_token.hit(key)
+                retry = per_token.hit(key)
                 if retry is not None:
                     return too_many(TOO_MANY, retry)
         return None
@@ -145,11 +147,6 @@ class Throttle:
             return None  # no limits (admit set no address), or this budget is off
         retry = limits.auth_failures.hit(facts.ip)
         return None if retry is None else too_many(TOO_MANY_FAILURES, retry)
-
-
-def _token_shaped(secret: str) -> bool:
-    """Length and prefix of a pkgate secret (what the validation cache looks at first)."""
-    return len(secret) == tokens.TOKEN_LEN and secret.startswith(tokens.PREFIX)
 
 
 def _token_key(secret: str, known: bool) -> str | None:

@@ -222,7 +222,7 @@ async def test_accesslog__cache_outcome_from_the_handler(tmp_path: Path) -> None
     sink = AccessLogSink(path=tmp_path / "access.log")
 
     async def cached(request: web.Request) -> web.Response:
-        request[REQUEST_FACTS] = RegistryFacts("npm")  # what a registry gate puts on requests
+        request[REQUEST_FACTS] = RegistryFacts.of("npm")  # what a registry gate puts on requests
         note_cache(request, "stale")
         return web.Response(body=b"12345")
 

@@ -131,7 +131,7 @@ async def test_metrics__cache_outcome_set_by_a_handler_is_counted() -> None:
     app = web.Application(middlewares=[front_middleware(metrics)])
 
     async def cached(request: web.Request) -> web.Response:
-        request[REQUEST_FACTS] = RegistryFacts("npm")  # what a registry gate puts on requests
+        request[REQUEST_FACTS] = RegistryFacts.of("npm")  # what a registry gate puts on requests
         note_cache(request, request.match_info["outcome"])
         return web.Response(text="ok")
 

@@ -81,7 +81,8 @@ def client_ip(request: web.BaseRequest, trusted_networks: Iterable[Network]) -> 
 def address_of(request: web.BaseRequest, networks: tuple[Network, ...]) -> str:
     """``client_ip`` worked out afresh, for a caller that keeps the answer itself (the
     registry throttle keeps it on the request's ``RegistryFacts``)."""
-    peer = peer_ip(request)
+    remote = request.remote  # peer_ip, written out: this is the registry's warm path
+    peer = _peer_text(remote) if remote else UNKNOWN
     if not networks:
         return peer
     peer_address = _parse(peer)

@@ -8,7 +8,7 @@ from .breach import BreachNotifier
 from .config import TokenApiConfig
 from .lastused import UsageRecorder
 from .mail import Mailer
-from .store import Store, Token
+from .store import Store
 from .validation import TokenValidator
 from .webio import ApiState
 
@@ -19,11 +19,3 @@ recorder_key = web.AppKey("usage_recorder", UsageRecorder)
 mailer_key = web.AppKey("mailer", Mailer)
 api_state_key = web.AppKey("token_api_state", ApiState)
 breach_key = web.AppKey("breach_notifier", BreachNotifier)
-
-# Per-request: the token that authenticated the request (absent for anonymous requests).
-REQUEST_TOKEN = web.RequestKey("pkgate_token", Token)
-
-
-def request_token(request: web.Request) -> Token | None:
-    """The token that authenticated this request, if any."""
-    return request.get(REQUEST_TOKEN)

@@ -42,40 +42,38 @@ class RateLimiter:
         # key -> theoretical arrival time, in the order keys were last counted.
         self._tat: dict[str, float] = {}
 
-    def _retry_after(self, key: str, now: float) -> tuple[float, int | None]:
-        tat = self._tat.get(key, now)
+    def check(self, key: str) -> int | None:
+        """Would an event for ``key`` be allowed now?  None if so, else seconds to wait."""
+        return self.hit(key, count=False)
+
+    def hit(self, key: str, *, count: bool = True) -> int | None:
+        """Count one event for ``key`` unless over the limit; None if allowed, else seconds.
+
+        One call on the registry's warm path (which pays it twice per request): the arithmetic
+        and the bookkeeping are written out here rather than in helpers.
+        """
+        now = self._clock()
+        held = self._tat
+        tat = held.get(key, now)
         if tat < now:
             tat = now
         new_tat = tat + self._interval
         excess = new_tat - now - self.period
         # Tolerance: with limit 1, (now + period) - now - period may round to a hair above 0.
         if excess > 1e-6:
-            return tat, max(1, math.ceil(excess))
-        return new_tat, None
-
-    def check(self, key: str) -> int | None:
-        """Would an event for ``key`` be allowed now?  None if so, else seconds to wait."""
-        return self._retry_after(key, self._clock())[1]
-
-    def hit(self, key: str) -> int | None:
-        """Count one event for ``key`` unless over the limit; None if allowed, else seconds."""
-        now = self._clock()
-        new_tat, retry = self._retry_after(key, now)
-        if retry is None:
-            self._store(key, new_tat, now)
-        return retry
-
-    def _store(self, key: str, tat: float, now: float) -> None:
-        """Keep ``tat`` for ``key`` as the most recently counted key; drop what has expired."""
-        held = self._tat
+            return max(1, math.ceil(excess))
+        if not count:
+            return None
+        # Kept as the most recently counted key; a new key makes room, oldest first, dropping
+        # keys whose time has passed.
         if held.pop(key, None) is None:
-            # A new key: make room, oldest first, and drop keys whose time has passed.
             while held:
                 oldest = next(iter(held))
                 if held[oldest] > now and len(held) < self._max_keys:
                     break
                 del held[oldest]
-        held[key] = tat
+        held[key] = new_tat
+        return None
 
     def refund(self, key: str) -> None:
         """Give back one event counted by ``hit`` (an attempt reserved up front that did not

@@ -45,9 +45,8 @@ def login_answer(settings: Settings, mount: str) -> EarlyAnswer:
     advice = login_advice(settings)
 
     def answer_login(request: web.Request) -> web.Response | None:
-        method = request.method
-        # Only a POST or a PUT can be a login: the GETs of an install skip the path checks.
-        if method in LOGIN_METHODS and is_login(mount, request.raw_path.split("?", 1)[0], method):
+        # Asked for POSTs and PUTs only (LOGIN_METHODS): the GETs of an install skip it.
+        if is_login(mount, request.raw_path.split("?", 1)[0], request.method):
             return json_error(501, advice)
         return None
 

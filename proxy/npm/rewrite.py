@@ -8,6 +8,7 @@ fields are left exactly as they are: the bytes served are the upstream's bytes.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -63,7 +64,20 @@ def parse_package_path(raw: str) -> PackagePath | None:
     ``@scope%2fname``, ``@scope%2Fname`` and ``@scope/name`` are the same package.  Returns None
     for a well-formed path that is not a packument, tarball or version document; raises BadPath
     for names (or versions) that cannot be npm's (which covers ``..``, ``%2e``, ``//host`` tricks).
+
+    Paths of common length are remembered (an install asks for each of its packages, and the
+    next install for the same ones): a hit is one lookup, and a refusal is never remembered.
     """
+    if len(raw) <= _MEMO_PATH_LENGTH:
+        return _parse_remembered(raw)
+    return _parse_package_path(raw)
+
+
+# Paths longer than this are parsed every time (a memo entry is at most this long).
+_MEMO_PATH_LENGTH = 256
+
+
+def _parse_package_path(raw: str) -> PackagePath | None:
     try:
         decoded = unquote(raw, errors="strict")
     except UnicodeDecodeError:
@@ -88,6 +102,9 @@ def parse_package_path(raw: str) -> PackagePath | None:
             raise BadPath("Invalid version")
         return PackagePath(name, version=tail[0])
     return None
+
+
+_parse_remembered = functools.lru_cache(maxsize=8192)(_parse_package_path)
 
 
 def parse_dist_tags_path(rest: str) -> PackagePath | None:

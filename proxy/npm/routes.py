@@ -22,10 +22,9 @@ from functools import lru_cache, partial
 from aiohttp import hdrs, web
 from yarl import URL
 
-from tokenapi.keys import REQUEST_TOKEN, request_token
-
 from ..auth import NPM_CHALLENGE, unauthorized
 from ..errors import json_error
+from ..keys import registry_token
 from ..registry.artifacts import Digest
 from ..registry.decode import IN_FLIGHT, MAX_BODY, decode_body, decode_small, read_body
 from ..registry.metacache import (
@@ -53,7 +52,7 @@ from ..registry.upstream import Upstream, UpstreamError, raise_for_upstream_stat
 from ..settings import Settings
 from ..vhosts import RegistryMount
 from . import rewrite as npmrewrite
-from .login import login_answer
+from .login import LOGIN_METHODS, login_answer
 from .notice import NOTICE_CACHE_CONTROL, NOTICE_HEADER, withheld_notice
 from .rewrite import BadPath, PackagePath, Published
 
@@ -102,6 +101,7 @@ class NpmConfig:
     public_root: str  # absolute URL of the npm root, no trailing slash: base of every URL we write
     upstream_root: str  # upstream registry base URL, with a trailing slash
     registry: Registry = field(compare=False)  # the shared pipeline (caches, upstream, policy)
+    root: str  # raw path every request of this mount starts with: ``mount`` and a slash
 
     def packument_key(self, name: str, form: str) -> CacheKey:
         """The metadata cache key of a packument as this mount rewrites it."""
@@ -163,11 +163,13 @@ def npm_config(settings: Settings, base: URL, registry: Registry) -> NpmConfig:
     """The mount's locations: ``base`` is the absolute URL it answers at (never request headers)."""
     if settings.npm_upstream is None:
         raise ValueError("npm_upstream is not set")
+    mount = base.raw_path.rstrip("/")
     return NpmConfig(
-        mount=base.raw_path.rstrip("/"),
+        mount=mount,
         public_root=str(base).rstrip("/"),
         upstream_root=settings.npm_upstream,
         registry=registry,
+        root=mount + "/",
     )
 
 
@@ -183,6 +185,7 @@ def read_only() -> web.Response:
     return json_error(405, READ_ONLY, headers={hdrs.ALLOW: "GET, HEAD"})
 
 
+@lru_cache(maxsize=256)  # clients send a handful of fixed Accept strings
 def form_of(accept: str | None) -> str:
     """Which packument form an ``Accept`` header asks for (npm's corgi media type or not).
 
@@ -225,7 +228,7 @@ async def ping(request: web.Request) -> web.Response:
 
 async def whoami(request: web.Request) -> web.Response:
     """``npm whoami``: the email of the token's owner."""
-    token = request_token(request)
+    token = registry_token(request)
     if token is None:
         return unauthorized("Not logged in", NPM_CHALLENGE)
     return web.json_response({"username": token.email})
@@ -233,25 +236,18 @@ async def whoami(request: web.Request) -> web.Response:
 
 async def dispatch(config: NpmConfig, request: web.Request) -> web.StreamResponse:
     """Route one npm request on its raw path (the handler of a mount, bound to its ``config``)."""
-    raw = request.raw_path.split("?", 1)[0]
-    if not raw.startswith(config.mount + "/"):
+    raw = request.raw_path
+    if "?" in raw:
+        raw = raw.split("?", 1)[0]
+    root = config.root
+    if not raw.startswith(root):
         raise web.HTTPNotFound()
-    rest = raw[len(config.mount) + 1 :]
-
-    if rest in AUDIT_PATHS:
-        if request.method != hdrs.METH_POST:
-            raise web.HTTPMethodNotAllowed(request.method, [hdrs.METH_POST])
-        return await audit(request, config, rest)
-    if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
-        return read_only()
-    if rest == "-/ping":
-        return await ping(request)
-    if rest == "-/whoami":
-        return await whoami(request)
-    if rest in JSON_GET_PATHS:
-        return await json_passthrough(request, config, rest)
+    rest = raw[len(root) :]
+    method = request.method
     if rest.startswith("-/"):
-        return await dist_tags(request, config, rest)
+        return await endpoint(request, config, rest, method)
+    if method not in (hdrs.METH_GET, hdrs.METH_HEAD):
+        return read_only()
     if rest == "":
         raise web.HTTPNotFound()
     try:
@@ -265,6 +261,25 @@ async def dispatch(config: NpmConfig, request: web.Request) -> web.StreamRespons
     if package.version is not None:
         return await version_document(request, config, package)
     return await packument(request, config, package)
+
+
+async def endpoint(
+    request: web.Request, config: NpmConfig, rest: str, method: str
+) -> web.StreamResponse:
+    """The registry's own endpoints, below ``-/``: audits, ping, whoami, keys, search, tags."""
+    if rest in AUDIT_PATHS:
+        if method != hdrs.METH_POST:
+            raise web.HTTPMethodNotAllowed(method, [hdrs.METH_POST])
+        return await audit(request, config, rest)
+    if method not in (hdrs.METH_GET, hdrs.METH_HEAD):
+        return read_only()
+    if rest == "-/ping":
+        return await ping(request)
+    if rest == "-/whoami":
+        return await whoami(request)
+    if rest in JSON_GET_PATHS:
+        return await json_passthrough(request, config, rest)
+    return await dist_tags(request, config, rest)
 
 
 async def packument(request: web.Request, config: NpmConfig, package: PackagePath) -> web.Response:
@@ -340,7 +355,7 @@ async def derived(
             decision, facts = found
             refusal = decision.refusal_for(spec)
             if refusal is not None:
-                policy.applied(request.get(REQUEST_TOKEN), facts, decision, spec)
+                policy.applied(registry_token(request), facts, decision, spec)
                 raise PolicyRefused(refusal)
             key = config.packument_key(package.name, FULL)
             served = await decided(request, registry, policy, key, source.entry)
@@ -555,7 +570,7 @@ def setup_routes(mount: RegistryMount, settings: Settings) -> None:
     point there)."""
     config = npm_config(settings, mount.base, mount.registry)
     # npm login is answered with how to get a token, before the throttles and authentication.
-    mount.gate.early.append(login_answer(settings, config.mount))
+    mount.gate.answer_early(LOGIN_METHODS, login_answer(settings, config.mount))
     # One catch-all: aiohttp's router unquotes only some %2F spellings, so dispatch() routes
     # on the raw path itself.
     mount.add("*", "/{path:.*}", partial(dispatch, config))

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import hashlib
 import sys
 import time
@@ -159,6 +160,8 @@ class MetaEntry:
     _answer_headers: dict[tuple[CacheState, str | None], dict[str, str]] = field(
         default_factory=dict, repr=False, compare=False
     )
+    # This entry as a cache hit (``MetadataCache.fresh``), made once.
+    _hit: Cached | None = field(init=False, default=None, repr=False, compare=False)
 
     @classmethod
     def build(
@@ -366,6 +369,21 @@ class MetadataCache:
         item = self._items.get(key)
         return item if isinstance(item, MetaEntry) else None
 
+    def fresh(self, key: CacheKey) -> Cached | None:
+        """The fresh entry for ``key`` as a hit, found without any await (the warm path of every
+        metadata answer); None when ``get_or_fetch`` has work to do."""
+        item = self._items.get(key)
+        if item is None or isinstance(item, _Negative):
+            return None
+        if self._clock() - item.fetched_at >= self.ttl:
+            return None
+        self._items.move_to_end(key)
+        self.stats.hits += 1
+        hit = item._hit
+        if hit is None:
+            hit = item._hit = Cached(item, CacheState.HIT)
+        return hit
+
     async def get_or_fetch(self, key: CacheKey, fetch: Fetch) -> Cached:
         """A fresh entry from memory, or one fetched (once for all concurrent callers).
 
@@ -378,17 +396,13 @@ class MetadataCache:
             if isinstance(result, NotModified):
                 raise UpstreamError(502, "upstream answered 304 to an unconditional request")
             return Cached(result, CacheState.BYPASS)
+        hit = self.fresh(key)
+        if hit is not None:
+            return hit
         item = self._items.get(key)
-        if item is not None:
-            age = self._clock() - item.fetched_at
-            if isinstance(item, _Negative):
-                if age < self.negative_ttl:
-                    self.stats.negative_hits += 1
-                    raise UpstreamError(404, item.message)
-            elif age < self.ttl:
-                self._items.move_to_end(key)
-                self.stats.hits += 1
-                return Cached(item, CacheState.HIT)
+        if isinstance(item, _Negative) and self._clock() - item.fetched_at < self.negative_ttl:
+            self.stats.negative_hits += 1
+            raise UpstreamError(404, item.message)
         task = self._inflight.get(key)
         if task is None:
             previous = item if isinstance(item, MetaEntry) else None
@@ -488,25 +502,17 @@ def not_modified(
         return False
 
 
-# Accept-Encoding values seen, and whether they accept gzip: clients send a handful of fixed
-# strings, so parsing happens once per string.  Bounded: long or too many values are not kept.
-_ACCEPTS_GZIP: dict[str, bool] = {}
+# Clients send a handful of fixed Accept-Encoding strings: each is parsed once (a hit is one C
+# call), and at most this many are kept.
 _ACCEPT_MEMO_ENTRIES: Final = 256
-_ACCEPT_MEMO_LENGTH: Final = 200
 
 
+@functools.lru_cache(maxsize=_ACCEPT_MEMO_ENTRIES)
 def accepts_gzip(accept_encoding: str | None) -> bool:
     """Whether an ``Accept-Encoding`` value accepts gzip (RFC 9110 12.5.3, q-values honoured)."""
     if not accept_encoding:
         return False
-    found = _ACCEPTS_GZIP.get(accept_encoding)
-    if found is None:
-        found = _parse_accepts_gzip(accept_encoding)
-        if len(accept_encoding) <= _ACCEPT_MEMO_LENGTH:
-            if len(_ACCEPTS_GZIP) >= _ACCEPT_MEMO_ENTRIES:
-                _ACCEPTS_GZIP.clear()
-            _ACCEPTS_GZIP[accept_encoding] = found
-    return found
+    return _parse_accepts_gzip(accept_encoding)
 
 
 def _parse_accepts_gzip(value: str) -> bool:
@@ -566,7 +572,8 @@ def metadata_response(
     coding = entry._coding
     if coding is not None and not accepts_gzip(request_headers.get(hdrs.ACCEPT_ENCODING)):
         coding = None
-    out = entry.answer_headers(cached.state, coding)
+    state = cached.state
+    out = entry._answer_headers.get((state, coding)) or entry.answer_headers(state, coding)
     if headers:
         out = {**out, **headers}
     if (

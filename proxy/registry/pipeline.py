@@ -37,10 +37,13 @@ import aiohttp
 from aiohttp import hdrs, web
 from yarl import URL
 
-from tokenapi.keys import REQUEST_TOKEN
-from tokenapi.store import Token
-
-from ..keys import artifact_cache_key, metadata_cache_key, note_cache, upstream_key
+from ..keys import (
+    artifact_cache_key,
+    metadata_cache_key,
+    note_cache,
+    registry_token,
+    upstream_key,
+)
 from .artifacts import ArtifactCache, Digest
 from .decode import IN_FLIGHT, MAX_BODY, decode_body, read_body
 from .delivery import ARTIFACT_SENT, deliver
@@ -102,6 +105,9 @@ class Registry:
         self.on_served: list[ArtifactServedHook] = []
         # The policy stage; a supply-chain engine replaces it at start-up (``registry.policy =``).
         self.policy: Policy = NO_POLICY
+        # The caches, read from the root once they exist (its cleanup contexts make them).
+        self._metadata: MetadataCache | None = None
+        self._artifacts: ArtifactCache | None = None
 
     @property
     def upstream(self) -> Upstream:
@@ -109,11 +115,17 @@ class Registry:
 
     @property
     def metadata(self) -> MetadataCache:
-        return self._root[metadata_cache_key]
+        cache = self._metadata
+        if cache is None:
+            cache = self._metadata = self._root[metadata_cache_key]
+        return cache
 
     @property
     def artifacts(self) -> ArtifactCache:
-        return self._root[artifact_cache_key]
+        cache = self._artifacts
+        if cache is None:
+            cache = self._artifacts = self._root[artifact_cache_key]
+        return cache
 
     def served(self, event: ArtifactServed) -> None:
         for hook in self.on_served:
@@ -205,8 +217,9 @@ async def serve_metadata(
     complete_facts: Callable[[], Awaitable[PackageFacts | None]] | None = None,
 ) -> web.Response:
     """Cache or fetch -> policy -> respond, for one metadata document."""
-    cached = await registry.metadata.get_or_fetch(key, fetch)
-    note_cache_state(request, cached)
+    metadata = registry.metadata
+    cached = metadata.fresh(key) or await metadata.get_or_fetch(key, fetch)
+    note_cache(request, _STATE_LABELS[cached.state])
     policy = registry.policy
     if policy.active:
         entry = await decided(request, registry, policy, key, cached.entry, complete_facts)
@@ -254,7 +267,7 @@ async def decided(
     decision, facts = found
     if decision.allows_all:
         return entry
-    policy.applied(request.get(REQUEST_TOKEN), facts, decision, None)
+    policy.applied(registry_token(request), facts, decision, None)
     if decision.refusal is not None:
         raise PolicyRefused(decision.refusal)
     cache = registry.metadata
@@ -310,7 +323,7 @@ def check_artifact(
         artifact.filename.removesuffix(".metadata")
     )
     if refusal is not None:
-        policy.applied(request.get(REQUEST_TOKEN), facts, verdict, artifact.version)
+        policy.applied(registry_token(request), facts, verdict, artifact.version)
         raise PolicyRefused(refusal)
 
 
@@ -346,7 +359,7 @@ async def serve_artifact(
         note_cache(request, "hit")
     sent = request.get(ARTIFACT_SENT)
     if sent is not None and registry.on_served:
-        token: Token | None = request.get(REQUEST_TOKEN)
+        token = registry_token(request)
         registry.served(
             ArtifactServed(
                 token.id if token is not None else None,
