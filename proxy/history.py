@@ -12,6 +12,7 @@ from aiohttp import web
 
 from tokenapi.downloads import npm_tarball_version, record_pypi_file
 from tokenapi.keys import recorder_key
+from tokenapi.lastused import UsageRecorder
 
 from .registry.pipeline import ArtifactServed, ArtifactServedHook
 
@@ -19,12 +20,17 @@ from .registry.pipeline import ArtifactServed, ArtifactServedHook
 def download_recorder(app: web.Application) -> ArtifactServedHook:
     """The hook recording ``app``'s served artifacts."""
 
+    found: list[UsageRecorder] = []  # the recorder, read from the app once it exists
+
     def record(event: ArtifactServed) -> None:
         if event.token_id is None:
             return
-        recorder = app.get(recorder_key)
-        if recorder is None:
-            return
+        if not found:
+            kept = app.get(recorder_key)
+            if kept is None:
+                return
+            found.append(kept)
+        recorder = found[0]
         if event.ecosystem == "pypi":
             record_pypi_file(recorder, event.token_id, event.filename)
             return

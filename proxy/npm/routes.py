@@ -77,6 +77,7 @@ PACKUMENT_HEADERS: Mapping[str, str] = {
 # Version documents and dist-tags come in one form whatever the client accepts.
 DERIVED_HEADERS: Mapping[str, str] = {hdrs.CACHE_CONTROL: "private, max-age=300"}
 TARBALL_CACHE_CONTROL = "private, max-age=31536000, immutable"
+TARBALL_HEADERS: Mapping[str, str] = {hdrs.CACHE_CONTROL: TARBALL_CACHE_CONTROL}
 
 # POST endpoints clients use for `npm audit` (bulk, then the legacy quick fallback).
 AUDIT_PATHS = frozenset(
@@ -127,6 +128,9 @@ class PackumentEntry(MetaEntry):
     """A rewritten packument and, by tarball file name, the hashes it publishes."""
 
     files: Mapping[str, Published] = field(default_factory=dict)
+    # By tarball file name: what a request for it is (made at its first request; a few hundred
+    # bytes per tarball asked for, never more than ``files`` has).
+    artifacts: dict[str, Artifact] = field(default_factory=dict, repr=False, compare=False)
 
     def aux(self) -> tuple[object, ...]:
         return (self.facts, self.files)
@@ -519,17 +523,21 @@ async def tarball(
         decision = await decision_for(
             registry, policy, entry, partial(full_facts, registry, config, package)
         )
-    artifact = Artifact(
-        ecosystem="npm",
-        package=package.name,
-        version=published.version if published is not None else None,
-        filename=package.file,
-        url=upstream_url(config, f"{package.name}/-/{package.file}"),
-        digest=published_digest(published),
-        what=WHAT,
-        content_type=TARBALL_TYPE,
-        headers={hdrs.CACHE_CONTROL: TARBALL_CACHE_CONTROL},
-    )
+    artifact = entry.artifacts.get(package.file) if entry is not None else None
+    if artifact is None:
+        artifact = Artifact(
+            ecosystem="npm",
+            package=package.name,
+            version=published.version if published is not None else None,
+            filename=package.file,
+            url=upstream_url(config, f"{package.name}/-/{package.file}"),
+            digest=published_digest(published),
+            what=WHAT,
+            content_type=TARBALL_TYPE,
+            headers=TARBALL_HEADERS,
+        )
+        if entry is not None:
+            entry.artifacts[package.file] = artifact
     return await serve_artifact(request, registry, artifact, decision)
 
 

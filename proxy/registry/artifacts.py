@@ -40,9 +40,12 @@ import os
 import secrets
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
+
+from aiohttp import hdrs
 
 from .upstream import UpstreamError
 
@@ -145,6 +148,17 @@ class InMemory:
     body: bytes
     etag: str  # as aiohttp's FileResponse makes it (unquoted): mtime (ns) and size in hex
     last_modified: str  # as aiohttp formats the file's mtime: whole seconds, rounded up
+    # The headers of a hit answered from this copy (validators, ranges, X-Cache), made once.
+    headers: Mapping[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        hit = {
+            hdrs.ETAG: f'"{self.etag}"',
+            hdrs.LAST_MODIFIED: self.last_modified,
+            hdrs.ACCEPT_RANGES: "bytes",
+            "X-Cache": "HIT",
+        }
+        object.__setattr__(self, "headers", hit)
 
 
 class HashMismatch(UpstreamError):
@@ -152,6 +166,11 @@ class HashMismatch(UpstreamError):
 
     def __init__(self) -> None:
         super().__init__(502, "upstream artifact does not match the hash its metadata published")
+
+
+def file_name(key: str, digest: Digest) -> str:
+    """The store's file name for ``key`` verified against ``digest``: 64 hex characters."""
+    return hashlib.sha256(f"{key}\0{digest}".encode()).hexdigest()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -221,8 +240,8 @@ class ArtifactCache:
         self._evict_sync()
 
     def name_for(self, key: str, digest: Digest) -> str:
-        """The file name for ``key`` verified against ``digest``: 64 hex characters."""
-        return hashlib.sha256(f"{key}\0{digest}".encode()).hexdigest()
+        """The file name for ``key`` verified against ``digest`` (``file_name``)."""
+        return file_name(key, digest)
 
     def _path(self, name: str) -> Path:
         return self.root / name[:2] / name

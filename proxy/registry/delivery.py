@@ -82,13 +82,23 @@ async def deliver(
     open_upstream: Opener,
     content_type: str,
     headers: Mapping[str, str] | None = None,
+    name: str | None = None,
 ) -> web.StreamResponse:
-    """Answer ``request`` with the artifact (see the module documentation)."""
+    """Answer ``request`` with the artifact (see the module documentation); ``name`` is its
+    file name in the store, when the caller has it (``ArtifactCache.name_for``)."""
     partial = request.method == hdrs.METH_HEAD or hdrs.RANGE in request.headers
     if digest is None or not store.enabled:
         return await relay(request, store, open_upstream, content_type, headers, digest)
-    name = store.name_for(key, digest)
-    plain = not partial and not _conditional(request)
+    if name is None:
+        name = store.name_for(key, digest)
+    headers_in = request.headers
+    # Conditional requests are answered from the file, whose validators aiohttp checks.
+    plain = not partial and not (
+        hdrs.IF_NONE_MATCH in headers_in
+        or hdrs.IF_MODIFIED_SINCE in headers_in
+        or hdrs.IF_MATCH in headers_in
+        or hdrs.IF_RANGE in headers_in
+    )
     if plain:
         kept = store.remembered(name)
         if kept is not None:
@@ -157,12 +167,15 @@ async def from_memory(
     content_type: str,
     headers: Mapping[str, str] | None,
 ) -> web.StreamResponse:
-    """A small verified file from memory: the answer ``from_disk`` would give a plain GET."""
-    resp = web.Response(body=kept.body, headers=headers)
-    resp.etag = kept.etag
-    resp.headers[hdrs.LAST_MODIFIED] = kept.last_modified
-    resp.headers[hdrs.ACCEPT_RANGES] = "bytes"
-    return await _send_hit(request, store, resp, content_type)
+    """A small verified file from memory: the answer ``from_disk`` would give a plain GET.
+
+    The warm path of most tarballs: the copy's headers are made once (``InMemory.headers``).
+    """
+    merged = {**headers, **kept.headers} if headers else {**kept.headers}
+    merged[hdrs.CONTENT_TYPE] = content_type
+    store.stats.hits += 1
+    resp = web.Response(body=kept.body, headers=merged)
+    return await _sent(request, resp)
 
 
 async def _send_hit(
@@ -172,6 +185,11 @@ async def _send_hit(
     store.stats.hits += 1
     resp.content_type = content_type
     resp.headers["X-Cache"] = "HIT"
+    return await _sent(request, resp)
+
+
+async def _sent(request: web.BaseRequest, resp: web.StreamResponse) -> web.StreamResponse:
+    """``resp`` sent, and ``ARTIFACT_SENT`` set when its whole 200 body went out."""
     await resp.prepare(request)
     await resp.write_eof()
     length = resp.content_length
@@ -179,15 +197,6 @@ async def _send_hit(
     if complete and length is not None:
         request[ARTIFACT_SENT] = length
     return resp
-
-
-# A request with one of these is answered from the file, whose validators aiohttp checks.
-_CONDITIONAL: Final = (hdrs.IF_NONE_MATCH, hdrs.IF_MODIFIED_SINCE, hdrs.IF_MATCH, hdrs.IF_RANGE)
-
-
-def _conditional(request: web.BaseRequest) -> bool:
-    headers = request.headers
-    return any(name in headers for name in _CONDITIONAL)
 
 
 async def fill(

@@ -30,7 +30,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
 import aiohttp
@@ -44,7 +44,7 @@ from ..keys import (
     registry_token,
     upstream_key,
 )
-from .artifacts import ArtifactCache, Digest
+from .artifacts import ArtifactCache, Digest, file_name
 from .decode import IN_FLIGHT, MAX_BODY, decode_body, read_body
 from .delivery import ARTIFACT_SENT, deliver
 from .metacache import (
@@ -305,6 +305,15 @@ class Artifact:
     what: str  # names the upstream in error messages
     content_type: str
     headers: Mapping[str, str]  # extra response headers (Cache-Control ...)
+    # The store's key (the URL as text) and, for a published digest, its file name there.
+    key: str = field(init=False, repr=False, compare=False)
+    name: str | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        key = str(self.url)
+        object.__setattr__(self, "key", key)
+        digest = self.digest
+        object.__setattr__(self, "name", file_name(key, digest) if digest is not None else None)
 
 
 def check_artifact(
@@ -334,14 +343,13 @@ async def serve_artifact(
     decision: tuple[Decision, PackageFacts] | None = None,
 ) -> web.StreamResponse:
     """Policy -> store hit or fetch-and-verify -> respond, then the artifact-served hooks."""
-    check_artifact(request, registry.policy, artifact, decision)
-    upstream = registry.upstream
-    headers = dict(artifact.headers)
+    if decision is not None:
+        check_artifact(request, registry.policy, artifact, decision)
 
     def open_upstream(
         method: str, extra: Mapping[str, str]
     ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
-        return upstream.request(
+        return registry.upstream.request(
             method, artifact.url, headers=extra, what=artifact.what, kind="artifact"
         )
 
@@ -349,16 +357,20 @@ async def serve_artifact(
     response = await deliver(
         request,
         registry.artifacts,
-        key=str(artifact.url),
+        key=artifact.key,
         digest=artifact.digest,
+        name=artifact.name,
         open_upstream=open_upstream,
         content_type=artifact.content_type,
-        headers=headers,
+        headers=artifact.headers,
     )
     if response.headers.get("X-Cache") == "HIT":
         note_cache(request, "hit")
-    sent = request.get(ARTIFACT_SENT)
-    if sent is not None and registry.on_served:
+    try:
+        sent = request[ARTIFACT_SENT]
+    except KeyError:  # not a complete 200 body
+        return response
+    if registry.on_served:
         token = registry_token(request)
         registry.served(
             ArtifactServed(
