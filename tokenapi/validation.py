@@ -1,6 +1,8 @@
 """Resolving secrets to tokens through an in-memory cache that revocations cut through at once.
 
-Positive and negative results are cached (cachetools TTL caches, bounded).  Concurrent misses for
+Positive and negative results are cached, bounded: unrevoked tokens in ``_Positive`` (a plain
+dict, each entry until its own deadline: the registry's warm path asks it on every request) and
+unknown digests in a cachetools TTL cache.  Concurrent misses for
 one digest share one store query.  Revocations made in this process evict immediately; those made
 by other processes sharing the database are noticed by polling the store's ``data_version``
 (SQLite: ``PRAGMA data_version``, a commit counter that costs no disk I/O; PostgreSQL: a counter
@@ -20,7 +22,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
-from cachetools import TLRUCache, TTLCache
+from cachetools import TTLCache
 
 from . import tokens
 from .errors import StoreUnavailable
@@ -50,6 +52,42 @@ def refusal(token: Token | None, ecosystem: str | None, now: float) -> str | Non
     return None
 
 
+class _Positive:
+    """Tokens by digest, each until a deadline (monotonic seconds); at most ``maxsize``, the
+    oldest put going first.  Expired entries go when asked for, or when room is needed."""
+
+    __slots__ = ("items", "maxsize")
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self.items: dict[str, tuple[Token, float]] = {}
+
+    def get(self, digest: str) -> Token | None:
+        found = self.items.get(digest)
+        if found is None:
+            return None
+        if found[1] <= time.monotonic():
+            del self.items[digest]
+            return None
+        return found[0]
+
+    def put(self, digest: str, token: Token, until: float) -> None:
+        items = self.items
+        items.pop(digest, None)
+        while len(items) >= self.maxsize:
+            del items[next(iter(items))]
+        items[digest] = (token, until)
+
+    def pop(self, digest: str) -> None:
+        self.items.pop(digest, None)
+
+    def __contains__(self, digest: object) -> bool:
+        return digest in self.items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
 class TokenValidator:
     """Cache-fronted secret -> token resolution."""
 
@@ -69,7 +107,7 @@ class TokenValidator:
         # Unrevoked tokens (expired ones too, so that their refusal names the reason).  An
         # entry lives ``ttl`` at most, never past the token's expiry, and an expired token's
         # entry only as long as a negative one.
-        self._positive: TLRUCache[str, Token] = TLRUCache(maxsize, self._time_to_use)
+        self._positive = _Positive(maxsize)
         self._negative: TTLCache[str, bool] = TTLCache(maxsize, negative_ttl)
         self._inflight: dict[str, asyncio.Future[Token | None]] = {}
         # Bumped on every eviction so that a lookup that raced a revocation is not cached.
@@ -78,7 +116,8 @@ class TokenValidator:
         self._revocation_seq = 0
         self.store_lookups = 0
 
-    def _time_to_use(self, _key: str, token: Token, now: float) -> float:
+    def _time_to_use(self, token: Token, now: float) -> float:
+        """Until when (monotonic ``now`` + seconds) ``token`` may be answered from the cache."""
         if token.expires_at is None:
             return now + self._ttl
         left = token.expires_at - self.clock()
@@ -99,11 +138,12 @@ class TokenValidator:
 
     def cached_digest(self, digest: str) -> Token | None:
         """``cached`` for the digest of a secret the caller has checked the shape of."""
-        try:
-            token = self._positive[digest]
-        except KeyError:
+        found = self._positive.items.get(digest)  # _Positive.get, written out: the warm path
+        if found is None or found[1] <= time.monotonic():
             return None
-        return None if token.expired(self.clock()) else token
+        token = found[0]
+        expires_at = token.expires_at
+        return None if expires_at is not None and expires_at <= self.clock() else token
 
     async def validate(self, secret: str) -> Token | None:
         """The usable token for ``secret``; None when malformed, unknown, revoked or expired."""
@@ -159,14 +199,14 @@ class TokenValidator:
             if token is None:
                 self._negative[digest] = True
             else:
-                self._positive[digest] = token
+                self._positive.put(digest, token, self._time_to_use(token, time.monotonic()))
         future.set_result(token)
         return token
 
     def forget(self, digest: str) -> None:
         """Drop every cached answer for a digest (called on revocation)."""
         self._generation += 1
-        self._positive.pop(digest, None)
+        self._positive.pop(digest)
         self._negative.pop(digest, None)
         # A lookup that started before the revocation must not answer requests made after it.
         self._inflight.pop(digest, None)

@@ -1,15 +1,16 @@
 """Real-tree-sized installs through pkgate: run by hand, prints a table of times, bytes and hits.
 
     .venv/bin/python -m tests.benchmarks.tree_bench [--packages 340] [--clients npm,pnpm,yarn,bun]
-                                                    [--profiles fast,internet]
+                                                    [--profiles fast,internet] [--rounds 3]
 
 The script generates a tree shaped like a real front-end project (``--packages`` packages whose
 packuments add up to ~86 MB of JSON, four of them multi-megabyte like next, typescript, axe-core
 and react-dom; full and abbreviated forms, sha512-verified tarballs) and serves it from its own
 fake upstream, which answers like the public registry does: gzip when accepted, ETags, and
 optionally a fixed delay per request and a shared bandwidth limit.  For each network profile and
-each client it installs the whole tree three times with an empty client cache: straight from the
-upstream (direct), through a fresh pkgate (cold) and through the same pkgate again (warm).
+each client it installs the whole tree with an empty client cache: once through a fresh pkgate
+(cold), then ``--rounds`` turns of straight from the upstream (direct) and through the same pkgate
+again (warm), alternating; direct and warm figures are the medians of the turns.
 
 Profiles: ``fast`` (loopback, no added latency) and ``internet`` (30 ms per request, 20 MB/s
 shared), as a real upstream across the internet.  pkgate runs ``pkgate serve`` with its defaults
@@ -42,6 +43,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 TOP = Path(__file__).resolve().parents[2]
@@ -439,6 +441,7 @@ class Result:
     direct_cpu: float = 0.0
     cold_cpu: float = 0.0
     warm_cpu: float = 0.0
+    rounds: int = 1  # direct and warm: medians of this many alternating turns
 
 
 def cpu_seconds(pid: int) -> float:
@@ -448,7 +451,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 def run_profile(work: Path, tree: Path, names: list[str], tools: Path, profile: str,
-                clients: list[str]) -> list[Result]:  # fmt: skip
+                clients: list[str], rounds: int) -> list[Result]:  # fmt: skip
+    """Each client: one cold install through a fresh pkgate, then ``rounds`` turns of a direct
+    install and a warm one (same pkgate), alternating so that a burst of load elsewhere on the
+    machine hits both alike; times and CPU are the medians of the turns, bytes and cache hits
+    those of the first warm install (the one right after the cold)."""
     latency, rate = PROFILES[profile]
     up_port = free_port()
     upstream = f"http://127.0.0.1:{up_port}"
@@ -457,15 +464,11 @@ def run_profile(work: Path, tree: Path, names: list[str], tools: Path, profile: 
     with process(serve, up_port) as up:
         for client in clients:
             tag = f"{profile}-{client}"
-            http_json(f"{upstream}/-/bench/bytes")
-            before = cpu_seconds(up.pid)
-            direct = install(work, tools, client, names, upstream, None, f"{tag}-direct")
-            direct_cpu = cpu_seconds(up.pid) - before
-            direct_bytes = http_json(f"{upstream}/-/bench/bytes")["bytes"]
             data = work / f"data-{tag}"
+            kinds = ["cold", *(f"warm{n}" for n in range(rounds))]
             ids = {}
             secrets = {}
-            for kind in ("cold", "warm"):
+            for kind in kinds:
                 ids[kind], secrets[kind] = token(data, kind)
             port = free_port()
             log = data / "access.log"
@@ -473,21 +476,40 @@ def run_profile(work: Path, tree: Path, names: list[str], tools: Path, profile: 
                     "--npm-upstream", upstream + "/", "--metadata-ttl", "3600",
                     "--access-log-file", str(log), "--log-level", "warning"]  # fmt: skip
             registry = f"http://127.0.0.1:{port}/npm/"
+            direct: list[float] = []
+            direct_cpu: list[float] = []
+            direct_bytes = 0
+            warm: list[float] = []
+            warm_cpu: list[float] = []
             with process(args, port) as gate:
                 before = cpu_seconds(gate.pid)
                 cold = install(work, tools, client, names, registry, secrets["cold"], f"{tag}-cold")
-                middle = cpu_seconds(gate.pid)
-                warm = install(work, tools, client, names, registry, secrets["warm"], f"{tag}-warm")
-                cold_cpu, warm_cpu = middle - before, cpu_seconds(gate.pid) - middle
+                cold_cpu = cpu_seconds(gate.pid) - before
+                for n in range(rounds):
+                    http_json(f"{upstream}/-/bench/bytes")
+                    before = cpu_seconds(up.pid)
+                    direct.append(
+                        install(work, tools, client, names, upstream, None, f"{tag}-direct{n}")
+                    )
+                    direct_cpu.append(cpu_seconds(up.pid) - before)
+                    sent = http_json(f"{upstream}/-/bench/bytes")["bytes"]
+                    direct_bytes = direct_bytes or sent
+                    before = cpu_seconds(gate.pid)
+                    secret = secrets[f"warm{n}"]
+                    warm.append(
+                        install(work, tools, client, names, registry, secret, f"{tag}-w{n}")
+                    )
+                    warm_cpu.append(cpu_seconds(gate.pid) - before)
                 metrics = _metrics(f"http://127.0.0.1:{port}/metrics")
             cold_bytes, _, _ = log_figures(log, ids["cold"])
-            warm_bytes, warm_requests, warm_hits = log_figures(log, ids["warm"])
+            warm_bytes, warm_requests, warm_hits = log_figures(log, ids["warm0"])
             cache_mb = metrics.get("pkgate_metadata_cache_bytes", 0) / 1e6
             json_mb = metrics.get("pkgate_metadata_cache_identity_bytes", 0) / 1e6
-            result = Result(profile, client, direct, cold, warm, direct_bytes, cold_bytes,
-                            warm_bytes, warm_requests, warm_hits, cache_mb, json_mb,
-                            direct_cpu, cold_cpu, warm_cpu)  # fmt: skip
-            print(f"  {result}", file=sys.stderr, flush=True)
+            result = Result(profile, client, median(direct), cold, median(warm), direct_bytes,
+                            cold_bytes, warm_bytes, warm_requests, warm_hits, cache_mb, json_mb,
+                            median(direct_cpu), cold_cpu, median(warm_cpu),
+                            rounds)  # fmt: skip
+            print(f"  {result} direct {direct} warm {warm}", file=sys.stderr, flush=True)
             results.append(result)
             shutil.rmtree(data, ignore_errors=True)
     return results
@@ -536,6 +558,7 @@ def main() -> None:
     parser.add_argument("--packages", type=int, default=340)
     parser.add_argument("--clients", default="npm,pnpm,yarn,bun")
     parser.add_argument("--profiles", default="fast,internet")
+    parser.add_argument("--rounds", type=int, default=3, help="direct/warm turns per client")
     parser.add_argument("--tools", default=os.environ.get("PKGATE_TOOLS", str(TOP / ".tools")))
     ns = parser.parse_args()
     if ns.serve:
@@ -558,7 +581,7 @@ def main() -> None:
         try:
             for profile in ns.profiles.split(","):
                 results += run_profile(work, work / "tree", names, tools, profile,
-                                       ns.clients.split(","))  # fmt: skip
+                                       ns.clients.split(","), ns.rounds)  # fmt: skip
         finally:
             print(table(results))
 
