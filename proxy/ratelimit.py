@@ -1,6 +1,6 @@
 """Rate limits on the registry routes: requests per token, requests per client IP, failed logins.
 
-A ``Throttle`` per registry sub-application, run by its gate (``proxy.gate``) before
+A ``Throttle`` per registry mount, run by its gate (``proxy.gate``) before
 authentication; the limiters themselves live once on the root application so npm and PyPI (and
 their virtual hosts) share the same budgets.  Three independent throttles:
 

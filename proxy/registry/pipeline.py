@@ -31,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Final, TypeVar
+from typing import Final, NamedTuple, TypeVar
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -77,9 +77,9 @@ NO_POLICY: Final = NoPolicy()
 E = TypeVar("E", bound=MetaEntry)
 
 
-@dataclass(frozen=True, slots=True)
-class ArtifactServed:
-    """One artifact answered complete to a client (what download history records)."""
+class ArtifactServed(NamedTuple):
+    """One artifact answered complete to a client (what download history records); a named
+    tuple, as one is made per artifact served."""
 
     token_id: str | None
     ecosystem: str
