@@ -102,13 +102,13 @@ async def deliver(
     if plain:
         kept = store.remembered(name)
         if kept is not None:
-            return await from_memory(request, store, kept, content_type, headers)
+            return await _sent(request, from_memory(store, kept, content_type, headers))
     path = store.lookup_name(name)
     if path is not None:
         if plain:
             kept = await store.load_into_memory(name, digest)
             if kept is not None:
-                return await from_memory(request, store, kept, content_type, headers)
+                return await _sent(request, from_memory(store, kept, content_type, headers))
             path = store.lookup_name(name)  # gone if it no longer matched
         if path is not None:
             return await from_disk(request, store, path, content_type, headers)
@@ -160,22 +160,16 @@ async def from_disk(
     return await _send_hit(request, store, resp, content_type)
 
 
-async def from_memory(
-    request: web.BaseRequest,
-    store: ArtifactCache,
-    kept: InMemory,
-    content_type: str,
-    headers: Mapping[str, str] | None,
-) -> web.StreamResponse:
-    """A small verified file from memory: the answer ``from_disk`` would give a plain GET.
-
-    The warm path of most tarballs: the copy's headers are made once (``InMemory.headers``).
-    """
+def from_memory(
+    store: ArtifactCache, kept: InMemory, content_type: str, headers: Mapping[str, str] | None
+) -> web.Response:
+    """A small verified file from memory: the answer ``from_disk`` would give a plain GET, to be
+    sent (``_sent``).  The warm path of most tarballs: the copy's headers are made once
+    (``InMemory.headers``)."""
     merged = {**headers, **kept.headers} if headers else {**kept.headers}
     merged[hdrs.CONTENT_TYPE] = content_type
     store.stats.hits += 1
-    resp = web.Response(body=kept.body, headers=merged)
-    return await _sent(request, resp)
+    return web.Response(body=kept.body, headers=merged)
 
 
 async def _send_hit(
