@@ -183,12 +183,14 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> 
 
 
 @contextlib.contextmanager
-def process(args: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[int]:
+def process(
+    args: list[str], port: int, env: dict[str, str] | None = None, start_timeout: float = 30
+) -> Iterator[int]:
     proc = subprocess.Popen(
         args, cwd=TOP, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        wait_port(port, proc)
+        wait_port(port, proc, start_timeout)
         yield proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -199,16 +201,45 @@ def process(args: list[str], port: int, env: dict[str, str] | None = None) -> It
             proc.wait()
 
 
-def ensure_wrk() -> str:
-    found = shutil.which("wrk")
+def ensure_tool(name: str, package: str) -> str:
+    """The path of command ``name``, installed with apt-get (package ``package``) when missing."""
+    found = shutil.which(name)
     if found:
         return found
-    print("installing wrk with apt-get ...", file=sys.stderr)
-    subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True)
-    found = shutil.which("wrk")
+    print(f"installing {package} with apt-get ...", file=sys.stderr)
+    subprocess.run(["apt-get", "install", "-y", "-q", package], check=True, capture_output=True)
+    found = shutil.which(name)
     if not found:
-        raise SystemExit("wrk is required (apt-get install wrk)")
+        raise SystemExit(f"{name} is required (apt-get install {package})")
     return found
+
+
+def instructions_per_request(
+    work: Path, args: list[str], port: int, url: str, secret: str | None, duration: float
+) -> float:
+    """Instructions the server ``args`` executes per request of ``url`` (user space, counted by
+    valgrind's callgrind): a count that other load on the machine does not move.
+
+    The server starts uninstrumented; after a warm-up its instrumentation is switched on for
+    ``duration`` seconds of load from 4 connections, then the count is dumped.
+    """
+    valgrind = ensure_tool("valgrind", "valgrind")
+    control = ensure_tool("callgrind_control", "valgrind")
+    out = work / f"callgrind-{port}"
+    cmd = [valgrind, "--tool=callgrind", "--instr-atstart=no",
+           f"--callgrind-out-file={out}.%p", *args]  # fmt: skip
+    with process(cmd, port, start_timeout=600) as pid:
+        wrk(url, secret, 3, 4, headers=(ACCEPT_GZIP,))  # warm caches, uncounted
+        subprocess.run([control, "-i", "on", str(pid)], check=True, capture_output=True)
+        load = wrk(url, secret, duration, 4, headers=(ACCEPT_GZIP,))
+        subprocess.run([control, "-i", "off", str(pid)], check=True, capture_output=True)
+        subprocess.run([control, "-d", str(pid)], check=True, capture_output=True)
+    total = 0
+    for dump in work.glob(f"{out.name}.*"):
+        for line in dump.read_text(errors="replace").splitlines():
+            if line.startswith("totals:"):
+                total += int(line.split()[1])
+    return total / max(load.requests, 1)
 
 
 @dataclass
@@ -217,6 +248,7 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     cpu_us: float = 0.0  # server CPU time (user + system) per request, when its pid was given
+    requests: int = 0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -263,7 +295,7 @@ def wrk(
     total = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
     p50 = _ms(re.search(r"^\s*50%\s+(\S+)", out, re.M)[1])  # type: ignore[index]
     p99 = _ms(re.search(r"^\s*99%\s+(\S+)", out, re.M)[1])  # type: ignore[index]
-    return WrkResult(rps, p50, p99, cpu * 1e6 / total if total else 0.0)
+    return WrkResult(rps, p50, p99, cpu * 1e6 / total if total else 0.0, total)
 
 
 def curl(url: str, secret: str | None = None, headers: tuple[str, ...] = ()) -> tuple[int, bytes]:
@@ -447,6 +479,8 @@ class Bench:
         """
         ns = self.ns
         targets: dict[str, tuple[str, str | None, int]] = {}
+        # How to start each server again, for --instructions: args, port, url, secret.
+        launch: dict[str, tuple[list[str], int, str, str | None]] = {}
         body = b""
         encoding = ""
         with contextlib.ExitStack() as stack:
@@ -465,9 +499,11 @@ class Bench:
                     return self.row(item, "n/a (handler not cached yet)", "", "")
                 encoding = answer.get("content-encoding", "")
                 targets[label] = (url, secret, pid)
+                launch[label] = (args, port, url, secret)
             bare_args, bare_port = self.bare(body, content_type, encoding)
             pid = stack.enter_context(process(bare_args, bare_port))
             targets["bare"] = (f"http://127.0.0.1:{bare_port}/", None, pid)
+            launch["bare"] = (bare_args, bare_port, targets["bare"][0], None)
             runs: dict[str, list[WrkResult]] = {label: [] for label in targets}
             for _ in range(ns.rounds):
                 for label, (url, secret, pid) in targets.items():
@@ -491,6 +527,28 @@ class Bench:
         self.row(f"{item}, access log on vs off", fig("on"), fig("off") + " log off",
                  both("on", "off"))  # fmt: skip
         del on, off, base
+        if ns.instructions:
+            self.instructions(item, launch)
+
+    def instructions(
+        self, item: str, launch: dict[str, tuple[list[str], int, str, str | None]]
+    ) -> None:
+        """The rows of ``warm_metadata`` again, as instructions per request (``--instructions``)."""
+        counts = {
+            label: instructions_per_request(self.work, args, port, url, secret, self.ns.duration)
+            for label, (args, port, url, secret) in launch.items()
+        }
+
+        def fig(k: str) -> str:
+            return f"{counts[k] / 1000:,.0f}k instructions"
+
+        for label, against, name in (("on", "bare", "bare uvloop"), ("off", "bare", "bare uvloop"),
+                                     ("on", "off", "log off")):  # fmt: skip
+            what = {"on": "default (log to file)", "off": "access log off"}[label]
+            if against == "off":
+                what = "access log on vs off"
+            self.row(f"{item}, {what}, per request", fig(label), f"{fig(against)} {name}",
+                     f"{counts[against] / counts[label]:.2f}x")  # fmt: skip
 
     def policy_overhead(self) -> None:
         """Row 8 (SPEC 13): warm metadata with the supply-chain policy on (a 10,000-entry
@@ -751,6 +809,11 @@ def main() -> None:
         "--rounds", type=int, default=3, help="turns per server in rows 1-2 (median reported)"
     )
     parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="rows 1, 2 and 9 also as instructions per request under callgrind (slow, steady)",
+    )
+    parser.add_argument(
         "--only",
         type=lambda text: {int(n) for n in text.split(",")},
         default=set(),
@@ -762,7 +825,7 @@ def main() -> None:
     if ns.bare:
         return run_bare(Path(ns.bare[0]), ns.bare[1], int(ns.bare[2]), ns.bare[3])
     global WRK
-    WRK = ensure_wrk()
+    WRK = ensure_tool("wrk", "wrk")
     with tempfile.TemporaryDirectory(prefix="pkgate-bench-") as work:
         bench = Bench(Path(work), ns)
         try:
