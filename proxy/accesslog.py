@@ -43,9 +43,8 @@ import sys
 import threading
 import time as _time
 from collections import deque
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import orjson
 from aiohttp import hdrs, web
@@ -121,55 +120,6 @@ class _Clock:
 _clock = _Clock()
 # Methods logged as they are (anything else a client sends is capped and masked).
 _PLAIN_METHODS: Final = frozenset(hdrs.METH_ALL)
-
-
-def access_record(
-    request: web.BaseRequest,
-    response: web.StreamResponse,
-    seconds: float,
-    trusted_proxies: Iterable[Network] = (),
-) -> dict[str, Any]:
-    """The log fields of one answered request."""
-    try:
-        facts: RegistryFacts | None = request[REQUEST_FACTS]
-    except KeyError:  # not a registry request
-        facts = None
-    if facts is not None:
-        # The registry gate has worked these out already (the address with the same proxies).
-        ip, token, ecosystem, cache = facts.ip, facts.token, facts.ecosystem, facts.cache
-    else:
-        ip, token, ecosystem, cache = None, None, None, None
-    if ip is None:
-        # A request refused before routing is a BaseRequest: its peer is all there is.
-        if isinstance(request, web.Request):
-            ip = client_ip(request, trusted_proxies)
-        else:
-            ip = request.remote or "unknown"
-    method = request.method
-    user_agent = request.headers.get(hdrs.USER_AGENT)
-    if user_agent is not None:
-        user_agent = user_agent[:MAX_USER_AGENT]
-        if "pkg_" in user_agent or not user_agent.isascii():
-            user_agent = mask_tokens(user_agent)
-    path = request.raw_path
-    if "?" in path or not path.startswith("/") or "pkg_" in path or not path.isascii():
-        path = safe_path(request.rel_url)
-    elif len(path) > MAX_PATH:
-        path = path[:MAX_PATH]
-    return {
-        "time": _clock.now(),
-        "client_ip": ip,
-        "method": method if method in _PLAIN_METHODS else mask_tokens(method[:16]),
-        "path": path,
-        "status": response.status,
-        "bytes": response.body_length,
-        # Milliseconds to three places (round() costs several times this arithmetic).
-        "duration_ms": int(seconds * 1_000_000 + 0.5) / 1000,
-        "token_id": token.id if token is not None else None,
-        "ecosystem": ecosystem,
-        "cache": cache,
-        "user_agent": user_agent or None,
-    }
 
 
 class AccessLogSink:
@@ -403,8 +353,48 @@ class JsonAccessLogger(AbstractAccessLogger):
         sink = self.sink
         if sink is None:
             return
+        # One function, fields read in place: this runs once per request of every install.
         try:
-            record = access_record(request, response, time, self.trusted_proxies)
+            try:
+                facts: RegistryFacts | None = request[REQUEST_FACTS]
+            except KeyError:  # not a registry request
+                facts = None
+            if facts is not None:
+                # The registry gate worked these out (the address with the same proxies).
+                ip, token, ecosystem, cache = facts.ip, facts.token, facts.ecosystem, facts.cache
+            else:
+                ip, token, ecosystem, cache = None, None, None, None
+            if ip is None:
+                # A request refused before routing is a BaseRequest: its peer is all there is.
+                if isinstance(request, web.Request):
+                    ip = client_ip(request, self.trusted_proxies)
+                else:
+                    ip = request.remote or "unknown"
+            method = request.method
+            user_agent = request.headers.get(hdrs.USER_AGENT)
+            if user_agent is not None:
+                user_agent = user_agent[:MAX_USER_AGENT]
+                if "pkg_" in user_agent or not user_agent.isascii():
+                    user_agent = mask_tokens(user_agent)
+            path = request.raw_path
+            if "?" in path or not path.startswith("/") or "pkg_" in path or not path.isascii():
+                path = safe_path(request.rel_url)
+            elif len(path) > MAX_PATH:
+                path = path[:MAX_PATH]
+            record = {
+                "time": _clock.now(),
+                "client_ip": ip,
+                "method": method if method in _PLAIN_METHODS else mask_tokens(method[:16]),
+                "path": path,
+                "status": response.status,
+                "bytes": response.body_length,
+                # Milliseconds to three places (round() costs several times this arithmetic).
+                "duration_ms": int(time * 1_000_000 + 0.5) / 1000,
+                "token_id": token.id if token is not None else None,
+                "ecosystem": ecosystem,
+                "cache": cache,
+                "user_agent": user_agent or None,
+            }
             line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
         except Exception:
             # A logging fault must never break serving; say so without the record.

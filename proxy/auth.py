@@ -61,6 +61,15 @@ class Authenticator:
         self._ok_counts: dict[tuple[str, ...], float] | None = None
         self._ok_labels = (ecosystem, "ok")
 
+    def accept_cached(self, facts: RegistryFacts) -> bool:
+        """Accept the token the throttle found in the validation cache (with no await since),
+        when it may be used here: the warm path, without a coroutine.  False: ask ``__call__``."""
+        token = facts.cached
+        if token is None or self.ecosystem not in token.scopes:
+            return False
+        self._accept(token, facts)
+        return True
+
     async def __call__(self, request: web.Request, facts: RegistryFacts) -> web.Response | None:
         """None when the request may go on (its token, if any, on ``facts``), else the 401
         to answer (the reason on ``facts.auth_failure``)."""
@@ -92,14 +101,18 @@ class Authenticator:
             token = checked
         elif ecosystem not in token.scopes:
             return self._refuse(facts, "out_of_scope", out_of_scope(ecosystem))
+        self._accept(token, facts)
+        return None
+
+    def _accept(self, token: Token, facts: RegistryFacts) -> None:
+        """Count the success, record the use in memory, and put the token on ``facts``."""
         counts = self._ok_counts
         if counts is not None:
             counts[self._ok_labels] = counts.get(self._ok_labels, 0.0) + 1.0
         else:
             self._count("ok")
-        (self._recorder or self._started()[1]).record(token.id, ecosystem)
+        (self._recorder or self._started()[1]).record(token.id, self.ecosystem)
         facts.token = token
-        return None
 
     def _started(self) -> tuple[TokenValidator, UsageRecorder]:
         root = self._root

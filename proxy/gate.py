@@ -64,6 +64,8 @@ class RegistryGate:
             refused = throttle.admit(request, facts)
             if refused is not None:
                 return refused
+            if authenticate.accept_cached(facts):
+                return await handler(request)
             refused = await authenticate(request, facts)
             if refused is None:
                 return await handler(request)
