@@ -6,7 +6,8 @@
 The script generates a tree shaped like a real front-end project (``--packages`` packages whose
 packuments add up to ~86 MB of JSON, four of them multi-megabyte like next, typescript, axe-core
 and react-dom; full and abbreviated forms, sha512-verified tarballs) and serves it from its own
-fake upstream, which answers like the public registry does: gzip when accepted, ETags, and
+fake upstream, which answers like the public registry does: gzip when accepted, ETags, the same
+caching headers, and
 optionally a fixed delay per request and a shared bandwidth limit.  For each network profile and
 each client it installs the whole tree with an empty client cache: once through a fresh pkgate
 (cold), then ``--rounds`` turns of straight from the upstream (direct) and through the same pkgate
@@ -53,6 +54,13 @@ CORGI = "application/vnd.npm.install-v1+json"
 GIANTS = {"next": 18.8, "typescript": 9.4, "axe-core": 7.4, "react-dom": 6.3}
 TOTAL_MB = 86.5
 PROFILES = {"fast": (0.0, 0), "internet": (0.030, 20_000_000)}
+# Caching headers as a public registry sends them (clients store cacheable answers, which costs
+# them time: a fake upstream without them would make direct installs cheaper than real ones).
+DOCUMENT_CACHING = {"Cache-Control": "public, max-age=300"}
+TARBALL_HEADERS = {
+    "Content-Type": "application/octet-stream",
+    "Cache-Control": "public, immutable, max-age=31557600",
+}
 
 
 # ---------------------------------------------------------------- the tree
@@ -252,16 +260,14 @@ def run_upstream(root: Path, port: int, latency: float, rate: int) -> None:
             target = root / "files" / file
             if not target.is_file():
                 return web.json_response({"error": "not found"}, status=404)
-            return await send(
-                request, target.read_bytes(), {"Content-Type": "application/octet-stream"}
-            )
+            return await send(request, target.read_bytes(), TARBALL_HEADERS)
         name = path.strip("/").replace("%2f", "/").replace("%2F", "/")
         form = "corgi" if CORGI in request.headers.get("Accept", "") else "full"
         found = docs.get((name, form))
         if found is None:
             return web.json_response({"error": "Not found"}, status=404)
         body, etag = found
-        headers = {"ETag": etag, "Vary": "Accept, Accept-Encoding",
+        headers = {"ETag": etag, "Vary": "Accept, Accept-Encoding", **DOCUMENT_CACHING,
                    "Content-Type": CORGI if form == "corgi" else "application/json"}  # fmt: skip
         if request.headers.get("If-None-Match") == etag:
             return web.Response(status=304, headers={"ETag": etag})
