@@ -7,10 +7,11 @@ The script generates a tree shaped like a real front-end project (``--packages``
 packuments add up to ~86 MB of JSON, four of them multi-megabyte like next, typescript, axe-core
 and react-dom; full and abbreviated forms, sha512-verified tarballs) and serves it from its own
 fake upstream, which answers like the public registry does: gzip when accepted, ETags, the same
-caching headers, and optionally a fixed delay per request and a shared bandwidth limit.  For each network profile and
-each client it installs the whole tree with an empty client cache: once through a fresh pkgate
-(cold), then ``--rounds`` turns of straight from the upstream (direct) and through the same pkgate
-again (warm), alternating; direct and warm figures are the medians of the turns.
+caching headers, and optionally a fixed delay per request and a shared bandwidth limit.  For
+each network profile and each client it installs the whole tree with an empty client cache: once
+through a fresh pkgate (cold), then ``--rounds`` turns of straight from the upstream (direct) and
+through the same pkgate again (warm), alternating; direct and warm figures are the medians of the
+turns.
 
 Profiles: ``fast`` (loopback, no added latency) and ``internet`` (30 ms per request, 20 MB/s
 shared), as a real upstream across the internet.  pkgate runs ``pkgate serve`` with its defaults
