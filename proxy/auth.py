@@ -1,6 +1,6 @@
 """Authentication of registry routes: every request carries a valid token (or anonymous is allowed).
 
-An ``Authenticator`` per registry sub-application, run by its gate (``proxy.gate``): it reads
+An ``Authenticator`` per registry mount, run by its gate (``proxy.gate``): it reads
 Bearer or Basic credentials, resolves them through the validation cache, records the use in
 memory and stores the token on the request.
 Failures are 401 with the ecosystem's challenge and a JSON error naming the reason (invalid or

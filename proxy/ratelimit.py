@@ -77,7 +77,7 @@ registry_limits_key = web.AppKey("registry_limits", RegistryLimits)
 
 
 def setup_registry_limits(app: web.Application, settings: Settings) -> None:
-    """Keep the registry limiters on the root app, shared by every registry sub-app."""
+    """Keep the registry limiters on the root app, shared by every registry mount."""
     app[registry_limits_key] = RegistryLimits.from_settings(settings)
 
 

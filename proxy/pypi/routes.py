@@ -250,7 +250,7 @@ def _redirect(location: str) -> web.HTTPMovedPermanently:
 
 
 class SimpleIndex:
-    """The handlers of one PyPI sub-application, bound to its settings."""
+    """The handlers of one PyPI mount, bound to its settings."""
 
     def __init__(self, settings: Settings, base: URL, registry: Registry) -> None:
         """``base`` is the absolute URL this mount answers at, with a trailing slash;

@@ -95,8 +95,8 @@ ArtifactServedHook = Callable[[ArtifactServed], None]
 class Registry:
     """The shared machinery of one server's registries, read from the root application.
 
-    Handlers reach it through ``registry_key`` on their sub-application (set when mounting), so a
-    warm request costs no ``config_dict`` chain walk.  ``on_served`` hooks are called on the event
+    Handlers are bound to it when their mount is set up (``RegistryMount.registry``), so a warm
+    request looks nothing up to reach it.  ``on_served`` hooks are called on the event
     loop after every complete artifact answer; they must not block (queue and flush elsewhere).
     """
 
