@@ -373,9 +373,7 @@ class JsonAccessLogger(AbstractAccessLogger):
             method = request.method
             user_agent = request.headers.get(hdrs.USER_AGENT)
             if user_agent is not None:
-                user_agent = user_agent[:MAX_USER_AGENT]
-                if "pkg_" in user_agent or not user_agent.isascii():
-                    user_agent = mask_tokens(user_agent)
+                user_agent = mask_tokens(user_agent[:MAX_USER_AGENT])
             path = request.raw_path
             if "?" in path or not path.startswith("/") or "pkg_" in path or not path.isascii():
                 path = safe_path(request.rel_url)

@@ -123,7 +123,7 @@ class Throttle:
             # Nothing presented (or nothing readable): only the request rate per address applies.
             return None
         # The secret's digest, computed once: the validation cache and the token bucket key.
-        known = None
+        known = digest = None
         if len(secret) == tokens.TOKEN_LEN and secret.startswith(tokens.PREFIX):
             digest = tokens.digest(secret)
             validator = self._validator
@@ -132,7 +132,7 @@ class Throttle:
             known = facts.cached = validator.cached_digest(digest)
         per_token = limits.per_token
         if per_token is not None:
-            key = digest if known is not None else _token_key(secret, False)
+            key = digest if known is not None else _token_key(secret, digest)
             if key is not None:
                 retry = per_token.hit(key)
                 if retry is not None:
@@ -149,12 +149,13 @@ class Throttle:
         return None if retry is None else too_many(TOO_MANY_FAILURES, retry)
 
 
-def _token_key(secret: str, known: bool) -> str | None:
-    """The per-token bucket: the digest of the secret (one secret, one token).
+def _token_key(secret: str, digest: str | None) -> str | None:
+    """The per-token bucket of a secret the validation cache does not know: its digest (one
+    secret, one token; ``digest`` when the caller computed it already).
 
     Secrets failing the checksum get no bucket (they fail authentication and count as failures),
     so garbage cannot crowd real tokens out of the limiter.
     """
-    if known or tokens.is_well_formed(secret):
-        return tokens.digest(secret)
-    return None
+    if not tokens.is_well_formed(secret):
+        return None
+    return digest or tokens.digest(secret)

@@ -104,14 +104,6 @@ class UsageRecorder:
         pending = self._pending.get(token_id)
         if pending is None:
             pending = self._pending[token_id] = _Pending()
-        else:
-            # The warm path (one call per registry request): a token and ecosystem already
-            # pending, counted in place.
-            entry = pending.counts.get(ecosystem)
-            if entry is not None and now >= entry[1] and now >= pending.last_used_at:
-                entry[0] += 1
-                entry[1] = pending.last_used_at = now
-                return
         pending.add(ecosystem, now)
 
     async def flush(self) -> int:

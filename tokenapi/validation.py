@@ -56,36 +56,36 @@ class _Positive:
     """Tokens by digest, each until a deadline (monotonic seconds); at most ``maxsize``, the
     oldest put going first.  Expired entries go when asked for, or when room is needed."""
 
-    __slots__ = ("items", "maxsize")
+    __slots__ = ("_items", "maxsize")
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
-        self.items: dict[str, tuple[Token, float]] = {}
+        self._items: dict[str, tuple[Token, float]] = {}
 
     def get(self, digest: str) -> Token | None:
-        found = self.items.get(digest)
+        found = self._items.get(digest)
         if found is None:
             return None
         if found[1] <= time.monotonic():
-            del self.items[digest]
+            del self._items[digest]
             return None
         return found[0]
 
     def put(self, digest: str, token: Token, until: float) -> None:
-        items = self.items
+        items = self._items
         items.pop(digest, None)
         while len(items) >= self.maxsize:
             del items[next(iter(items))]
         items[digest] = (token, until)
 
     def pop(self, digest: str) -> None:
-        self.items.pop(digest, None)
+        self._items.pop(digest, None)
 
     def __contains__(self, digest: object) -> bool:
-        return digest in self.items
+        return digest in self._items
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self._items)
 
 
 class TokenValidator:
@@ -138,10 +138,9 @@ class TokenValidator:
 
     def cached_digest(self, digest: str) -> Token | None:
         """``cached`` for the digest of a secret the caller has checked the shape of."""
-        found = self._positive.items.get(digest)  # _Positive.get, written out: the warm path
-        if found is None or found[1] <= time.monotonic():
+        token = self._positive.get(digest)
+        if token is None:
             return None
-        token = found[0]
         expires_at = token.expires_at
         return None if expires_at is not None and expires_at <= self.clock() else token
 

@@ -156,8 +156,11 @@ async def from_disk(
     headers: Mapping[str, str] | None,
 ) -> web.StreamResponse:
     """A verified file from the store, sent here so that its completion is known."""
+    store.stats.hits += 1
     resp = SendfileResponse(path, chunk_size=store.chunk_size, headers=headers)
-    return await _send_hit(request, store, resp, content_type)
+    resp.content_type = content_type
+    resp.headers["X-Cache"] = "HIT"
+    return await _sent(request, resp)
 
 
 def from_memory(
@@ -170,16 +173,6 @@ def from_memory(
     merged[hdrs.CONTENT_TYPE] = content_type
     store.stats.hits += 1
     return web.Response(body=kept.body, headers=merged)
-
-
-async def _send_hit(
-    request: web.BaseRequest, store: ArtifactCache, resp: web.StreamResponse, content_type: str
-) -> web.StreamResponse:
-    """Send a hit's answer here, so that a complete 200 body is known (``ARTIFACT_SENT``)."""
-    store.stats.hits += 1
-    resp.content_type = content_type
-    resp.headers["X-Cache"] = "HIT"
-    return await _sent(request, resp)
 
 
 async def _sent(request: web.BaseRequest, resp: web.StreamResponse) -> web.StreamResponse:

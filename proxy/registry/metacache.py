@@ -390,15 +390,17 @@ class MetadataCache:
         Raises UpstreamError when the upstream fails and no usable entry exists, and
         UpstreamError(404) while a recent upstream 404 is remembered.
         """
+        return self.fresh(key) or await self.miss(key, fetch)
+
+    async def miss(self, key: CacheKey, fetch: Fetch) -> Cached:
+        """What ``get_or_fetch`` does once ``fresh`` found nothing (the warm path asks ``fresh``
+        itself first): revalidate, fetch, or wait for the fetch under way."""
         if not self.enabled:
             self.stats.fetches += 1
             result = await fetch(Validators())
             if isinstance(result, NotModified):
                 raise UpstreamError(502, "upstream answered 304 to an unconditional request")
             return Cached(result, CacheState.BYPASS)
-        hit = self.fresh(key)
-        if hit is not None:
-            return hit
         item = self._items.get(key)
         if isinstance(item, _Negative) and self._clock() - item.fetched_at < self.negative_ttl:
             self.stats.negative_hits += 1
@@ -572,8 +574,7 @@ def metadata_response(
     coding = entry._coding
     if coding is not None and not accepts_gzip(request_headers.get(hdrs.ACCEPT_ENCODING)):
         coding = None
-    state = cached.state
-    out = entry._answer_headers.get((state, coding)) or entry.answer_headers(state, coding)
+    out = entry.answer_headers(cached.state, coding)
     if headers:
         out = {**out, **headers}
     if (

@@ -218,7 +218,7 @@ async def serve_metadata(
 ) -> web.Response:
     """Cache or fetch -> policy -> respond, for one metadata document."""
     metadata = registry.metadata
-    cached = metadata.fresh(key) or await metadata.get_or_fetch(key, fetch)
+    cached = metadata.fresh(key) or await metadata.miss(key, fetch)
     note_cache(request, _STATE_LABELS[cached.state])
     policy = registry.policy
     if policy.active:
