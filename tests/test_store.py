@@ -179,3 +179,21 @@ async def test_close__twice_is_harmless(database_url: str) -> None:
     await s.close()
     with pytest.raises(StoreUnavailable):
         await s.get_user("x")
+
+
+async def test_close__under_an_open_transaction_fails_its_statements_as_unavailable(
+    tmp_path: Path,
+) -> None:
+    s = await Store.open(tmp_path / "p.db")
+    user = await s.create_user("a@example.com")
+    with pytest.raises(StoreUnavailable):
+        async with s.transaction() as tx:
+            await s.close()  # shutdown under a background job's write (the pruning loop's)
+            await tx.execute("DELETE FROM downloads WHERE downloaded_at < ?", (0,))
+    with pytest.raises(StoreUnavailable):
+        await s.prune_downloads(0)
+    s = await Store.open(tmp_path / "p.db")
+    try:
+        assert await s.get_user(user.id) is not None
+    finally:
+        await s.close()

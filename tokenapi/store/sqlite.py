@@ -56,15 +56,21 @@ class SqliteTx(Tx):
         return Execution(self._run(sql, tuple(params)))
 
     async def _run(self, sql: str, params: tuple[Any, ...]) -> Cursor:
-        cur = await self._db.execute(sql, params)
         try:
-            rows = list(await cur.fetchall())
-            return Cursor(rows, cur.rowcount)
-        finally:
-            await cur.close()
+            cur = await self._db.execute(sql, params)
+            try:
+                rows = list(await cur.fetchall())
+                return Cursor(rows, cur.rowcount)
+            finally:
+                await cur.close()
+        except ValueError as exc:  # aiosqlite: the store was closed under the transaction
+            raise StoreUnavailable(str(exc)) from exc
 
     async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
-        await self._db.executemany(sql, [tuple(r) for r in rows])
+        try:
+            await self._db.executemany(sql, [tuple(r) for r in rows])
+        except ValueError as exc:
+            raise StoreUnavailable(str(exc)) from exc
 
 
 async def _enter_wal(db: aiosqlite.Connection) -> None:
@@ -203,7 +209,10 @@ class SqliteStore(Store):
                 raise StoreUnavailable(str(exc)) from exc
             try:
                 yield SqliteTx(self._db)
-                await self._db.execute("COMMIT")
+                try:
+                    await self._db.execute("COMMIT")
+                except ValueError as exc:  # closed under the transaction
+                    raise StoreUnavailable(str(exc)) from exc
             except BaseException as exc:
                 with suppress(sqlite3.Error, ValueError):
                     await self._db.execute("ROLLBACK")
