@@ -186,10 +186,14 @@ async def test_close__under_an_open_transaction_fails_its_statements_as_unavaila
 ) -> None:
     s = await Store.open(tmp_path / "p.db")
     user = await s.create_user("a@example.com")
-    with pytest.raises(StoreUnavailable):
+
+    async def closed_under_a_write() -> None:
         async with s.transaction() as tx:
             await s.close()  # shutdown under a background job's write (the pruning loop's)
             await tx.execute("DELETE FROM downloads WHERE downloaded_at < ?", (0,))
+
+    with pytest.raises(StoreUnavailable):
+        await closed_under_a_write()
     with pytest.raises(StoreUnavailable):
         await s.prune_downloads(0)
     s = await Store.open(tmp_path / "p.db")
