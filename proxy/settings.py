@@ -408,7 +408,7 @@ class Settings:
         True, _bool, "with neither upstream set, find both on this machine (npm and pip config)"
     )
     download_history_days: int = setting(
-        90, _positive_int, "days the download history is kept before it is pruned"
+        90, _positive_int, "days the download history and expired tokens are kept before pruning"
     )
     shutdown_grace: float = setting(
         30.0, _positive_seconds, "seconds in-flight requests may take to finish on SIGTERM"

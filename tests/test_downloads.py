@@ -319,9 +319,15 @@ async def test_prune__drops_what_is_older_than_the_setting(tmp_path: Path) -> No
             at = now - days * DAY
             recorder.record_download(token.id, "npm", f"d{days}", "1.0.0", "f.tgz", at)
         await recorder.flush()
+        # A CI token that expired 91 days ago goes; one that expired 89 days ago stays.
+        gone, _ = await issue_token(store, user, name="oidc:a", expires_at=now - 91 * DAY)
+        kept, _ = await issue_token(store, user, name="oidc:b", expires_at=now - 89 * DAY)
         assert await prune(store, 90, now) == 2
         left = await store.list_downloads(_everything())
         assert sorted(r.download.package for r in left) == ["d1", "d89"]
+        assert await store.get_token(gone.id) is None
+        assert await store.get_token(kept.id) is not None
+        assert await store.get_token(token.id) is not None
 
         # The background pruner runs at start-up with its clock: 30 days from 10 days later.
         clock = now + 10 * DAY

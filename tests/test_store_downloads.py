@@ -20,11 +20,18 @@ async def store(database_url: str) -> AsyncIterator[Store]:
     await s.close()
 
 
-async def token_of(store: Store, email: str, name: str = "t") -> Token:
+async def token_of(
+    store: Store, email: str, name: str = "t", expires_at: float | None = None
+) -> Token:
     user = await store.get_user_by_email(email) or await store.create_user(email)
     secret = tokens.generate()
     return await store.create_token(
-        user.id, name=name, kind="api", digest=tokens.digest(secret), prefix=secret[:8]
+        user.id,
+        name=name,
+        kind="api",
+        digest=tokens.digest(secret),
+        prefix=secret[:8],
+        expires_at=expires_at,
     )
 
 
@@ -81,6 +88,30 @@ async def test_prune__only_what_is_older(store: Store) -> None:
     await rec.flush()
     assert await store.prune_downloads(NOW - 40) == 2
     assert [r.download.package for r in await store.list_downloads(DownloadQuery())] == ["p10"]
+
+
+async def test_prune_expired_tokens__only_those_expired_before_with_their_history(
+    store: Store,
+) -> None:
+    old = await token_of(store, "ci@example.com", "oidc:old", expires_at=NOW - 100)
+    recent = await token_of(store, "ci@example.com", "oidc:recent", expires_at=NOW - 10)
+    forever = await token_of(store, "ci@example.com", "laptop")
+    revoked = await token_of(store, "ci@example.com", "revoked")
+    await store.revoke_token(revoked.id)
+    rec = UsageRecorder(store)
+    for token in (old, recent, forever):
+        rec.record(token.id, "npm", NOW - 200)
+        rec.record_download(token.id, "npm", "a", "1.0.0", "a-1.0.0.tgz", NOW - 200)
+    await rec.flush()
+
+    assert await store.prune_expired_tokens(NOW - 50) == 1
+    assert await store.get_token(old.id) is None
+    for kept in (recent, forever, revoked):
+        assert await store.get_token(kept.id) is not None
+    assert await store.usage(old.id) == []
+    left = await store.list_downloads(DownloadQuery())
+    assert sorted(r.download.token_id for r in left) == sorted([recent.id, forever.id])
+    assert await store.prune_expired_tokens(NOW - 50) == 0
 
 
 async def test_package_downloads__only_before_the_time_and_users_with_an_active_token(

@@ -287,11 +287,17 @@ async def history(store: Store, recorder: UsageRecorder | None, query: DownloadQ
 
 
 async def prune(store: Store, days: int, now: float | None = None) -> int:
-    """Delete history older than ``days`` days (counted back from ``now``)."""
+    """Delete history older than ``days`` days (counted back from ``now``), and the tokens that
+    expired before then: every download of such a token is older than that, so no breach
+    notification can still need it (CI tokens from OIDC are minted per job and would otherwise
+    pile up in their owner's list).  Returns how many downloads went."""
     cutoff = (time.time() if now is None else now) - days * DAY
     removed = await store.prune_downloads(cutoff)
     if removed:
         log.info("pruned %d downloads older than %d days", removed, days)
+    expired = await store.prune_expired_tokens(cutoff)
+    if expired:
+        log.info("deleted %d tokens expired more than %d days ago", expired, days)
     return removed
 
 

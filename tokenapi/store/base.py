@@ -828,6 +828,15 @@ class Store(ABC):
             cur = await db.execute("DELETE FROM downloads WHERE downloaded_at < ?", (before,))
             return int(cur.rowcount)
 
+    async def prune_expired_tokens(self, before: float) -> int:
+        """Delete tokens that expired before ``before`` (their usage and history go with them);
+        revoked tokens stay, as their owners' record.  Returns how many went."""
+        async with self.transaction() as db:
+            cur = await db.execute(
+                "DELETE FROM tokens WHERE expires_at IS NOT NULL AND expires_at < ?", (before,)
+            )
+            return int(cur.rowcount)
+
     async def downloaded_packages(self) -> set[tuple[str, str]]:
         """Every (ecosystem, package) the history holds (read off the package index)."""
         rows = await self._fetchall("SELECT DISTINCT ecosystem, package FROM downloads")
