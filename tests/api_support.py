@@ -67,17 +67,20 @@ def code_in(text: str) -> str:
     return match.group(1)
 
 
+# Everything a token API call may change, except last-used bookkeeping (plain SQL: both backends).
+SNAPSHOT_QUERIES = {
+    "users": "SELECT id, email, language, is_admin, password_hash FROM users ORDER BY id",
+    "tokens": "SELECT id, user_id, name, kind, digest, revoked_at FROM tokens ORDER BY id",
+    "reset_codes": "SELECT * FROM reset_codes ORDER BY id",
+    "sessions": "SELECT * FROM sessions ORDER BY digest",
+    "revocations": "SELECT * FROM revocations ORDER BY seq",
+}
+
+
 def snapshot(db_path: Path) -> dict[str, list[tuple[Any, ...]]]:
-    """Everything a token API call may change, except last-used bookkeeping."""
-    queries = {
-        "users": "SELECT id, email, language, is_admin, password_hash FROM users ORDER BY id",
-        "tokens": "SELECT id, user_id, name, kind, digest, revoked_at FROM tokens ORDER BY id",
-        "reset_codes": "SELECT * FROM reset_codes ORDER BY id",
-        "sessions": "SELECT * FROM sessions ORDER BY digest",
-        "revocations": "SELECT * FROM revocations ORDER BY seq",
-    }
+    """Everything a token API call may change, read from the SQLite file itself."""
     with sqlite3.connect(db_path) as db:
-        return {name: db.execute(sql).fetchall() for name, sql in queries.items()}
+        return {name: db.execute(sql).fetchall() for name, sql in SNAPSHOT_QUERIES.items()}
 
 
 def execute(db_path: Path, sql: str, params: tuple[Any, ...] = ()) -> None:

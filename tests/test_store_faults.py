@@ -1,18 +1,24 @@
 """A database that cannot be written (read-only, or full) gives 503 on writes and changes
-nothing, while tokens already validated keep working on the registry."""
+nothing, while tokens already validated keep working on the registry.  SQLite read-only and full;
+PostgreSQL read-only (``default_transaction_read_only``, as a hot standby answers after a
+failover)."""
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 import aiosqlite
 import pytest
+from yarl import URL
 
-from tests.api_support import NPM_UPSTREAM, call, snapshot
+from tests import pg
+from tests.api_support import NPM_UPSTREAM, SNAPSHOT_QUERIES, call, snapshot
 from tests.conftest import RunningServer, StartServer
 from tokenapi.errors import StoreUnavailable
 from tokenapi.issue import issue_token
 from tokenapi.store import BUSY_TIMEOUT_MS
+from tokenapi.store.postgres import PostgresStore
 
 
 @asynccontextmanager
@@ -67,7 +73,45 @@ async def disk_full(server: RunningServer) -> AsyncIterator[int]:
         await store._db.execute("PRAGMA max_page_count = 1073741823")
 
 
-Fault = type(read_only)
+@asynccontextmanager
+async def pg_read_only(server: RunningServer, postgres: pg.PostgresServer) -> AsyncIterator[None]:
+    """The server's PostgreSQL database switched to read-only transactions for new sessions,
+    and the pool's connections replaced so every one is such a session."""
+    store = server.store
+    assert isinstance(store, PostgresStore)
+    name = URL(server.settings.database_url).path.lstrip("/")
+    postgres.psql(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    await store._pool.expire_connections()
+    try:
+        yield
+    finally:
+        postgres.psql(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+        await store._pool.expire_connections()
+
+
+Fault = Callable[[RunningServer], AbstractAsyncContextManager[object]]
+
+
+async def stored(server: RunningServer) -> dict[str, list[tuple[Any, ...]]]:
+    """What the writes below could change: the SQLite file itself, or PostgreSQL's rows."""
+    if not isinstance(server.store, PostgresStore):
+        return snapshot(server.settings.db_path)
+    return {
+        name: [tuple(row) for row in await server.store._fetchall(sql)]
+        for name, sql in SNAPSHOT_QUERIES.items()
+    }
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def backend(
+    request: pytest.FixtureRequest, start_server: StartServer
+) -> tuple[RunningServer, Fault]:
+    """A server on each backend, with how to make its database read-only."""
+    if request.param == "sqlite":
+        return await start_server(npm_upstream=NPM_UPSTREAM), read_only
+    postgres: pg.PostgresServer = request.getfixturevalue("postgres")
+    server = await start_server(npm_upstream=NPM_UPSTREAM, database_url=postgres.create_database())
+    return server, lambda s: pg_read_only(s, postgres)
 
 
 @pytest.fixture
@@ -87,19 +131,28 @@ def assert_503(answer: object) -> None:
     assert headers["Retry-After"].isdigit()
 
 
-@pytest.mark.parametrize("fault", [read_only, disk_full], ids=["read_only", "full"])
 async def test_store_faults__writes_503_change_nothing_and_cached_tokens_keep_working(
-    server: RunningServer, fault: Fault
+    backend: tuple[RunningServer, Fault],
 ) -> None:
+    await writes_refused(*backend)
+
+
+async def test_store_faults__a_full_sqlite_file_refuses_writes_the_same_way(
+    server: RunningServer,
+) -> None:
+    await writes_refused(server, disk_full)
+
+
+async def writes_refused(server: RunningServer, fault: Fault) -> None:
     secret = await server.token("dev@example.com")
     assert await whoami(server, secret) == 200  # validated: now in the cache
     async with fault(server):
-        before = snapshot(server.settings.db_path)
+        before = await stored(server)
         assert_503(await call(server, "POST", "/api/tokens", token=secret, json={"name": "x"}))
         assert_503(await call(server, "POST", "/api/v1/tokens/regenerate", token=secret))
         assert_503(await call(server, "DELETE", "/api/v1/tokens", token=secret))
         assert_503(await call(server, "POST", "/api/v1/tokens", json={"email": "n@example.com"}))
-        assert snapshot(server.settings.db_path) == before
+        assert await stored(server) == before
         # The failed revocation and regeneration left the token exactly as valid as before.
         for _ in range(20):
             assert await whoami(server, secret) == 200
@@ -113,18 +166,20 @@ async def test_store_faults__writes_503_change_nothing_and_cached_tokens_keep_wo
 
 
 async def test_store_faults__unvalidated_token_still_resolves_on_a_read_only_store(
-    server: RunningServer,
+    backend: tuple[RunningServer, Fault],
 ) -> None:
+    server, fault = backend
     secret = await server.token()
-    async with read_only(server):
+    async with fault(server):
         assert await whoami(server, secret) == 200
 
 
 async def test_store_faults__last_used_kept_in_memory_until_the_store_is_writable(
-    server: RunningServer,
+    backend: tuple[RunningServer, Fault],
 ) -> None:
+    server, fault = backend
     secret = await server.token()
-    async with read_only(server):
+    async with fault(server):
         assert await whoami(server, secret) == 200
         with contextlib.suppress(StoreUnavailable):
             await server.recorder.flush()
