@@ -331,11 +331,8 @@ async def test_prune__drops_what_is_older_than_the_setting(tmp_path: Path) -> No
 
         # The background pruner runs at start-up with its clock: 30 days from 10 days later.
         clock = now + 10 * DAY
-        async with pruning(store, 30, clock=lambda: clock):
-            for _ in range(200):
-                left = await store.list_downloads(_everything())
-                if len(left) == 1:
-                    break
+        async with pruning(store, 30, clock=lambda: clock), asyncio.timeout(30):
+            while len(left := await store.list_downloads(_everything())) != 1:
                 await asyncio.sleep(0.01)
         assert [r.download.package for r in left] == ["d1"]
     finally:
