@@ -21,6 +21,7 @@ from .ratelimit import setup_registry_limits
 from .registry import decode
 from .registry.artifacts import ArtifactCache
 from .registry.metacache import MetadataCache
+from .registry.metadisk import MetadataDisk
 from .registry.pipeline import Registry, registry_key
 from .registry.upstream import Upstream
 from .settings import Settings
@@ -90,13 +91,21 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
     """The metadata cache (memory) and the artifact cache (disk, index rebuilt by a scan)."""
     settings = app[settings_key]
-    app[metadata_cache_key] = MetadataCache(
+    metadata = app[metadata_cache_key] = MetadataCache(
         max_bytes=settings.metadata_cache_bytes,
         ttl=settings.metadata_ttl,
         negative_ttl=settings.metadata_negative_ttl,
         stale_max=settings.metadata_stale_max,
         enabled=settings.cache,
     )
+    if metadata.enabled and settings.metadata_disk_bytes > 0:
+        metadata.disk = MetadataDisk(
+            settings.metadata_dir,
+            settings.metadata_disk_bytes,
+            settings.metadata_ttl,
+            settings.metadata_stale_max,
+        )
+        await metadata.disk.start()
     artifacts = ArtifactCache(
         settings.artifact_dir,
         settings.artifact_cache_bytes if settings.cache else 0,

@@ -12,7 +12,8 @@ Labels from the ``RegistryFacts`` a registry gate puts on its requests (``proxy.
 - ``ecosystem``: ``npm`` or ``pypi`` (``none`` for every other request);
 - ``cache``: ``"hit"``, ``"miss"`` or ``"stale"`` when the answer came from, missed, or fell back
   to the metadata/artifact cache; ``"revalidated"`` when the upstream confirmed a cached entry,
-  ``"bypass"`` when the answer could not be cached (``note_cache``).
+  ``"bypass"`` when the answer could not be cached (``note_cache``), ``"disk"`` when a metadata
+  document came from the disk tier (``registry.metadisk``) without asking the upstream.
 """
 
 from __future__ import annotations
@@ -43,9 +44,10 @@ from .accesslog import AccessLogSink, access_log_key
 from .errors import Handler, answer_failure
 from .keys import REQUEST_FACTS, RegistryFacts, metadata_cache_key
 from .registry.metacache import MetadataCache
+from .registry.metadisk import MetadataDisk
 
 AUTH_OUTCOMES = ("ok", "missing", "invalid", "revoked", "expired", "out_of_scope")
-CACHE_OUTCOMES = ("hit", "miss", "stale", "revalidated", "bypass")
+CACHE_OUTCOMES = ("hit", "miss", "stale", "revalidated", "bypass", "disk")
 # Status recorded when the client hung up before the answer was complete (nginx's convention).
 CLIENT_CLOSED = 499
 
@@ -94,6 +96,8 @@ class _ScrapeTimeCollector(Collector):
                 gauge = GaugeMetricFamily(f"pkgate_metadata_cache_{name}", doc)
                 gauge.add_metric([], value)
                 yield gauge
+            if cache.disk is not None:
+                yield from _disk_families(cache.disk)
         sink = self.access_log
         if sink is not None:
             for name, doc, value in (
@@ -114,6 +118,28 @@ class _ScrapeTimeCollector(Collector):
             active = GaugeMetricFamily("pkgate_tokens_active", "Tokens that are not revoked")
             active.add_metric([], self.tokens_active)
             yield active
+
+
+def _disk_families(disk: MetadataDisk) -> Iterator[Metric]:
+    """The metadata cache's disk tier (``registry.metadisk``)."""
+    stats = disk.stats
+    for name, doc, value in (
+        ("fresh", "Metadata documents built from the disk tier without the upstream", stats.fresh),
+        ("revalidated", "Disk tier copies the upstream confirmed with a 304", stats.revalidated),
+        ("stale", "Disk tier copies served because the upstream failed", stats.stale),
+        ("written", "Upstream metadata answers written to the disk tier", stats.written),
+        ("rejected", "Disk tier files that failed a check and were deleted", stats.rejected),
+        ("failures", "Disk tier reads and writes the disk refused", stats.failures),
+        ("evicted", "Disk tier files deleted to stay within metadata_disk_bytes", stats.evicted),
+    ):
+        family = CounterMetricFamily(f"pkgate_metadata_disk_{name}", doc)
+        family.add_metric([], value)
+        yield family
+    size = GaugeMetricFamily(
+        "pkgate_metadata_disk_bytes", "Bytes of the disk tier (as of its last listing)"
+    )
+    size.add_metric([], disk.bytes)
+    yield size
 
 
 def _history_families(

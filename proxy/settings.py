@@ -381,6 +381,12 @@ class Settings:
         _byte_size,
         "memory bound of the metadata cache, bodies counted compressed (e.g. 256MiB; 0 = off)",
     )
+    metadata_disk_bytes: int = setting(
+        1024**3,
+        _byte_size,
+        "disk bound of the metadata cache's second tier under data_dir: upstream answers kept "
+        "so restarts and other workers start warm (0 = off)",
+    )
     artifact_cache_bytes: int = setting(
         10 * 1024**3, _byte_size, "disk bound of the artifact cache under data_dir (0 = off)"
     )
@@ -463,6 +469,10 @@ class Settings:
     @property
     def artifact_dir(self) -> Path:
         return self.data_dir / "cache" / "artifacts"
+
+    @property
+    def metadata_dir(self) -> Path:
+        return self.data_dir / "cache" / "metadata"
 
     def require_upstream(self) -> None:
         """Serving needs at least one upstream; say how to set one."""

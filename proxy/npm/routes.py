@@ -415,6 +415,7 @@ async def fetch_packument(
         accept=UPSTREAM_ACCEPT[form],
         what=WHAT,
         limit=MAX_PACKUMENT_BYTES,
+        disk=config.registry.metadata.disk,
     )
 
 

@@ -322,6 +322,7 @@ class SimpleIndex:
             accept=UPSTREAM_PAGE_ACCEPT,
             what=WHAT,
             limit=MAX_PAGE_BYTES,
+            disk=self.registry.metadata.disk,
         )
 
     async def _fetch_project(
@@ -336,6 +337,7 @@ class SimpleIndex:
             accept=UPSTREAM_PAGE_ACCEPT,
             what=WHAT,
             limit=MAX_PAGE_BYTES,
+            disk=self.registry.metadata.disk,
         )
 
     # --- files ---------------------------------------------------------------------------------

@@ -173,7 +173,7 @@ def file_name(key: str, digest: Digest) -> str:
     return hashlib.sha256(f"{key}\0{digest}".encode()).hexdigest()
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -222,7 +222,7 @@ class ArtifactCache:
         for part in self._tmp.iterdir():
             # Leftovers of a crashed process; a live worker's download is left alone.
             pid = part.name.split(".")[1] if part.name.count(".") >= 2 else ""
-            if not (pid.isdigit() and _pid_alive(int(pid))):
+            if not (pid.isdigit() and pid_alive(int(pid))):
                 part.unlink(missing_ok=True)
         found: list[tuple[float, str, int]] = []
         for sub in self.root.iterdir():

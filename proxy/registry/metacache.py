@@ -31,7 +31,10 @@ Semantics:
 - The cache is bounded by bytes (body plus a fixed per-entry overhead) with LRU eviction; an entry
   larger than the whole bound is served but not kept.
 - With ``enabled=False`` nothing is stored or coalesced: every call is one ``fetch`` (state BYPASS).
-- The cache is per process: with ``--workers N`` each worker keeps its own copy.
+- The cache is per process: with ``--workers N`` each worker keeps its own copy.  Its second tier
+  on disk (``metadisk``, read and filled by ``pipeline.fetch_metadata``) is shared by every
+  process on the data directory; an entry built from it carries ``loaded`` (``DISK`` or
+  ``REVALIDATED``, and the copy's age, which its freshness counts from).
 
 Entries are kept compressed: a body of ``COMPRESS_MIN`` bytes or more is stored gzipped (ISA-L,
 level 2: a few percent larger than zlib's level 6 at a tenth of the time, so a cold miss of a
@@ -59,7 +62,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from aiohttp import hdrs, web
 from aiohttp.payload import AsyncIterablePayload
@@ -67,6 +70,9 @@ from isal import igzip, isal_zlib
 
 from .policy import Decision, PackageFacts
 from .upstream import UpstreamError
+
+if TYPE_CHECKING:
+    from .metadisk import MetadataDisk
 
 CacheKey = tuple[str, str, str]
 """(ecosystem, package name, representation), e.g. ("pypi", "requests", "json")."""
@@ -100,6 +106,7 @@ class CacheState(enum.StrEnum):
     REVALIDATED = "REVALIDATED"
     STALE = "STALE"
     BYPASS = "BYPASS"
+    DISK = "DISK"  # not in memory, read back from the disk tier while fresh (``metadisk``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +169,10 @@ class MetaEntry:
     )
     # This entry as a cache hit (``MetadataCache.fresh``), made once.
     _hit: Cached | None = field(init=False, default=None, repr=False, compare=False)
+    # Built from the disk tier's copy (``metadisk``): how it was had, and how old the copy was.
+    loaded: tuple[CacheState, float] | None = field(
+        init=False, default=None, repr=False, compare=False
+    )
 
     @classmethod
     def build(
@@ -356,6 +367,8 @@ class MetadataCache:
         self._inflight: dict[CacheKey, asyncio.Task[Cached]] = {}
         self.bytes = 0
         self.stats = CacheStats()
+        # The second tier, on disk (``metadisk``): fetches read and fill it (``fetch_metadata``).
+        self.disk: MetadataDisk | None = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -446,9 +459,15 @@ class MetadataCache:
             else:
                 self._put(key, previous)
             return Cached(previous, CacheState.REVALIDATED)
-        result.fetched_at = now
+        state, age = result.loaded or (CacheState.MISS, 0.0)
+        result.loaded = None
+        result.fetched_at = now - age  # a disk copy is as fresh as the upstream left it
+        if state is CacheState.REVALIDATED:
+            self.stats.revalidated += 1
+        elif state is CacheState.STALE:
+            self.stats.stale += 1
         self._put(key, result)
-        return Cached(result, CacheState.MISS)
+        return Cached(result, state)
 
     def _put(self, key: CacheKey, item: MetaEntry | _Negative) -> None:
         self.invalidate(key)

@@ -45,7 +45,7 @@ from ..keys import (
     upstream_key,
 )
 from .artifacts import ArtifactCache, Digest, file_name
-from .decode import IN_FLIGHT, MAX_BODY, decode_body, read_body
+from .decode import IN_FLIGHT, MAX_BODY, Held, decode_body, read_body
 from .delivery import ARTIFACT_SENT, deliver
 from .metacache import (
     NOT_MODIFIED,
@@ -59,6 +59,7 @@ from .metacache import (
     Validators,
     metadata_response,
 )
+from .metadisk import MetadataDisk, StoredAnswer
 from .policy import (
     Decision,
     NoPolicy,
@@ -161,6 +162,7 @@ async def fetch_metadata(
     accept: str,
     what: str,
     limit: int = MAX_BODY,
+    disk: MetadataDisk | None = None,
 ) -> E | NotModified:
     """One conditional upstream GET of a metadata document, decoded and built into an entry.
 
@@ -168,35 +170,113 @@ async def fetch_metadata(
     ``validators`` were sent), failure statuses become ``UpstreamError``, the body is read and
     decoded within ``limit`` and the process-wide budget, and ``build`` (which raises
     ``UpstreamError`` for a document it cannot use) runs off the loop for large bodies.
+
+    With a ``disk`` tier (``metadisk``) and nothing in memory, the upstream's last answer stored
+    there is used while younger than the tier's ttl, otherwise revalidated with its own
+    validators, and served stale (within the tier's ``stale_max``) when the upstream fails;
+    every 200 that builds is stored, every 304 confirms the stored copy, a 404 deletes it.
     """
-    headers: dict[str, str] = {
-        hdrs.ACCEPT: accept,
-        hdrs.ACCEPT_ENCODING: "gzip, deflate",
-        **validators.headers(),
-    }
+    text_url = str(url)
     with IN_FLIGHT.hold() as held:
-        async with upstream.request(
-            "GET", url, headers=headers, what=what, kind="metadata"
-        ) as resp:
-            if resp.status == 304 and validators.headers():
+        stored: StoredAnswer | None = None
+        if disk is not None and not validators.headers():
+            stored = await disk.load(text_url, accept, limit, held)
+            if stored is not None and stored.age < disk.ttl:
+                disk.stats.fresh += 1
+                return await _build_stored(stored, url, build, held, what, limit, CacheState.DISK)
+        conditional = validators.headers() or (stored.validators().headers() if stored else {})
+        headers: dict[str, str] = {
+            hdrs.ACCEPT: accept,
+            hdrs.ACCEPT_ENCODING: "gzip, deflate",
+            **conditional,
+        }
+        try:
+            answer = await _ask(upstream, url, headers, bool(conditional), held, what, limit)
+        except UpstreamError as exc:
+            if disk is None:
+                raise
+            if exc.status == 404:
+                await disk.forget(text_url, accept)
+            elif stored is not None and stored.age <= disk.stale_max:
+                disk.stats.stale += 1
+                return await _build_stored(stored, url, build, held, what, limit, CacheState.STALE)
+            raise
+        if answer is None:  # 304
+            if disk is not None:
+                await disk.confirm(text_url, accept)
+            if stored is None:
                 return NOT_MODIFIED
-            raise_for_upstream_status(resp, what)
-            if resp.status != 200:
-                raise UpstreamError(502, f"{what} answered unexpected status {resp.status}")
-            raw = await read_body(resp, held, what, limit)
-            coding = resp.headers.get(hdrs.CONTENT_ENCODING)
-            fetched_headers = (
-                resp.headers.get(hdrs.CONTENT_TYPE),
-                resp.headers.get(hdrs.ETAG),
-                resp.headers.get(hdrs.LAST_MODIFIED),
+            disk.stats.revalidated += 1  # type: ignore[union-attr]  # stored implies disk
+            return await _build_stored(
+                stored, url, build, held, what, limit, CacheState.REVALIDATED, age=0.0
             )
+        raw, coding, content_type, etag, last_modified = answer
         body = await decode_body(raw, coding, held, what, limit)
-        del raw
-        fetched = Fetched(url, body, *fetched_headers)
+        entry = await _build(Fetched(url, body, content_type, etag, last_modified), build)
         del body
-        if len(fetched.body) > OFF_LOOP_BYTES:
-            return await asyncio.to_thread(build, fetched)
-        return build(fetched)
+        if disk is not None:
+            await disk.save(
+                text_url,
+                accept,
+                raw,
+                coding=coding,
+                content_type=content_type,
+                etag=etag,
+                last_modified=last_modified,
+            )
+        return entry
+
+
+async def _ask(
+    upstream: Upstream,
+    url: URL,
+    headers: Mapping[str, str],
+    conditional: bool,
+    held: Held,
+    what: str,
+    limit: int,
+) -> tuple[bytes, str | None, str | None, str | None, str | None] | None:
+    """The upstream's answer: None for a 304 to a conditional request, else the body as sent
+    with its coding, type and validators; failures as ``UpstreamError``."""
+    async with upstream.request("GET", url, headers=headers, what=what, kind="metadata") as resp:
+        if resp.status == 304 and conditional:
+            return None
+        raise_for_upstream_status(resp, what)
+        if resp.status != 200:
+            raise UpstreamError(502, f"{what} answered unexpected status {resp.status}")
+        raw = await read_body(resp, held, what, limit)
+        return (
+            raw,
+            resp.headers.get(hdrs.CONTENT_ENCODING),
+            resp.headers.get(hdrs.CONTENT_TYPE),
+            resp.headers.get(hdrs.ETAG),
+            resp.headers.get(hdrs.LAST_MODIFIED),
+        )
+
+
+async def _build(fetched: Fetched, build: Callable[[Fetched], E]) -> E:
+    if len(fetched.body) > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(build, fetched)
+    return build(fetched)
+
+
+async def _build_stored(
+    stored: StoredAnswer,
+    url: URL,
+    build: Callable[[Fetched], E],
+    held: Held,
+    what: str,
+    limit: int,
+    state: CacheState,
+    age: float | None = None,
+) -> E:
+    """The entry for an answer read back from the disk tier, marked with how it was had."""
+    body = await decode_body(stored.raw, stored.coding, held, what, limit)
+    fetched = Fetched(url, body, stored.content_type, stored.etag, stored.last_modified)
+    del body
+    entry = await _build(fetched, build)
+    entry.loaded = (state, stored.age if age is None else age)
+    return entry
 
 
 # The access log's and the metrics' name of each cache state.
