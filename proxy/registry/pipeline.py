@@ -176,7 +176,7 @@ async def fetch_metadata(
     validators, and served stale (within the tier's ``stale_max``) when the upstream fails;
     every 200 that builds is stored, every 304 confirms the stored copy, a 404 deletes it.
     """
-    text_url = str(url)
+    text_url = str(url.with_user(None))  # the disk tier's key: never an upstream's credentials
     with IN_FLIGHT.hold() as held:
         stored: StoredAnswer | None = None
         if disk is not None and not validators.headers():

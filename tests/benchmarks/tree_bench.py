@@ -11,7 +11,9 @@ caching headers, and optionally a fixed delay per request and a shared bandwidth
 each network profile and each client it installs the whole tree with an empty client cache: once
 through a fresh pkgate (cold), then ``--rounds`` turns of straight from the upstream (direct) and
 through the same pkgate again (warm), alternating; direct and warm figures are the medians of the
-turns.
+turns.  Last, pkgate is stopped and started again on the same data directory and the tree
+installed once more (restarted): memory is empty, the metadata cache's disk tier and the
+artifact store are not.
 
 Profiles: ``fast`` (loopback, no added latency) and ``internet`` (30 ms per request, 20 MB/s
 shared), as a real upstream across the internet.  pkgate runs ``pkgate serve`` with its defaults
@@ -415,7 +417,8 @@ def token(data: Path, name: str) -> tuple[str, str]:
 
 
 def log_figures(log: Path, token_id: str) -> tuple[int, int, int]:
-    """(bytes sent, package requests, cache hits) of one token's lines in an access log."""
+    """(bytes sent, package requests, answers from pkgate's caches) of one token's lines in an
+    access log: a hit, or a document built from the disk tier without the upstream."""
     sent = requests = hits = 0
     for line in log.read_text().splitlines():
         record = json.loads(line)
@@ -424,7 +427,7 @@ def log_figures(log: Path, token_id: str) -> tuple[int, int, int]:
         sent += record["bytes"]
         if record["path"].startswith("/npm/") and not record["path"].startswith("/npm/-/"):
             requests += 1
-            hits += record["cache"] == "hit"
+            hits += record["cache"] in ("hit", "disk")
     return sent, requests, hits
 
 
@@ -448,6 +451,12 @@ class Result:
     cold_cpu: float = 0.0
     warm_cpu: float = 0.0
     rounds: int = 1  # direct and warm: medians of this many alternating turns
+    # One install through a new pkgate process on the same data directory (a restart): its
+    # time, and how many of its package requests the caches answered (metadata from the disk
+    # tier, artifacts from the store).
+    restarted: float = 0.0
+    restarted_requests: int = 0
+    restarted_hits: int = 0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -471,7 +480,7 @@ def run_profile(work: Path, tree: Path, names: list[str], tools: Path, profile: 
         for client in clients:
             tag = f"{profile}-{client}"
             data = work / f"data-{tag}"
-            kinds = ["cold", *(f"warm{n}" for n in range(rounds))]
+            kinds = ["cold", *(f"warm{n}" for n in range(rounds)), "restarted"]
             ids = {}
             secrets = {}
             for kind in kinds:
@@ -507,6 +516,11 @@ def run_profile(work: Path, tree: Path, names: list[str], tools: Path, profile: 
                     )
                     warm_cpu.append(cpu_seconds(gate.pid) - before)
                 metrics = _metrics(f"http://127.0.0.1:{port}/metrics")
+            with process(args, port):  # restarted: memory empty, disk tier and store kept
+                restarted = install(
+                    work, tools, client, names, registry, secrets["restarted"], f"{tag}-restart"
+                )
+            _, restarted_requests, restarted_hits = log_figures(log, ids["restarted"])
             cold_bytes, _, _ = log_figures(log, ids["cold"])
             warm_bytes, warm_requests, warm_hits = log_figures(log, ids["warm0"])
             cache_mb = metrics.get("pkgate_metadata_cache_bytes", 0) / 1e6
@@ -514,7 +528,7 @@ def run_profile(work: Path, tree: Path, names: list[str], tools: Path, profile: 
             result = Result(profile, client, median(direct), cold, median(warm), direct_bytes,
                             cold_bytes, warm_bytes, warm_requests, warm_hits, cache_mb, json_mb,
                             median(direct_cpu), cold_cpu, median(warm_cpu),
-                            rounds)  # fmt: skip
+                            rounds, restarted, restarted_requests, restarted_hits)  # fmt: skip
             print(f"  {result} direct {direct} warm {warm}", file=sys.stderr, flush=True)
             results.append(result)
             shutil.rmtree(data, ignore_errors=True)
@@ -536,17 +550,18 @@ def _metrics(url: str) -> dict[str, float]:
 
 
 def table(results: list[Result]) -> str:
-    head = ("profile", "client", "direct", "cold", "warm", "MB on the wire direct/cold/warm",
-            "warm from cache", "metadata cache MB (JSON MB)",
-            "server CPU s direct/cold/warm")  # fmt: skip
+    head = ("profile", "client", "direct", "cold", "warm", "restarted",
+            "MB on the wire direct/cold/warm", "from cache warm/restarted",
+            "metadata cache MB (JSON MB)", "server CPU s direct/cold/warm")  # fmt: skip
     rows = [head]
     for r in results:
         rows.append((
             r.profile, r.client, f"{r.direct:.1f} s",
             f"{r.cold:.1f} s ({r.cold / r.direct:.2f}x)",
             f"{r.warm:.1f} s ({r.warm / r.direct:.2f}x)",
+            f"{r.restarted:.1f} s ({r.restarted / r.direct:.2f}x)",
             f"{r.direct_bytes / 1e6:.1f} / {r.cold_bytes / 1e6:.1f} / {r.warm_bytes / 1e6:.1f}",
-            f"{r.warm_hits}/{r.warm_requests} ({100 * r.warm_hits / max(r.warm_requests, 1):.0f}%)",
+            f"{r.warm_hits}/{r.warm_requests} / {r.restarted_hits}/{r.restarted_requests}",
             f"{r.cache_mb:.1f} ({r.cache_json_mb:.1f})",
             f"{r.direct_cpu:.1f} / {r.cold_cpu:.1f} / {r.warm_cpu:.1f}",
         ))  # fmt: skip
