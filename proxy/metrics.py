@@ -66,22 +66,25 @@ class _ScrapeTimeCollector(Collector):
         self.metadata: MetadataCache | None = None
 
     def collect(self) -> Iterator[Metric]:
-        flushes = CounterMetricFamily(
-            "pkgate_last_used_flushes", "Batched last-used writes committed to the store"
-        )
-        batch = GaugeMetricFamily(
-            "pkgate_last_used_last_batch_size", "Tokens written by the most recent last-used flush"
-        )
-        written = CounterMetricFamily(
-            "pkgate_last_used_tokens_written", "Token rows written by all last-used flushes"
-        )
         recorder = self.recorder
-        flushes.add_metric([], recorder.flushes if recorder else 0)
-        batch.add_metric([], recorder.last_batch_size if recorder else 0)
-        written.add_metric([], recorder.tokens_written if recorder else 0)
-        yield flushes
-        yield batch
-        yield written
+        yield _single(
+            CounterMetricFamily,
+            "pkgate_last_used_flushes",
+            "Batched last-used writes committed to the store",
+            recorder.flushes if recorder else 0,
+        )
+        yield _single(
+            GaugeMetricFamily,
+            "pkgate_last_used_last_batch_size",
+            "Tokens written by the most recent last-used flush",
+            recorder.last_batch_size if recorder else 0,
+        )
+        yield _single(
+            CounterMetricFamily,
+            "pkgate_last_used_tokens_written",
+            "Token rows written by all last-used flushes",
+            recorder.tokens_written if recorder else 0,
+        )
         cache = self.metadata
         if cache is not None:
             for name, doc, value in (
@@ -93,9 +96,7 @@ class _ScrapeTimeCollector(Collector):
                     cache.identity_bytes(),
                 ),
             ):
-                gauge = GaugeMetricFamily(f"pkgate_metadata_cache_{name}", doc)
-                gauge.add_metric([], value)
-                yield gauge
+                yield _single(GaugeMetricFamily, f"pkgate_metadata_cache_{name}", doc, value)
             if cache.disk is not None:
                 yield from _disk_families(cache.disk)
         sink = self.access_log
@@ -105,19 +106,21 @@ class _ScrapeTimeCollector(Collector):
                 ("dropped", "Access log lines not kept: the buffer was full", sink.lines_dropped),
                 ("lost", "Access log lines that could not be written", sink.lines_lost),
             ):
-                lines = CounterMetricFamily(f"pkgate_access_log_lines_{name}", doc)
-                lines.add_metric([], value)
-                yield lines
-            pending = GaugeMetricFamily(
-                "pkgate_access_log_pending_bytes", "Access log bytes waiting to be written"
+                yield _single(CounterMetricFamily, f"pkgate_access_log_lines_{name}", doc, value)
+            yield _single(
+                GaugeMetricFamily,
+                "pkgate_access_log_pending_bytes",
+                "Access log bytes waiting to be written",
+                sink.pending_bytes,
             )
-            pending.add_metric([], sink.pending_bytes)
-            yield pending
         yield from _history_families(recorder, self.breach)
         if self.tokens_active is not None:
-            active = GaugeMetricFamily("pkgate_tokens_active", "Tokens that are not revoked")
-            active.add_metric([], self.tokens_active)
-            yield active
+            yield _single(
+                GaugeMetricFamily,
+                "pkgate_tokens_active",
+                "Tokens that are not revoked",
+                self.tokens_active,
+            )
 
 
 def _disk_families(disk: MetadataDisk) -> Iterator[Metric]:
@@ -132,14 +135,22 @@ def _disk_families(disk: MetadataDisk) -> Iterator[Metric]:
         ("failures", "Disk tier reads and writes the disk refused", stats.failures),
         ("evicted", "Disk tier files deleted to stay within metadata_disk_bytes", stats.evicted),
     ):
-        family = CounterMetricFamily(f"pkgate_metadata_disk_{name}", doc)
-        family.add_metric([], value)
-        yield family
-    size = GaugeMetricFamily(
-        "pkgate_metadata_disk_bytes", "Bytes of the disk tier (as of its last listing)"
+        yield _single(CounterMetricFamily, f"pkgate_metadata_disk_{name}", doc, value)
+    yield _single(
+        GaugeMetricFamily,
+        "pkgate_metadata_disk_bytes",
+        "Bytes of the disk tier (as of its last listing)",
+        disk.bytes,
     )
-    size.add_metric([], disk.bytes)
-    yield size
+
+
+def _single(
+    kind: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str, doc: str, value: float
+) -> Metric:
+    """A series of one unlabelled value."""
+    family = kind(name, doc)
+    family.add_metric([], value)
+    return family
 
 
 def _history_families(
@@ -174,9 +185,7 @@ def _history_families(
             breach.gave_up if breach else 0,
         ),
     ):
-        family = CounterMetricFamily(name, doc)
-        family.add_metric([], value)
-        yield family
+        yield _single(CounterMetricFamily, name, doc, value)
 
 
 class _Counts:

@@ -38,6 +38,17 @@ async def get(server: RunningServer, path: str = PACKUMENT) -> tuple[int, str, b
         return resp.status, resp.headers.get("X-Cache", ""), await resp.read()
 
 
+async def served_and_stopped(
+    start_server: StartServer, registry: NpmRegistry
+) -> tuple[RunningServer, bytes]:
+    """A pkgate that served the packument once (so the disk tier has it), stopped; and the
+    document it sent."""
+    first = await start(start_server, registry)
+    _, _, body = await get(first)
+    await first.close()
+    return first, body
+
+
 def moved(body: bytes, before: RunningServer, after: RunningServer) -> bytes:
     """``body`` as ``after`` writes it: its tarball URLs name its own port."""
     return body.replace(f":{before.url.port}/".encode(), f":{after.url.port}/".encode())
@@ -81,9 +92,7 @@ async def test_metadisk__a_restart_starts_warm_within_the_ttl(
 async def test_metadisk__an_old_copy_is_revalidated_and_a_304_serves_it(
     start_server: StartServer, registry: NpmRegistry
 ) -> None:
-    first = await start(start_server, registry)
-    _, _, body = await get(first)
-    await first.close()
+    first, body = await served_and_stopped(start_server, registry)
 
     again = await start(start_server, registry, metadata_ttl=0)
     status, state, revalidated = await get(again)
@@ -144,9 +153,7 @@ def _lying_hash(path: Path) -> None:
 async def test_metadisk__a_damaged_copy_is_deleted_and_fetched_again(
     start_server: StartServer, registry: NpmRegistry, damage: object
 ) -> None:
-    first = await start(start_server, registry)
-    _, _, body = await get(first)
-    await first.close()
+    first, body = await served_and_stopped(start_server, registry)
     (path,) = stored_files(first)
     damage(path)  # type: ignore[operator]
 
@@ -162,9 +169,7 @@ async def test_metadisk__a_damaged_copy_is_deleted_and_fetched_again(
 async def test_metadisk__a_failing_upstream_gets_the_copy_served_stale(
     start_server: StartServer, registry: NpmRegistry
 ) -> None:
-    first = await start(start_server, registry)
-    _, _, body = await get(first)
-    await first.close()
+    first, body = await served_and_stopped(start_server, registry)
 
     async def broken(request: web.Request) -> web.Response:
         return web.Response(status=503)
@@ -182,9 +187,7 @@ async def test_metadisk__a_failing_upstream_gets_the_copy_served_stale(
 async def test_metadisk__a_copy_dated_in_the_future_is_revalidated(
     start_server: StartServer, registry: NpmRegistry
 ) -> None:
-    first = await start(start_server, registry)
-    await get(first)
-    await first.close()
+    first, _ = await served_and_stopped(start_server, registry)
     (path,) = stored_files(first)
     later = time.time() + 365 * 86400
     os.utime(path, (later, later))
@@ -197,9 +200,7 @@ async def test_metadisk__a_copy_dated_in_the_future_is_revalidated(
 async def test_metadisk__an_upstream_404_deletes_the_copy(
     start_server: StartServer, registry: NpmRegistry
 ) -> None:
-    first = await start(start_server, registry)
-    await get(first)
-    await first.close()
+    await served_and_stopped(start_server, registry)
     registry.packages[:] = [p for p in registry.packages if p.name != "pkg-plain"]
 
     again = await start(start_server, registry, metadata_ttl=0)
