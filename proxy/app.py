@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -29,6 +30,8 @@ from .supplychain import admin as supplychain_admin
 from .supplychain import service as supplychain
 from .vhosts import mount_registry
 from .web import setup_web
+
+log = logging.getLogger(__name__)
 
 CLIENT_MAX_SIZE = 1024 * 1024
 
@@ -99,21 +102,30 @@ async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
         enabled=settings.cache,
     )
     if metadata.enabled and settings.metadata_disk_bytes > 0:
-        metadata.disk = MetadataDisk(
+        disk = MetadataDisk(
             settings.metadata_dir,
             settings.metadata_disk_bytes,
             settings.metadata_ttl,
             settings.metadata_stale_max,
         )
-        await metadata.disk.start()
-    artifacts = ArtifactCache(
-        settings.artifact_dir,
-        settings.artifact_cache_bytes if settings.cache else 0,
-        memory_bytes=settings.artifact_memory_bytes,
-    )
-    await artifacts.start()
-    app[artifact_cache_key] = artifacts
-    yield
+        try:
+            await disk.start()
+            metadata.disk = disk
+        except OSError as exc:
+            log.warning("metadata disk cache off: cannot use %s (%s)", settings.metadata_dir, exc)
+            await disk.close()
+    try:
+        artifacts = ArtifactCache(
+            settings.artifact_dir,
+            settings.artifact_cache_bytes if settings.cache else 0,
+            memory_bytes=settings.artifact_memory_bytes,
+        )
+        await artifacts.start()
+        app[artifact_cache_key] = artifacts
+        yield
+    finally:
+        if metadata.disk is not None:
+            await metadata.disk.close()  # copies still being written are finished first
 
 
 # Every answer names the server ``pkgate`` only (never the aiohttp or Python versions).

@@ -17,6 +17,11 @@ else is deleted and counts as absent.  Files are written to a temporary name and
 place, so a reader sees the old copy or the new one, never half of one.  A file's modification
 time is when the upstream last gave or confirmed it.
 
+Its I/O runs on two threads of its own, one reading and one writing, so that a lookup never
+waits behind the worker threads busy parsing large documents (a lookup is on the path of every
+metadata miss).  Writes are not waited for: the answer goes out while its copy is written, and
+when more than ``MAX_PENDING`` bytes wait the copy is skipped; stopping waits for them.
+
 The tier is bounded by ``metadata_disk_bytes``: when what a process has written since it last
 looked passes an eighth of the bound, it lists the directory and deletes the oldest files until
 the total is within it (workers sharing the directory may together pass the bound by that eighth
@@ -32,8 +37,10 @@ import hashlib
 import itertools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -49,6 +56,7 @@ log = logging.getLogger(__name__)
 SUFFIX: Final = ".meta"
 TMP_PREFIX: Final = "tmp-"
 MAX_HEADER: Final = 16 * 1024
+MAX_PENDING: Final = 64 * 1024 * 1024  # bytes of copies waiting to be written
 FORMAT: Final = 1
 
 
@@ -104,10 +112,29 @@ class MetadataDisk:
         self._tmp_names = itertools.count()
         self._failing = False
         self.bytes = 0  # the total at the last listing plus what this process wrote since
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="pkgate-metadisk-read")
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="pkgate-metadisk-write")
+        self._pending: set[asyncio.Future[None]] = set()
+        self._pending_bytes = 0
+        self._lock = threading.Lock()  # the counters both threads update
 
     async def start(self) -> None:
         """Create the directory, drop temporary files a crash left, and keep within the bound."""
-        await asyncio.to_thread(self._start)
+        await asyncio.get_running_loop().run_in_executor(self._writer, self._start)
+
+    async def settled(self) -> None:
+        """Wait for every copy handed to ``save`` so far to be written (or to have failed)."""
+        if self._pending:
+            await asyncio.wait(set(self._pending))
+
+    async def close(self) -> None:
+        """Write what is pending, then stop the tier's threads."""
+        await self.settled()
+        self._reader.shutdown(wait=False)
+        self._writer.shutdown(wait=True)
+
+    async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._reader, fn, *args)
 
     def _start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -119,7 +146,8 @@ class MetadataDisk:
     async def load(self, url: str, accept: str, limit: int, held: Held) -> StoredAnswer | None:
         """The stored answer for ``url`` and ``accept``, or None (absent, unusable, unreadable,
         or more than ``held``'s budget has room for).  Its bytes are charged to ``held``."""
-        return await asyncio.to_thread(self._load, url, accept, limit, held)
+        found: StoredAnswer | None = await self._read(self._load, url, accept, limit, held)
+        return found
 
     def _load(self, url: str, accept: str, limit: int, held: Held) -> StoredAnswer | None:
         path = self.root / file_name(url, accept)
@@ -164,12 +192,13 @@ class MetadataDisk:
 
     def _reject(self, path: Path, why: str) -> StoredAnswer | None:
         """Delete an unusable file; None, as for an absent one."""
-        self.stats.rejected += 1
+        with self._lock:
+            self.stats.rejected += 1
         log.warning("metadata disk cache: %s is unusable (%s); deleted", path.name, why)
         _unlink(path)
         return None
 
-    async def save(
+    def save(
         self,
         url: str,
         accept: str,
@@ -180,9 +209,11 @@ class MetadataDisk:
         etag: str | None,
         last_modified: str | None,
     ) -> None:
-        """Keep an upstream 200 answer (replacing any older copy)."""
+        """Keep an upstream 200 answer (replacing any older copy), in the background."""
         if len(raw) > self.max_bytes // 8:
             return  # one document may not take the room of many
+        if self._pending_bytes + len(raw) > MAX_PENDING:
+            return  # the disk is not keeping up: this copy is skipped, not queued
         header = orjson.dumps(
             {
                 "format": FORMAT,
@@ -199,7 +230,20 @@ class MetadataDisk:
         if len(header) > MAX_HEADER:
             return
         tmp = f"{TMP_PREFIX}{os.getpid()}-{next(self._tmp_names)}"
-        await asyncio.to_thread(self._write, file_name(url, accept), tmp, header, raw)
+        loop = asyncio.get_running_loop()
+        writing = loop.run_in_executor(
+            self._writer, self._write, file_name(url, accept), tmp, header, raw
+        )
+        self._pending.add(writing)
+        self._pending_bytes += len(raw)
+
+        def done(future: asyncio.Future[None]) -> None:
+            self._pending.discard(future)
+            self._pending_bytes -= len(raw)
+            if not future.cancelled() and future.exception() is not None:
+                log.error("metadata disk cache: a write failed", exc_info=future.exception())
+
+        writing.add_done_callback(done)
 
     def _write(self, name: str, tmp: str, header: bytes, raw: bytes) -> None:
         tmp_path = self.root / tmp
@@ -213,7 +257,8 @@ class MetadataDisk:
             self._failed("write", exc)
             return
         self._succeeded()
-        self.stats.written += 1
+        with self._lock:
+            self.stats.written += 1
         size = len(header) + 1 + len(raw)
         self.bytes += size
         self._since_scan += size
@@ -222,7 +267,7 @@ class MetadataDisk:
 
     async def confirm(self, url: str, accept: str) -> None:
         """The upstream confirmed the stored copy (a 304): it is current as of now."""
-        await asyncio.to_thread(self._touch, self.root / file_name(url, accept))
+        await self._read(self._touch, self.root / file_name(url, accept))
 
     def _touch(self, path: Path) -> None:
         try:
@@ -234,7 +279,7 @@ class MetadataDisk:
 
     async def forget(self, url: str, accept: str) -> None:
         """The upstream no longer has the document (404): drop the copy."""
-        await asyncio.to_thread(_unlink, self.root / file_name(url, accept))
+        await self._read(_unlink, self.root / file_name(url, accept))
 
     def _trim(self) -> None:
         """List the directory and delete the oldest files until the total fits the bound."""
@@ -262,7 +307,8 @@ class MetadataDisk:
         self._since_scan = 0
 
     def _failed(self, what: str, exc: OSError) -> None:
-        self.stats.failures += 1
+        with self._lock:
+            self.stats.failures += 1
         if not self._failing:
             self._failing = True
             log.warning(

@@ -215,7 +215,7 @@ async def fetch_metadata(
         entry = await _build(Fetched(url, body, content_type, etag, last_modified), build)
         del body
         if disk is not None:
-            await disk.save(
+            disk.save(
                 text_url,
                 accept,
                 raw,

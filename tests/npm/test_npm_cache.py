@@ -286,6 +286,9 @@ async def test_vhost__packuments_cached_per_mount_with_their_own_urls(
     async with aiohttp.ClientSession(headers=auth) as http:
         async with http.get(server.url / "npm" / "pkg-plain") as path_mount:
             path_doc = await path_mount.json()
+        disk = server.app[metadata_cache_key].disk
+        assert disk is not None
+        await disk.settled()  # its copy of the upstream's answer is written after the answer
         async with http.get(server.url / "pkg-plain", headers={"Host": "npm.test"}) as vhost:
             vhost_doc = await vhost.json()
             # Cached apart from the path mount's (its own URLs), built from the upstream's answer

@@ -74,6 +74,7 @@ async def test_metadisk__a_restart_starts_warm_within_the_ttl(
     first = await start(start_server, registry)
     status, state, body = await get(first)
     assert (status, state) == (200, "MISS")
+    await disk_of(first).settled()  # copies are written after the answer
     (path,) = stored_files(first)
     head = orjson.loads(path.read_bytes().partition(b"\n")[0])
     assert head["url"].endswith(PACKUMENT)
@@ -109,6 +110,7 @@ async def test_metadisk__another_server_on_the_data_directory_shares_it(
     one = await start(start_server, registry)
     two = await start(start_server, registry)
     assert (await get(one))[1] == "MISS"
+    await disk_of(one).settled()
     assert (await get(two))[1] == "DISK"
     assert len(gets(registry)) == 1
 
@@ -162,6 +164,7 @@ async def test_metadisk__a_damaged_copy_is_deleted_and_fetched_again(
     assert (status, state, answer) == (200, "MISS", moved(body, first, again))
     assert len(gets(registry)) == 2
     assert disk_of(again).stats.rejected == 1
+    await disk_of(again).settled()
     (kept,) = stored_files(again)  # the upstream's answer, stored anew
     assert orjson.loads(kept.read_bytes().partition(b"\n")[0])["url"].endswith(PACKUMENT)
 
@@ -215,6 +218,7 @@ async def test_metadisk__kept_within_its_bound_oldest_first(start_server: StartS
         for name in names:  # about 700 bytes each on disk
             assert (await get(server, f"/{name}"))[0] == 200
     disk = disk_of(server)
+    await disk.settled()
     files = stored_files(server)
     on_disk = sum(p.stat().st_size for p in files)
     assert on_disk <= 8 * 1024
@@ -235,6 +239,7 @@ async def test_metadisk__a_disk_that_refuses_writes_fails_no_answer(
     root.write_bytes(b"")  # the directory replaced by a file: every write fails
     status, state, _ = await get(server)
     assert (status, state) == (200, "MISS")
+    await disk_of(server).settled()
     assert disk_of(server).stats.failures == 2  # the read of a stored copy, then the write
     assert (await get(server))[1] == "HIT"
 

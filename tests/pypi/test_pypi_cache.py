@@ -70,11 +70,19 @@ async def test_pypi_cache__second_page_request_is_served_without_upstream(
     assert cache_count(server, "hit") == 1
 
 
+async def settled(server: RunningServer) -> None:
+    """The disk tier's copies of what was fetched so far are written (they go in the background)."""
+    disk = server.app[metadata_cache_key].disk
+    assert disk is not None
+    await disk.settled()
+
+
 async def test_pypi_cache__each_representation_cached_with_its_own_type(
     server: RunningServer, index: PypiIndex, http: aiohttp.ClientSession
 ) -> None:
     for _ in range(2):
         json_page = await get_page(http, page(server))
+        await settled(server)
         html_page = await get_page(http, page(server), "text/html")
     assert json_page[3]["Content-Type"] == JSON_TYPE
     assert html_page[3]["Content-Type"] == "text/html; charset=utf-8"
@@ -107,6 +115,7 @@ async def test_pypi_cache__client_etag_answered_304_from_cache(
     assert (status, state, again) == (304, "HIT", b"")
     assert replay["ETag"] == headers["ETag"]
     # Another representation has other bytes, so the JSON page's ETag does not match it.
+    await settled(server)
     html = await get_page(http, page(server), "text/html", **{"If-None-Match": headers["ETag"]})
     assert (html[0], html[1]) == (200, "DISK")
     assert len(index.page_requests(TINYDEP)) == 1
@@ -215,6 +224,7 @@ async def test_pypi_cache__each_mount_caches_its_own_links(pypi_session: PypiSes
     server, http = await pypi_session(pypi_host="pypi.test")
     host = f"pypi.test:{server.url.port}"
     path_mount = json.loads((await get_page(http, page(server)))[2])
+    await settled(server)
     vhost = await get_page(http, server.url / "simple" / "tinydep" / "", Host=host)
     assert vhost[1] == "DISK"  # its own entry, from the upstream answer the disk tier kept
     assert path_mount["files"][0]["url"].startswith(f"{server.url}/pypi/files/")
