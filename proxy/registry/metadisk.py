@@ -37,6 +37,7 @@ import hashlib
 import itertools
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -152,15 +153,25 @@ class MetadataDisk:
     def _load(self, url: str, accept: str, limit: int, held: Held) -> StoredAnswer | None:
         path = self.root / file_name(url, accept)
         try:
-            with path.open("rb") as fh:
+            # Not followed if a link, never waited on if a pipe: only a plain file is read.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return self._reject(path, "a symbolic link")
+            self._failed("read", exc)
+            return None
+        try:
+            with os.fdopen(fd, "rb") as fh:
                 st = os.fstat(fh.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    return self._reject(path, "not a plain file")
                 if st.st_size > MAX_HEADER + limit:
                     return self._reject(path, "larger than the limit")
                 if not held.take(st.st_size):
                     return None  # the upstream answer would not fit either: it says so
-                data = fh.read(MAX_HEADER + limit + 1)
-        except FileNotFoundError:
-            return None
+                data = fh.read(st.st_size)
         except OSError as exc:
             self._failed("read", exc)
             return None

@@ -147,10 +147,31 @@ def _lying_hash(path: Path) -> None:
     path.write_bytes(orjson.dumps(header) + b"\n" + other)
 
 
+def _symlink(path: Path) -> None:
+    """The copy moved away and a link left in its place (a link is never followed)."""
+    moved = path.with_name("elsewhere")
+    path.rename(moved)
+    path.symlink_to(moved)
+
+
+def _fifo(path: Path) -> None:
+    """A pipe in the copy's place: reading it would wait for a writer forever."""
+    path.unlink()
+    os.mkfifo(path)
+
+
 @pytest.mark.parametrize(
     "damage",
-    [_damage_body, _truncate, _other_document, _no_header, _lying_hash],
-    ids=["flipped-byte", "truncated", "other-document", "no-header", "lying-hash"],
+    [_damage_body, _truncate, _other_document, _no_header, _lying_hash, _symlink, _fifo],
+    ids=[
+        "flipped-byte",
+        "truncated",
+        "other-document",
+        "no-header",
+        "lying-hash",
+        "symlink",
+        "fifo",
+    ],
 )
 async def test_metadisk__a_damaged_copy_is_deleted_and_fetched_again(
     start_server: StartServer, registry: NpmRegistry, damage: object
