@@ -378,8 +378,6 @@ def front_middleware(metrics: Metrics) -> Middleware:
     # every unmatched request: those are labelled afresh, and never kept).
     labels: dict[AbstractRoute, str] = {}
     durations = metrics.request_duration
-    series_of = durations.series
-    bounds = durations.bounds
     perf_counter = time.perf_counter
 
     @web.middleware
@@ -415,13 +413,7 @@ def front_middleware(metrics: Metrics) -> Middleware:
                     labels[route] = label
             counted = (ecosystem, label, str(status))
             requests[counted] = requests.get(counted, 0.0) + 1.0
-            elapsed = perf_counter() - start
-            series = series_of.get(ecosystem)
-            if series is None:
-                durations.observe(ecosystem, elapsed)
-            else:  # _Durations.observe, written out
-                series[bisect_left(bounds, elapsed)] += 1
-                series[-1] += elapsed
+            durations.observe(ecosystem, perf_counter() - start)
             if facts is not None and facts.cache in CACHE_OUTCOMES:
                 outcome = (ecosystem, facts.cache)
                 cache[outcome] = cache.get(outcome, 0.0) + 1.0
