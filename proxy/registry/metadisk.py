@@ -62,15 +62,16 @@ FORMAT: Final = 1
 
 
 @dataclass(frozen=True, slots=True)
-class StoredAnswer:
-    """An upstream answer read back from disk (its body still in its content coding)."""
+class UpstreamAnswer:
+    """An upstream metadata answer as sent (its body still in its content coding): fresh from
+    the upstream, or read back from disk."""
 
     raw: bytes
     coding: str | None
     content_type: str | None
     etag: str | None
     last_modified: str | None
-    age: float  # seconds since the upstream gave or confirmed it (inf when unknown)
+    age: float = 0.0  # seconds since the upstream gave or confirmed it (inf when unknown)
 
     def validators(self) -> Validators:
         return Validators(self.etag, self.last_modified)
@@ -144,13 +145,13 @@ class MetadataDisk:
                 _unlink(Path(entry.path))
         self._trim()
 
-    async def load(self, url: str, accept: str, limit: int, held: Held) -> StoredAnswer | None:
+    async def load(self, url: str, accept: str, limit: int, held: Held) -> UpstreamAnswer | None:
         """The stored answer for ``url`` and ``accept``, or None (absent, unusable, unreadable,
         or more than ``held``'s budget has room for).  Its bytes are charged to ``held``."""
-        found: StoredAnswer | None = await self._read(self._load, url, accept, limit, held)
+        found: UpstreamAnswer | None = await self._read(self._load, url, accept, limit, held)
         return found
 
-    def _load(self, url: str, accept: str, limit: int, held: Held) -> StoredAnswer | None:
+    def _load(self, url: str, accept: str, limit: int, held: Held) -> UpstreamAnswer | None:
         path = self.root / file_name(url, accept)
         try:
             # Not followed if a link, never waited on if a pipe: only a plain file is read.
@@ -197,11 +198,11 @@ class MetadataDisk:
             if value is not None and not isinstance(value, str):
                 return self._reject(path, "header fields are not text")
         age = self._clock() - st.st_mtime  # a time in the future is not believed
-        return StoredAnswer(
+        return UpstreamAnswer(
             raw, coding, content_type, etag, last_modified, age if age >= 0 else float("inf")
         )
 
-    def _reject(self, path: Path, why: str) -> StoredAnswer | None:
+    def _reject(self, path: Path, why: str) -> UpstreamAnswer | None:
         """Delete an unusable file; None, as for an absent one."""
         with self._lock:
             self.stats.rejected += 1
@@ -209,18 +210,9 @@ class MetadataDisk:
         _unlink(path)
         return None
 
-    def save(
-        self,
-        url: str,
-        accept: str,
-        raw: bytes,
-        *,
-        coding: str | None,
-        content_type: str | None,
-        etag: str | None,
-        last_modified: str | None,
-    ) -> None:
+    def save(self, url: str, accept: str, answer: UpstreamAnswer) -> None:
         """Keep an upstream 200 answer (replacing any older copy), in the background."""
+        raw = answer.raw
         if len(raw) > self.max_bytes // 8:
             return  # one document may not take the room of many
         if self._pending_bytes + len(raw) > MAX_PENDING:
@@ -230,10 +222,10 @@ class MetadataDisk:
                 "format": FORMAT,
                 "url": url,
                 "accept": accept,
-                "coding": coding,
-                "content_type": content_type,
-                "etag": etag,
-                "last_modified": last_modified,
+                "coding": answer.coding,
+                "content_type": answer.content_type,
+                "etag": answer.etag,
+                "last_modified": answer.last_modified,
                 "length": len(raw),
                 "sha256": hashlib.sha256(raw).hexdigest(),
             }

@@ -30,7 +30,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final, NamedTuple, TypeVar
 
 import aiohttp
@@ -59,7 +59,7 @@ from .metacache import (
     Validators,
     metadata_response,
 )
-from .metadisk import MetadataDisk, StoredAnswer
+from .metadisk import MetadataDisk, UpstreamAnswer
 from .policy import (
     Decision,
     NoPolicy,
@@ -178,12 +178,12 @@ async def fetch_metadata(
     """
     text_url = str(url.with_user(None))  # the disk tier's key: never an upstream's credentials
     with IN_FLIGHT.hold() as held:
-        stored: StoredAnswer | None = None
+        stored: UpstreamAnswer | None = None
         if disk is not None and not validators.headers():
             stored = await disk.load(text_url, accept, limit, held)
             if stored is not None and stored.age < disk.ttl:
                 disk.stats.fresh += 1
-                return await _build_stored(stored, url, build, held, what, limit, CacheState.DISK)
+                return await _loaded(stored, url, build, held, what, limit, CacheState.DISK)
         conditional = validators.headers() or (stored.validators().headers() if stored else {})
         headers: dict[str, str] = {
             hdrs.ACCEPT: accept,
@@ -199,31 +199,21 @@ async def fetch_metadata(
                 await disk.forget(text_url, accept)
             elif stored is not None and stored.age <= disk.stale_max:
                 disk.stats.stale += 1
-                return await _build_stored(stored, url, build, held, what, limit, CacheState.STALE)
+                return await _loaded(stored, url, build, held, what, limit, CacheState.STALE)
             raise
         if answer is None:  # 304
             if disk is not None:
                 await disk.confirm(text_url, accept)
-            if stored is None:
-                return NOT_MODIFIED
-            disk.stats.revalidated += 1  # type: ignore[union-attr]  # stored implies disk
-            return await _build_stored(
-                stored, url, build, held, what, limit, CacheState.REVALIDATED, age=0.0
-            )
-        raw, coding, content_type, etag, last_modified = answer
-        body = await decode_body(raw, coding, held, what, limit)
-        entry = await _build(Fetched(url, body, content_type, etag, last_modified), build)
-        del body
+                if stored is not None:
+                    disk.stats.revalidated += 1
+                    confirmed = replace(stored, age=0.0)
+                    return await _loaded(
+                        confirmed, url, build, held, what, limit, CacheState.REVALIDATED
+                    )
+            return NOT_MODIFIED
+        entry = await _built(answer, url, build, held, what, limit)
         if disk is not None:
-            disk.save(
-                text_url,
-                accept,
-                raw,
-                coding=coding,
-                content_type=content_type,
-                etag=etag,
-                last_modified=last_modified,
-            )
+            disk.save(text_url, accept, answer)
         return entry
 
 
@@ -235,7 +225,7 @@ async def _ask(
     held: Held,
     what: str,
     limit: int,
-) -> tuple[bytes, str | None, str | None, str | None, str | None] | None:
+) -> UpstreamAnswer | None:
     """The upstream's answer: None for a 304 to a conditional request, else the body as sent
     with its coding, type and validators; failures as ``UpstreamError``."""
     async with upstream.request("GET", url, headers=headers, what=what, kind="metadata") as resp:
@@ -245,7 +235,7 @@ async def _ask(
         if resp.status != 200:
             raise UpstreamError(502, f"{what} answered unexpected status {resp.status}")
         raw = await read_body(resp, held, what, limit)
-        return (
+        return UpstreamAnswer(
             raw,
             resp.headers.get(hdrs.CONTENT_ENCODING),
             resp.headers.get(hdrs.CONTENT_TYPE),
@@ -254,28 +244,35 @@ async def _ask(
         )
 
 
-async def _build(fetched: Fetched, build: Callable[[Fetched], E]) -> E:
+async def _built(
+    answer: UpstreamAnswer,
+    url: URL,
+    build: Callable[[Fetched], E],
+    held: Held,
+    what: str,
+    limit: int,
+) -> E:
+    """``answer`` decoded (within ``limit`` and the budget) and built, off the loop when large."""
+    body = await decode_body(answer.raw, answer.coding, held, what, limit)
+    fetched = Fetched(url, body, answer.content_type, answer.etag, answer.last_modified)
+    del body
     if len(fetched.body) > OFF_LOOP_BYTES:
         return await asyncio.to_thread(build, fetched)
     return build(fetched)
 
 
-async def _build_stored(
-    stored: StoredAnswer,
+async def _loaded(
+    stored: UpstreamAnswer,
     url: URL,
     build: Callable[[Fetched], E],
     held: Held,
     what: str,
     limit: int,
     state: CacheState,
-    age: float | None = None,
 ) -> E:
     """The entry for an answer read back from the disk tier, marked with how it was had."""
-    body = await decode_body(stored.raw, stored.coding, held, what, limit)
-    fetched = Fetched(url, body, stored.content_type, stored.etag, stored.last_modified)
-    del body
-    entry = await _build(fetched, build)
-    entry.loaded = (state, stored.age if age is None else age)
+    entry = await _built(stored, url, build, held, what, limit)
+    entry.loaded = (state, stored.age)
     return entry
 
 
