@@ -34,6 +34,7 @@ from tokenapi.validation import TokenValidator
 
 from .errors import json_error
 from .keys import RegistryFacts
+from .server import SafeRequestHandler
 from .settings import Network, Settings
 
 AUTH_FAILURE_WINDOW = 60.0
@@ -114,18 +115,25 @@ class Throttle:
             retry = per_ip.hit(ip)
             if retry is not None:
                 return too_many(TOO_MANY, retry)
-        try:
-            secret = secret_from_header(request.headers.get(hdrs.AUTHORIZATION))
-        except MalformedCredentials:
-            secret = ""  # presented but unreadable: authentication answers 401
+        header = request.headers.get(hdrs.AUTHORIZATION)
+        connection = request.protocol
+        if isinstance(connection, SafeRequestHandler):
+            # A keep-alive connection sends the same header on every request of an install:
+            # read once per connection while it does not change.
+            seen = connection.credentials
+            if seen is not None and seen[0] == header:
+                secret, digest = seen[1], seen[2]
+            else:
+                secret, digest = read_credentials(header)
+                connection.credentials = (header, secret, digest)
+        else:
+            secret, digest = read_credentials(header)
         facts.secret = secret
         if not secret:
             # Nothing presented (or nothing readable): only the request rate per address applies.
             return None
-        # The secret's digest, computed once: the validation cache and the token bucket key.
-        known = digest = None
-        if len(secret) == tokens.TOKEN_LEN and secret.startswith(tokens.PREFIX):
-            digest = tokens.digest(secret)
+        known = None
+        if digest is not None:
             validator = self._validator
             if validator is None:
                 validator = self._validator = self._root[validator_key]
@@ -147,6 +155,21 @@ class Throttle:
             return None  # no limits (admit set no address), or this budget is off
         retry = limits.auth_failures.hit(facts.ip)
         return None if retry is None else too_many(TOO_MANY_FAILURES, retry)
+
+
+def read_credentials(header: str | None) -> tuple[str | None, str | None]:
+    """The secret in an Authorization header (None without one, ``""`` when it is unreadable:
+    authentication answers 401) and, for a secret shaped like a pkgate token, its digest: the
+    validation cache's and the token bucket's key."""
+    try:
+        secret = secret_from_header(header)
+    except MalformedCredentials:
+        return "", None
+    if secret is None:
+        return None, None
+    if len(secret) == tokens.TOKEN_LEN and secret.startswith(tokens.PREFIX):
+        return secret, tokens.digest(secret)
+    return secret, None
 
 
 def _token_key(secret: str, digest: str | None) -> str | None:

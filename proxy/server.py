@@ -35,6 +35,10 @@ def _phrase(status: int) -> str:
 class SafeRequestHandler(RequestHandler):
     """A connection handler whose error answers and log lines never quote the request."""
 
+    # The Authorization header last seen on this connection with what the registry gate read
+    # from it (``proxy.ratelimit.read_credentials``): the header, the secret and its digest.
+    credentials: tuple[str | None, str | None, str | None] | None = None
+
     def handle_error(
         self,
         request: web.BaseRequest,

@@ -97,6 +97,49 @@ async def test_auth__revoked_token_is_refused_on_the_next_request(server: Runnin
     assert resp.status == 401
 
 
+async def test_auth__one_connection_answers_each_request_for_the_header_it_carries(
+    server: RunningServer,
+) -> None:
+    # The gate reads a connection's Authorization header once while it stays the same: a
+    # keep-alive connection (nginx's pool to pkgate carries many clients) that changes it, or
+    # keeps it after the token was revoked, is answered for what each request carries.
+    alice = await server.token("alice@example.com")
+    bob = await server.token("bob@example.com")
+    sent = [
+        (f"Bearer {alice}", 200, "alice@example.com"),
+        (f"Bearer {alice}", 200, "alice@example.com"),
+        (f"Bearer {bob}", 200, "bob@example.com"),
+        ("Basic %%%", 401, None),
+        (None, 401, None),
+        ("Basic " + b64encode(f"token:{alice}".encode()).decode(), 200, "alice@example.com"),
+        (f"Bearer {alice[:-1]}x", 401, None),
+        (f"Bearer {bob}", 200, "bob@example.com"),
+    ]
+    opened: list[object] = []
+    trace = aiohttp.TraceConfig()
+
+    async def on_open(*args: object) -> None:
+        opened.append(args)
+
+    trace.on_connection_create_end.append(on_open)
+    connector = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=connector, trace_configs=[trace]) as http:
+        for header, status, user in sent:
+            headers = {"Authorization": header} if header else {}
+            async with http.get(server.url / "npm/-/whoami", headers=headers) as resp:
+                assert (header, resp.status) == (header, status)
+                if user is not None:
+                    assert (await resp.json())["username"] == user
+        token = await server.store.lookup_digest(tokens.digest(bob))
+        assert token is not None
+        server.validator.forget(await server.store.revoke_token(token.id))
+        async with http.get(
+            server.url / "npm/-/whoami", headers={"Authorization": f"Bearer {bob}"}
+        ) as resp:
+            assert resp.status == 401
+    assert len(opened) == 1  # all on one keep-alive connection
+
+
 async def test_auth__invalid_token_is_401_even_when_anonymous_allowed(
     start_server: StartServer,
 ) -> None:
