@@ -14,7 +14,7 @@ from . import breachwire, compat
 from .auth import NPM_CHALLENGE, PYPI_CHALLENGE
 from .history import download_recorder
 from .keys import artifact_cache_key, metadata_cache_key, settings_key, upstream_key
-from .metrics import Metrics, front_middleware, metrics_key
+from .metrics import Metrics, front, metrics_key
 from .npm import routes as npm
 from .ops import setup_ops
 from .pypi import routes as simple
@@ -137,7 +137,8 @@ def create_app(settings: Settings) -> web.Application:
     decode.return_large_buffers()
     compat.name_the_server(SERVER_NAME)
     metrics = Metrics()
-    app = web.Application(middlewares=[front_middleware(metrics)], client_max_size=CLIENT_MAX_SIZE)
+    app = web.Application(client_max_size=CLIENT_MAX_SIZE)
+    app[compat.front_key] = front(metrics)  # counts and answers every request (no middlewares)
     app[metrics_key] = metrics
     app[settings_key] = settings
     app[registry_key] = Registry(app)

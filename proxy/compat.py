@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import IO, Any, Final
+from typing import IO, Any, Final, Protocol, cast
 
 import aiohttp
 from aiohttp import web, web_response
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_urldispatcher import Domain, MatchedSubAppResource
 
@@ -71,10 +72,29 @@ class SafeServer(web.Server):
         return self.handler_class(self, loop=self._loop, **self._kwargs)
 
 
-def server_with_handler(plain: web.Server, handler_class: type[RequestHandler]) -> web.Server:
-    """A copy of the server ``AppRunner`` made, whose connections are ``handler_class``."""
+class FrontStep(Protocol):
+    """An app's first step, which its server puts around the app's own handler: given that
+    handler, the one the server calls for every request (``proxy.metrics.front``)."""
+
+    def __call__(self, handler: Handler, /) -> Handler: ...
+
+
+front_key: Final = web.AppKey("front", FrontStep)
+
+
+def server_with_handler(
+    plain: web.Server,
+    handler_class: type[RequestHandler],
+    front: FrontStep | None = None,
+) -> web.Server:
+    """A copy of the server ``AppRunner`` made, whose connections are ``handler_class`` and
+    whose requests go through ``front`` (around the app's handler) when given."""
+    handler = plain.request_handler
+    if front is not None:
+        # The app's handler takes the web.Request objects the server's request factory makes.
+        handler = cast(Callable[[web.BaseRequest], Awaitable[web.StreamResponse]], front(handler))
     server = SafeServer(
-        plain.request_handler,
+        handler,
         request_factory=plain.request_factory,
         handler_cancellation=plain.handler_cancellation,
         loop=asyncio.get_running_loop(),
@@ -85,12 +105,14 @@ def server_with_handler(plain: web.Server, handler_class: type[RequestHandler]) 
 
 
 class HandlerAppRunner(web.AppRunner):
-    """``web.AppRunner`` whose connections are ``handler_class`` (set by a subclass)."""
+    """``web.AppRunner`` whose connections are ``handler_class`` (set by a subclass) and whose
+    requests go through the app's front step (``front_key``), when it has one."""
 
     handler_class: type[RequestHandler] = RequestHandler
 
     async def _make_server(self) -> web.Server:
-        return server_with_handler(await super()._make_server(), self.handler_class)
+        plain = await super()._make_server()
+        return server_with_handler(plain, self.handler_class, self.app.get(front_key))
 
 
 class SendfileResponse(web.FileResponse):

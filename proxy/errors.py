@@ -54,7 +54,8 @@ def policy_refusal(refusal: Refusal) -> web.Response:
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every error into a JSON body (``answer_failure``); never let a traceback reach a
-    client.  The main app does this in its one middleware (``proxy.metrics.front_middleware``)."""
+    client.  The server does this in its front step (``proxy.metrics.front``); this middleware
+    does it for an app served without one (a handler tested alone)."""
     try:
         return await handler(request)
     except Exception as exc:
@@ -85,7 +86,7 @@ def answer_started(request: web.BaseRequest) -> bool:
 
 
 def error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
-    """The JSON answer for ``exc`` (re-raised when it is not for this middleware to answer)."""
+    """The JSON answer for ``exc`` (re-raised when it is not a failure to answer here)."""
     if isinstance(exc, web.HTTPException):
         http = (
             None

@@ -1,4 +1,4 @@
-"""Prometheus metrics: one registry per app, a request-counting middleware, and /metrics.
+"""Prometheus metrics: one registry per app, the request-counting front step, and /metrics.
 
 Every series is named ``pkgate_*`` and lives in the app's own ``CollectorRegistry`` (never the
 process-global default), so two apps in one process, as in tests, never share counts.  Label values
@@ -21,10 +21,9 @@ from __future__ import annotations
 import asyncio
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 from aiohttp.web_urldispatcher import AbstractRoute, SystemRoute
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -364,13 +363,16 @@ def route_label(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-def front_middleware(metrics: Metrics) -> Middleware:
-    """The main app's one middleware: every request counted in ``metrics`` with its final
-    status, duration and cache outcome, around the route; every failure made a JSON answer
-    (``proxy.errors.answer_failure``) inside the count, so the count has the answer's status.
+def front(metrics: Metrics) -> Callable[[Handler], Handler]:
+    """The server's first step around the app (``proxy.compat.front_key``): every request
+    counted in ``metrics`` with its final status, duration and cache outcome; every failure,
+    the router's 404 and 405 included, made a JSON answer (``proxy.errors.answer_failure``)
+    inside the count, so the count has the answer's status.
 
-    One layer rather than two: each middleware layer costs aiohttp a wrapper and a coroutine on
-    every request.
+    Around the app's own handler rather than an aiohttp middleware: with no middleware anywhere
+    aiohttp calls a route's handler directly, where each middleware layer costs a wrapper and a
+    coroutine on every request (and the first makes it add a second, which sets the request's
+    current app).
     """
     requests = metrics.requests.values
     cache = metrics.cache.values
@@ -380,45 +382,51 @@ def front_middleware(metrics: Metrics) -> Middleware:
     durations = metrics.request_duration
     perf_counter = time.perf_counter
 
-    @web.middleware
-    async def front(request: web.Request, handler: Handler) -> web.StreamResponse:
-        start = perf_counter()
-        status = 500
-        metrics.in_flight += 1
-        try:
+    def wrap(handler: Handler) -> Handler:
+        async def front(request: web.Request) -> web.StreamResponse:
+            start = perf_counter()
+            status = 500
+            metrics.in_flight += 1
             try:
-                response = await handler(request)
-            except Exception as exc:
-                response = answer_failure(request, exc)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        except (ConnectionResetError, asyncio.CancelledError):
-            status = CLIENT_CLOSED
-            raise
-        finally:
-            metrics.in_flight -= 1
-            try:
-                facts: RegistryFacts | None = request[REQUEST_FACTS]
-            except KeyError:  # not a registry request
-                facts = None
-            ecosystem = "none" if facts is None else facts.ecosystem
-            route = request.match_info.route
-            label = labels.get(route)
-            if label is None:
-                label = route_label(request)
-                if not isinstance(route, SystemRoute):
-                    labels[route] = label
-            counted = (ecosystem, label, str(status))
-            requests[counted] = requests.get(counted, 0.0) + 1.0
-            durations.observe(ecosystem, perf_counter() - start)
-            if facts is not None and facts.cache in CACHE_OUTCOMES:
-                outcome = (ecosystem, facts.cache)
-                cache[outcome] = cache.get(outcome, 0.0) + 1.0
+                try:
+                    response = await handler(request)
+                except Exception as exc:
+                    response = answer_failure(request, exc)
+                status = response.status
+                return response
+            except web.HTTPException as exc:
+                status = exc.status
+                raise
+            except (ConnectionResetError, asyncio.CancelledError):
+                status = CLIENT_CLOSED
+                raise
+            finally:
+                metrics.in_flight -= 1
+                try:
+                    facts: RegistryFacts | None = request[REQUEST_FACTS]
+                except KeyError:  # not a registry request
+                    facts = None
+                ecosystem = "none" if facts is None else facts.ecosystem
+                match_info = request.match_info
+                if match_info is not None:
+                    route = match_info.route
+                    label = labels.get(route)
+                    if label is None:
+                        label = route_label(request)
+                        if not isinstance(route, SystemRoute):
+                            labels[route] = label
+                else:  # the router itself failed
+                    label = "unmatched"
+                counted = (ecosystem, label, str(status))
+                requests[counted] = requests.get(counted, 0.0) + 1.0
+                durations.observe(ecosystem, perf_counter() - start)
+                if facts is not None and facts.cache in CACHE_OUTCOMES:
+                    outcome = (ecosystem, facts.cache)
+                    cache[outcome] = cache.get(outcome, 0.0) + 1.0
 
-    return front
+        return front
+
+    return wrap
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

@@ -15,6 +15,7 @@ from yarl import URL
 
 from proxy.accesslog import AccessLogSink, access_log_class, access_logger
 from proxy.app import create_app
+from proxy.server import SafeAppRunner
 from proxy.settings import Settings
 from tests.conftest import free_port, free_socket, isolated_env, run
 from tests.procs import running_nginx
@@ -122,7 +123,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         log_path = tmp_path / "pkgate-access.log"
         log = AccessLogSink(path=log_path)
         app = create_app(settings)
-        runner = web.AppRunner(
+        runner = SafeAppRunner(
             app,
             access_log=access_logger(),
             access_log_class=access_log_class(settings, log),

@@ -24,6 +24,7 @@ from proxy.accesslog import (
 )
 from proxy.app import create_app
 from proxy.keys import REQUEST_FACTS, RegistryFacts, note_cache
+from proxy.server import SafeAppRunner
 from proxy.settings import Settings
 from tests.conftest import free_socket
 from tests.procs import ServerProcess
@@ -79,7 +80,7 @@ async def logged(make_settings: Callable[..., Settings], tmp_path: Path) -> Asyn
         sinks.append(sink)
         app = create_app(settings)
         app[access_log_key] = sink
-        runner = web.AppRunner(
+        runner = SafeAppRunner(
             app,
             access_log=access_logger(),
             access_log_class=access_log_class(settings, sink),
@@ -228,7 +229,7 @@ async def test_accesslog__cache_outcome_from_the_handler(tmp_path: Path) -> None
 
     app = web.Application()
     app.router.add_get("/x", cached)
-    runner = web.AppRunner(
+    runner = SafeAppRunner(
         app,
         access_log=access_logger(),
         access_log_class=access_log_class(Settings(), sink),

@@ -5,8 +5,9 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
+from proxy.compat import front_key
 from proxy.keys import REQUEST_FACTS, RegistryFacts, note_cache
-from proxy.metrics import Metrics, front_middleware, metrics_key
+from proxy.metrics import Metrics, front, metrics_key
 from proxy.registry.upstream import Upstream, UpstreamError
 from tests.conftest import RunningServer, StartServer, free_port, serve_app
 
@@ -106,7 +107,8 @@ async def test_metrics__last_used_flushes_and_batch_size(server: RunningServer) 
 
 async def test_metrics__route_label_is_the_template_not_the_path() -> None:
     metrics = Metrics()
-    app = web.Application(middlewares=[front_middleware(metrics)])
+    app = web.Application()
+    app[front_key] = front(metrics)
     app[metrics_key] = metrics
 
     async def thing(request: web.Request) -> web.Response:
@@ -128,7 +130,8 @@ async def test_metrics__route_label_is_the_template_not_the_path() -> None:
 
 async def test_metrics__cache_outcome_set_by_a_handler_is_counted() -> None:
     metrics = Metrics()
-    app = web.Application(middlewares=[front_middleware(metrics)])
+    app = web.Application()
+    app[front_key] = front(metrics)
 
     async def cached(request: web.Request) -> web.Response:
         request[REQUEST_FACTS] = RegistryFacts.of("npm")  # what a registry gate puts on requests

@@ -1,7 +1,7 @@
 """The one mapping from failures to ``{"error": ...}`` answers, for the whole server.
 
-Both error middlewares (the token API's ``webio.api_errors`` and the registries'
-``proxy.errors.error_middleware``) ask ``failure_for(exc)``: a ``Failure`` (status, a message safe
+Both error answers (the token API routes' ``webio.answering_errors`` and the server's
+``proxy.errors.answer_failure``) ask ``failure_for(exc)``: a ``Failure`` (status, a message safe
 to show, headers) or None when the exception is not a known failure.  The domain errors are
 mapped here; the registry side adds its own (``UpstreamError``, ``PolicyRefused``) with
 ``register`` (``tokenapi`` never imports ``proxy``).  aiohttp's HTTP errors go through

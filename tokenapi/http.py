@@ -1,6 +1,6 @@
 """Wiring of the token side into an aiohttp application.
 
-The API is a sub-application under ``<public path>/api`` with its own error middleware; the
+The API is a sub-application under ``<public path>/api`` whose routes answer their own errors; the
 identity resources (store, validation cache, last-used recorder) and the mailer belong to the
 root application so that the registry routes share them.
 """
@@ -19,7 +19,7 @@ from .mail import Mailer
 from .mailqueue import mail_queue_ctx
 from .openapi import openapi_handler
 from .webauth import guarded
-from .webio import ApiState, Endpoint, api_errors
+from .webio import ApiState, Endpoint, answering_errors
 
 
 def endpoints(extra: Sequence[Endpoint] = ()) -> list[Endpoint]:
@@ -53,10 +53,11 @@ def endpoints(extra: Sequence[Endpoint] = ()) -> list[Endpoint]:
 
 def api_app(extra: Sequence[Endpoint] = ()) -> web.Application:
     """The API sub-application with every declared route."""
-    app = web.Application(middlewares=[api_errors])
+    app = web.Application()
     for endpoint in endpoints(extra):
-        # Authentication is the route's declaration, enforced here for every handler.
-        handler = guarded(endpoint.auth, endpoint.handler)
+        # Authentication is the route's declaration, enforced here for every handler, and
+        # every failure is an {"error": ...} answer.
+        handler = answering_errors(guarded(endpoint.auth, endpoint.handler))
         app.router.add_route(endpoint.method, endpoint.path, handler)
     return app
 

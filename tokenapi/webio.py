@@ -2,8 +2,8 @@
 
 Each handler module declares its endpoints as ``Endpoint`` values: method, path, handler, and the
 statuses it can answer.  The same declarations register the routes and build the OpenAPI
-document, so the two cannot drift apart.  Errors are ``{"error": message}`` answers, produced by
-the API's own middleware from ``ApiError`` and the domain errors.
+document, so the two cannot drift apart.  Errors are ``{"error": message}`` answers, made from
+``ApiError`` and the domain errors by a wrapper on every route (``answering_errors``).
 """
 
 from __future__ import annotations
@@ -177,20 +177,32 @@ class ApiState:
         return lock
 
 
-@web.middleware
-async def api_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure of an API handler becomes ``{"error": ...}`` with the right status."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return error_response(exc.status, exc.message, exc.headers)
-    except web.HTTPException as exc:
-        http = http_failure(exc, keep_header=_keep_header)
-        if http is None:
-            raise
-        return error_response(http.status, http.message, http.headers)
-    except Exception as exc:
-        failure = failure_for(exc)
-        if failure is None:
-            raise
-        return error_response(failure.status, failure.message, failure.headers)
+def answering_errors(handler: Handler) -> Handler:
+    """``handler`` with every failure of its own made ``{"error": ...}`` with the right status:
+    ``ApiError``, aiohttp's HTTP errors and the domain errors (``failures.failure_for``).
+
+    A wrapper on each route rather than a middleware of the API's sub-application: any
+    middleware makes aiohttp add layers to every request of the whole server (the registries'
+    included).  Anything else is left to the server, which answers it as JSON too (as it does
+    the router's 404 and 405).
+    """
+
+    async def answered(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return error_response(exc.status, exc.message, exc.headers)
+        except web.HTTPException as exc:
+            http = http_failure(exc, keep_header=_keep_header)
+            if http is None:
+                raise
+            return error_response(http.status, http.message, http.headers)
+        except Exception as exc:
+            failure = failure_for(exc)
+            if failure is None:
+                raise
+            return error_response(failure.status, failure.message, failure.headers)
+
+    answered.__doc__ = handler.__doc__
+    answered.__name__ = getattr(handler, "__name__", "handler")
+    return answered

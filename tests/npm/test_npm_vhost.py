@@ -17,6 +17,7 @@ from aiohttp import web
 from yarl import URL
 
 from proxy.app import create_app
+from proxy.server import SafeAppRunner
 from proxy.settings import Settings
 from tests.conftest import RunningServer, free_socket, isolated_env, run
 from tests.upstreams.npm_registry import NpmRegistry
@@ -38,7 +39,7 @@ async def server(
         npm_host="127.0.0.1",
     )
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = SafeAppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     await web.SockSite(runner, sock).start()
     try:

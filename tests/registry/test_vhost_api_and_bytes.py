@@ -13,6 +13,7 @@ from aiohttp import web
 
 from proxy.accesslog import AccessLogSink, access_log_class, access_log_key, access_logger
 from proxy.app import create_app
+from proxy.server import SafeAppRunner
 from proxy.settings import Settings
 from tests.conftest import StartServer, free_socket
 from tests.upstreams.npm_registry import NpmRegistry, serve_registry
@@ -68,7 +69,7 @@ async def test_accesslog__tarball_from_disk_logged_with_its_real_byte_count(
     assert sink is not None
     app = create_app(settings)
     app[access_log_key] = sink
-    runner = web.AppRunner(
+    runner = SafeAppRunner(
         app, access_log=access_logger(), access_log_class=access_log_class(settings, sink)
     )
     await runner.setup()
