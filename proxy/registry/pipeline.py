@@ -38,6 +38,8 @@ from aiohttp import hdrs, web
 from yarl import URL
 
 from ..keys import (
+    REQUEST_FACTS,
+    RegistryFacts,
     artifact_cache_key,
     metadata_cache_key,
     note_cache,
@@ -430,7 +432,12 @@ async def serve_artifact(
             method, artifact.url, headers=extra, what=artifact.what, kind="artifact"
         )
 
-    note_cache(request, "bypass" if artifact.digest is None else "miss")
+    try:
+        facts: RegistryFacts | None = request[REQUEST_FACTS]
+    except KeyError:  # not a registry request (tests call handlers bare)
+        facts = None
+    if facts is not None:
+        facts.cache = "bypass" if artifact.digest is None else "miss"
     response = await deliver(
         request,
         registry.artifacts,
@@ -441,14 +448,14 @@ async def serve_artifact(
         content_type=artifact.content_type,
         headers=artifact.headers,
     )
-    if response.headers.get("X-Cache") == "HIT":
-        note_cache(request, "hit")
+    if facts is not None and response.headers.get("X-Cache") == "HIT":
+        facts.cache = "hit"
     try:
         sent = request[ARTIFACT_SENT]
     except KeyError:  # not a complete 200 body
         return response
     if registry.on_served:
-        token = registry_token(request)
+        token = facts.token if facts is not None else None
         registry.served(
             ArtifactServed(
                 token.id if token is not None else None,
