@@ -258,6 +258,13 @@ class WrkResult:
     requests: int = 0
 
 
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Run every thread of process ``pid`` on ``cpus`` (threads it starts later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(tid), cpus)
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process ``pid`` (all its threads) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -288,13 +295,27 @@ def wrk(
     connections: int,
     pid: int | None = None,
     headers: tuple[str, ...] = (),
+    pin: bool = False,
 ) -> WrkResult:
-    """Load ``url`` with wrk; with ``pid``, also the server's CPU time per request."""
+    """Load ``url`` with wrk; with ``pid``, also the server's CPU time per request.
+
+    With ``pin`` (a single-process server ``pid`` on a machine of two CPUs or more), the server
+    runs on one CPU and wrk on the others for the run, so that the servers compared take turns
+    under the same conditions rather than wherever the scheduler puts them and their load.
+    """
     cmd = [WRK, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", url]
     for header in ((f"Authorization: Bearer {secret}",) if secret else ()) + headers:
         cmd[1:1] = ["-H", header]
+    cpus = sorted(os.sched_getaffinity(0))
+    load_cpus = None
+    if pin and pid and len(cpus) >= 2:
+        pin_process(pid, {cpus[-1]})
+        load_cpus = set(cpus[:-1])
     cpu_before = cpu_seconds(pid) if pid else 0.0
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    place = (lambda: os.sched_setaffinity(0, load_cpus)) if load_cpus else None
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, preexec_fn=place).stdout
+    if load_cpus and pid:
+        pin_process(pid, set(cpus))
     cpu = cpu_seconds(pid) - cpu_before if pid else 0.0
     if re.search(r"Non-2xx or 3xx responses: \d+", out):
         raise RuntimeError(f"errors under load on {url}")
@@ -515,7 +536,15 @@ class Bench:
             for _ in range(ns.rounds):
                 for label, (url, secret, pid) in targets.items():
                     runs[label].append(
-                        wrk(url, secret, ns.duration, ns.connections, pid, headers=(ACCEPT_GZIP,))
+                        wrk(
+                            url,
+                            secret,
+                            ns.duration,
+                            ns.connections,
+                            pid,
+                            headers=(ACCEPT_GZIP,),
+                            pin=True,
+                        )
                     )
         rps = {k: statistics.median(r.rps for r in v) for k, v in runs.items()}
         cpu = {k: statistics.median(r.cpu_us for r in v) for k, v in runs.items()}
@@ -607,7 +636,15 @@ class Bench:
             for _ in range(ns.rounds):
                 for label, (url, secret, pid) in targets.items():
                     runs[label].append(
-                        wrk(url, secret, ns.duration, ns.connections, pid, headers=(ACCEPT_GZIP,))
+                        wrk(
+                            url,
+                            secret,
+                            ns.duration,
+                            ns.connections,
+                            pid,
+                            headers=(ACCEPT_GZIP,),
+                            pin=True,
+                        )
                     )
         rps = {k: statistics.median(r.rps for r in v) for k, v in runs.items()}
         cpu = {k: statistics.median(r.cpu_us for r in v) for k, v in runs.items()}

@@ -385,6 +385,9 @@ def install(work: Path, tools: Path, client: str, names: list[str], registry: st
         "yarn": ["yarn", "install"],
         "bun": ["bun", "install"],
     }[client]
+    # The previous install's files (and their removal) are written out first, so that no
+    # install pays for the one before it in the disk's write-back.
+    os.sync()
     start = time.perf_counter()
     done = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
     took = time.perf_counter() - start
