@@ -326,6 +326,21 @@ def wrk(
     return WrkResult(rps, p50, p99, cpu * 1e6 / total if total else 0.0, total)
 
 
+def in_turns(
+    targets: dict[str, tuple[str, str | None, int]], ns: argparse.Namespace
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Each target (url, secret, server pid) loaded in turns, ``--rounds`` times, each server on
+    a CPU of its own during its turn: the median req/s and CPU µs per request of each."""
+    runs: dict[str, list[WrkResult]] = {label: [] for label in targets}
+    for _ in range(ns.rounds):
+        for label, (url, secret, pid) in targets.items():
+            load = wrk(url, secret, ns.duration, ns.connections, pid, (ACCEPT_GZIP,), pin=True)
+            runs[label].append(load)
+    rps = {k: statistics.median(r.rps for r in v) for k, v in runs.items()}
+    cpu = {k: statistics.median(r.cpu_us for r in v) for k, v in runs.items()}
+    return rps, cpu
+
+
 def curl(url: str, secret: str | None = None, headers: tuple[str, ...] = ()) -> tuple[int, bytes]:
     cmd = ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", url]
     for h in ((f"Authorization: Bearer {secret}",) if secret else ()) + headers:
@@ -532,22 +547,7 @@ class Bench:
             pid = stack.enter_context(process(bare_args, bare_port))
             targets["bare"] = (f"http://127.0.0.1:{bare_port}/", None, pid)
             launch["bare"] = (bare_args, bare_port, targets["bare"][0], None)
-            runs: dict[str, list[WrkResult]] = {label: [] for label in targets}
-            for _ in range(ns.rounds):
-                for label, (url, secret, pid) in targets.items():
-                    runs[label].append(
-                        wrk(
-                            url,
-                            secret,
-                            ns.duration,
-                            ns.connections,
-                            pid,
-                            headers=(ACCEPT_GZIP,),
-                            pin=True,
-                        )
-                    )
-        rps = {k: statistics.median(r.rps for r in v) for k, v in runs.items()}
-        cpu = {k: statistics.median(r.cpu_us for r in v) for k, v in runs.items()}
+            rps, cpu = in_turns(targets, ns)
         on, off, base = rps["on"], rps["off"], rps["bare"]
 
         def both(a: str, b: str) -> str:
@@ -632,22 +632,7 @@ class Bench:
                 # which looks each up in the store) must be over before measuring.
                 wait_idle(pid)
                 targets[label] = (url, secret, pid)
-            runs: dict[str, list[WrkResult]] = {label: [] for label in targets}
-            for _ in range(ns.rounds):
-                for label, (url, secret, pid) in targets.items():
-                    runs[label].append(
-                        wrk(
-                            url,
-                            secret,
-                            ns.duration,
-                            ns.connections,
-                            pid,
-                            headers=(ACCEPT_GZIP,),
-                            pin=True,
-                        )
-                    )
-        rps = {k: statistics.median(r.rps for r in v) for k, v in runs.items()}
-        cpu = {k: statistics.median(r.cpu_us for r in v) for k, v in runs.items()}
+            rps, cpu = in_turns(targets, ns)
         self.row(
             item,
             f"{rps['on']:,.0f}/s, {cpu['on']:.0f} µs CPU",
