@@ -51,17 +51,6 @@ def policy_refusal(refusal: Refusal) -> web.Response:
     return response
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every error into a JSON body (``answer_failure``); never let a traceback reach a
-    client.  The server does this in its front step (``proxy.metrics.front``); this middleware
-    does it for an app served without one (a handler tested alone)."""
-    try:
-        return await handler(request)
-    except Exception as exc:
-        return answer_failure(request, exc)
-
-
 def answer_failure(request: web.Request, exc: Exception) -> web.StreamResponse:
     """The JSON answer for a handler's failure ``exc`` (re-raised when not ours to answer).
 

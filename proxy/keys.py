@@ -59,13 +59,20 @@ class RegistryFacts:
 REQUEST_FACTS = web.RequestKey("pkgate_registry_facts", RegistryFacts)
 
 
+def registry_facts(request: web.BaseRequest) -> RegistryFacts | None:
+    """The facts the registry gate put on ``request`` (None: not a registry request, e.g. a
+    handler tested bare)."""
+    try:
+        return request[REQUEST_FACTS]
+    except KeyError:
+        return None
+
+
 def registry_token(request: web.BaseRequest) -> Token | None:
     """The token the registry gate accepted for ``request`` (None: anonymous, or not a
     registry request)."""
-    try:
-        return request[REQUEST_FACTS].token
-    except KeyError:
-        return None
+    facts = registry_facts(request)
+    return facts.token if facts is not None else None
 
 
 def note_cache(request: web.Request, outcome: str) -> None:

@@ -38,11 +38,10 @@ from aiohttp import hdrs, web
 from yarl import URL
 
 from ..keys import (
-    REQUEST_FACTS,
-    RegistryFacts,
     artifact_cache_key,
     metadata_cache_key,
     note_cache,
+    registry_facts,
     registry_token,
     upstream_key,
 )
@@ -432,10 +431,7 @@ async def serve_artifact(
             method, artifact.url, headers=extra, what=artifact.what, kind="artifact"
         )
 
-    try:
-        facts: RegistryFacts | None = request[REQUEST_FACTS]
-    except KeyError:  # not a registry request (tests call handlers bare)
-        facts = None
+    facts = registry_facts(request)
     if facts is not None:
         facts.cache = "bypass" if artifact.digest is None else "miss"
     response = await deliver(

@@ -314,7 +314,7 @@ def wrk(
     cpu_before = cpu_seconds(pid) if pid else 0.0
     place = (lambda: os.sched_setaffinity(0, load_cpus)) if load_cpus else None
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, preexec_fn=place).stdout
-    if load_cpus and pid:
+    if load_cpus:
         pin_process(pid, set(cpus))
     cpu = cpu_seconds(pid) - cpu_before if pid else 0.0
     if re.search(r"Non-2xx or 3xx responses: \d+", out):

@@ -17,7 +17,8 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from proxy.errors import error_middleware
+from proxy.compat import front_key
+from proxy.metrics import Metrics, front
 from proxy.registry.artifacts import ArtifactCache, Digest
 from proxy.registry.delivery import deliver
 from proxy.registry.upstream import Upstream
@@ -110,7 +111,8 @@ async def start_harness(tmp_path: Path, max_bytes: int = 1 << 30) -> AsyncIterat
             headers={"Cache-Control": "public, max-age=31536000, immutable"},
         )
 
-    app = web.Application(middlewares=[error_middleware])
+    app = web.Application()
+    app[front_key] = front(Metrics())  # failures answered as JSON, as pkgate's server does
     app.router.add_get("/a/{name}", handler)
     runner, url = await serve_app(app)
     try:
