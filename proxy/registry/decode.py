@@ -26,14 +26,18 @@ from contextlib import contextmanager
 from typing import Final
 
 import aiohttp
+from isal import isal_zlib
 
 from .upstream import UpstreamError
+
+# ISA-L's error class (its type stubs declare it as an instance).
+_ISAL_ERROR: type[Exception] = isal_zlib.error  # type: ignore[assignment]
 
 # The largest body accepted, as sent and decoded (the biggest real packuments are tens of MB).
 MAX_BODY: Final = 256 * 1024 * 1024
 # Bytes of upstream metadata (raw and decoded) all requests together may hold while reading.
 MAX_IN_FLIGHT: Final = 512 * 1024 * 1024
-# One decoding step: what zlib may produce per call.
+# One decoding step: what the inflater may produce per call.
 STEP: Final = 1024 * 1024
 READ_CHUNK: Final = 64 * 1024
 GZIP_MAGIC: Final = b"\x1f\x8b"
@@ -186,7 +190,8 @@ def _inflate(data: bytes | bytearray, coding: str, limit: int, held: Held) -> by
 def _inflate_wbits(
     data: bytes | bytearray, wbits: int, coding: str, limit: int, held: Held
 ) -> bytearray | _Failure:
-    inflater = zlib.decompressobj(wbits)
+    # ISA-L's inflate: zlib's interface, about twice its speed on metadata.
+    inflater = isal_zlib.decompressobj(wbits)
     out = bytearray()
     pending: bytes | bytearray = data
     try:
@@ -200,7 +205,7 @@ def _inflate_wbits(
             pending = inflater.unconsumed_tail
             if inflater.eof or (not pending and not piece):
                 break
-    except zlib.error:
+    except (_ISAL_ERROR, zlib.error):
         return _Failure(502, f"undecodable {coding} body")
     if not inflater.eof:
         # A cut-off stream inflates without complaint to a prefix: never serve or cache that.
