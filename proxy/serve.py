@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import socket
 import sys
@@ -24,6 +25,8 @@ log = logging.getLogger("pkgate")
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# The cyclic collector's thresholds in a serving process (Python's default: 700, 10, 10).
+GC_THRESHOLD = (10_000, 10, 10)
 
 
 def configure_logging(settings: Settings) -> None:
@@ -50,6 +53,22 @@ def _install_loop_policy() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def tune_gc() -> None:
+    """Make the cyclic garbage collector cheap for a server that parses large documents.
+
+    Parsing a multi-megabyte packument makes hundreds of thousands of dicts and lists that stay
+    alive until it is rewritten; with the default thresholds the collector runs every 700 of
+    them and walks them again and again (with every object the process holds, in full
+    collections), which took 40% of a rewrite's time.  Collections every 10,000 allocations
+    take most of that away; and what start-up made (modules, the application) is frozen, so
+    that no collection walks it again.  Almost all garbage is freed by reference counting
+    alone; cycles still are collected, a little later.  Measured: a restarted pkgate building
+    340 packuments spent about 15% less CPU.
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
+
+
 def _run_worker(
     settings: Settings, sock: socket.socket, ready: Callable[[], None] | None = None
 ) -> None:
@@ -59,6 +78,7 @@ def _run_worker(
     app = create_app(settings)
     if sink is not None:
         app[access_log_key] = sink
+    tune_gc()
     if ready is not None:
 
         async def started(_app: web.Application) -> None:

@@ -18,6 +18,9 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
+from itertools import chain
+from operator import attrgetter
+from sys import getsizeof
 
 from aiohttp import hdrs, web
 from yarl import URL
@@ -33,7 +36,7 @@ from ..registry.metacache import (
     MetaEntry,
     NotModified,
     Validators,
-    body_etag,
+    deep_size,
     metadata_response,
 )
 from ..registry.pipeline import (
@@ -123,6 +126,13 @@ class JsonAnswer:
     content_type: str
 
 
+# What PackumentEntry.aux_bytes reads and counts of each published file and publish time.
+_INTEGRITY = attrgetter("integrity")
+_SHASUM = attrgetter("shasum")
+PUBLISHED_BYTES = getsizeof(Published(None, None, None))
+FLOAT_BYTES = getsizeof(0.0)
+
+
 @dataclass(slots=True)
 class PackumentEntry(MetaEntry):
     """A rewritten packument and, by tarball file name, the hashes it publishes."""
@@ -135,13 +145,36 @@ class PackumentEntry(MetaEntry):
     def aux(self) -> tuple[object, ...]:
         return (self.facts, self.files)
 
+    def aux_bytes(self) -> int:
+        """Memory taken by the file table and the facts, summed by kind of object.
+
+        A large packument's table and publish times are tens of thousands of small objects;
+        walking them one by one (``deep_size``) cost more than rewriting the document.  Each
+        string is counted with its real size (hashes and names come from the upstream), every
+        ``Published`` and publish time at the size of one; the versions the table shares with
+        the publish times are counted once.
+        """
+        files, facts = self.files, self.facts
+        published: Mapping[str, float | None] = facts.published if facts is not None else {}
+        values = files.values()
+        strings = chain(files, map(_INTEGRITY, values), map(_SHASUM, values), published)
+        size = (
+            getsizeof(files)
+            + getsizeof(published)
+            + sum(map(getsizeof, strings))
+            + len(files) * PUBLISHED_BYTES
+            + len(published) * FLOAT_BYTES
+        )
+        if facts is not None:
+            size += getsizeof(facts) + getsizeof(facts.name) + deep_size(facts.dist_tags)
+        return size
+
     def without(self, decision: Decision) -> PackumentEntry:
         """This packument without the versions ``decision`` removes, with its dist-tags."""
         body = npmrewrite.without(self.body, decision.removed, decision.dist_tags)
         variant = PackumentEntry(
             body=body,
             content_type=self.content_type,
-            etag=body_etag(body),
             validators=self.validators,
             headers=with_notice(self.headers, decision),
             files={f: p for f, p in self.files.items() if p.version not in decision.removed},
@@ -428,7 +461,6 @@ def packument_entry(fetched: Fetched, name: str, public_root: str) -> PackumentE
     entry = PackumentEntry(
         body=rewritten.body,
         content_type=fetched.content_type or "application/json",
-        etag=body_etag(rewritten.body),
         validators=Validators(fetched.etag, fetched.last_modified),
         headers=PACKUMENT_HEADERS,
         files=rewritten.files,

@@ -41,7 +41,6 @@ from ..registry.metacache import (
     MetaEntry,
     NotModified,
     Validators,
-    body_etag,
 )
 from ..registry.pipeline import (
     Artifact,
@@ -130,7 +129,6 @@ class PageEntry(MetaEntry):
         variant = PageEntry(
             body=body,
             content_type=self.content_type,
-            etag=body_etag(body),
             validators=self.validators,
             headers=self.headers,
             files={
@@ -154,7 +152,6 @@ def page_entry(fetched: Fetched, body: bytes, media_type: str) -> PageEntry:
     return PageEntry(
         body=body,
         content_type=page_content_type(media_type),
-        etag=body_etag(body),
         validators=Validators(fetched.etag, fetched.last_modified),
         headers=PAGE_HEADERS,
         media_type=media_type,

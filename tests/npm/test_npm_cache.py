@@ -5,13 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 from yarl import URL
 
 from proxy.keys import artifact_cache_key, metadata_cache_key
 from proxy.metrics import metrics_key
-from proxy.registry.metacache import ENTRY_OVERHEAD
+from proxy.npm.routes import PackumentEntry, packument_entry
+from proxy.registry.metacache import ENTRY_OVERHEAD, deep_size
+from proxy.registry.pipeline import Fetched
 from tests.conftest import RunningServer, StartServer
 from tests.npm.conftest import NpmSession
 from tests.upstreams.npm_registry import CORGI, NpmRegistry, serve_registry
@@ -328,3 +331,36 @@ async def test_packument__metrics_show_the_cache_kept_compressed(
     assert entry.stored_size < values["pkgate_metadata_cache_identity_bytes"]
     assert values["pkgate_metadata_cache_bytes"] == entry.size
     assert entry.size == entry.stored_size + ENTRY_OVERHEAD + entry.aux_size
+
+
+def _packument_entry(versions: int, hash_bytes: int) -> PackumentEntry:
+    doc = {
+        "name": "big",
+        "dist-tags": {"latest": f"1.0.{versions - 1}"},
+        "versions": {
+            f"1.0.{i}": {
+                "name": "big",
+                "version": f"1.0.{i}",
+                "dist": {
+                    "tarball": f"http://up.test/big/-/big-1.0.{i}.tgz",
+                    "integrity": "sha512-" + f"{i:x}".rjust(hash_bytes, "A"),
+                    "shasum": f"{i:040x}",
+                },
+            }
+            for i in range(versions)
+        },
+        "time": {f"1.0.{i}": "2024-01-01T00:00:00.000Z" for i in range(versions)},
+    }
+    fetched = Fetched(URL("http://up.test/big"), orjson.dumps(doc), "application/json", None, None)
+    return packument_entry(fetched, "big", "http://pkgate.test/npm")
+
+
+def test_packument__file_table_is_charged_what_it_takes() -> None:
+    # The charge is summed by kind of object, not walked object by object: it stays within a
+    # few percent of the walk, and a hostile upstream's long hashes are charged in full.
+    entry = _packument_entry(2000, 88)
+    walked = deep_size(*entry.aux())
+    assert 0.95 * walked <= entry.aux_size <= 1.10 * walked
+    hostile = _packument_entry(2000, 20_000)
+    assert hostile.aux_size >= 2000 * 20_000
+    assert 0.95 * deep_size(*hostile.aux()) <= hostile.aux_size
