@@ -12,7 +12,7 @@ Paths and user agents come from the client: they are length-capped, masked, and 
 JSON string values, so they cannot forge a log line.  The Authorization header, cookies and a URL's
 userinfo are never read here.
 
-How lines reach the disk (``AccessLogSink``): the request path only formats the line (orjson) and
+How lines reach the disk (``AccessLogSink``): the request path only formats the line and
 appends it to an in-memory list; a writer thread wakes every ``access_log_flush`` seconds (sooner
 when a quarter of the buffer is used, and at once on shutdown) and writes everything pending in
 one ``write()``, so a slow disk or a stalled pipe never blocks the event loop.  The buffer is
@@ -118,8 +118,21 @@ class _Clock:
 
 
 _clock = _Clock()
-# Methods logged as they are (anything else a client sends is capped and masked).
-_PLAIN_METHODS: Final = frozenset(hdrs.METH_ALL)
+
+
+def _json(value: str | None) -> str:
+    """``value`` as a JSON value: a quoted, escaped string, or null."""
+    return orjson.dumps(value).decode()
+
+
+# Methods logged as they are, as JSON (anything else a client sends is capped and masked).
+_METHODS: Final = {method: _json(method) for method in hdrs.METH_ALL}
+# Cache outcomes as JSON, and ".000" to ".999" for durations (formatting a float costs more).
+_CACHE: Final = {
+    outcome: _json(outcome)
+    for outcome in (None, "hit", "miss", "stale", "revalidated", "bypass", "disk")
+}
+_THOUSANDTHS: Final = tuple(f".{n:03d}" for n in range(1000))
 
 
 class AccessLogSink:
@@ -341,12 +354,23 @@ access_log_key = web.AppKey("access_log", AccessLogSink)
 
 
 class JsonAccessLogger(AbstractAccessLogger):
-    """aiohttp's access-log hook: formats one JSON line per request and hands it to the sink."""
+    """aiohttp's access-log hook: formats one JSON line per request and hands it to the sink.
+
+    aiohttp makes one logger per connection; what a connection's requests share (the address,
+    the token, the mount, the user agent) is encoded once while it stays the same, and a line
+    is one f-string of JSON values.
+    """
 
     # aiohttp builds the logger itself (once per connection), so configuration travels as class
     # attributes (see access_log_class); unconfigured, only the TCP peer is logged.
     trusted_proxies: tuple[Network, ...] = ()
     sink: AccessLogSink | None = None
+
+    def __init__(self, logger: logging.Logger, log_format: str) -> None:
+        super().__init__(logger, log_format)
+        # The connection's last (address, token id, mount, user agent), and them as JSON.
+        self._shared: tuple[str, str | None, str | None, str | None] | None = None
+        self._ip = self._token_id = self._ecosystem = self._user_agent = "null"
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         """Format and queue the line for one answered request."""
@@ -370,30 +394,41 @@ class JsonAccessLogger(AbstractAccessLogger):
                     ip = client_ip(request, self.trusted_proxies)
                 else:
                     ip = request.remote or "unknown"
-            method = request.method
+            token_id = token.id if token is not None else None
             user_agent = request.headers.get(hdrs.USER_AGENT)
-            if user_agent is not None:
-                user_agent = mask_tokens(user_agent[:MAX_USER_AGENT])
+            shared = (ip, token_id, ecosystem, user_agent)
+            if shared != self._shared:
+                self._shared = shared
+                self._ip = _json(ip)
+                self._token_id = _json(token_id)
+                self._ecosystem = _json(ecosystem)
+                self._user_agent = (
+                    _json(mask_tokens(user_agent[:MAX_USER_AGENT])) if user_agent else "null"
+                )
+            method = _METHODS.get(request.method)
+            if method is None:
+                method = _json(mask_tokens(request.method[:16]))
             path = request.raw_path
-            if "?" in path or not path.startswith("/") or "pkg_" in path or not path.isascii():
+            if (
+                "?" in path
+                or "pkg_" in path
+                or not path.isascii()
+                or path[:1] != "/"
+                or len(path) > MAX_PATH
+            ):
                 path = safe_path(request.rel_url)
-            elif len(path) > MAX_PATH:
-                path = path[:MAX_PATH]
-            record = {
-                "time": _clock.now(),
-                "client_ip": ip,
-                "method": method if method in _PLAIN_METHODS else mask_tokens(method[:16]),
-                "path": path,
-                "status": response.status,
-                "bytes": response.body_length,
-                # Milliseconds to three places (round() costs several times this arithmetic).
-                "duration_ms": int(time * 1_000_000 + 0.5) / 1000,
-                "token_id": token.id if token is not None else None,
-                "ecosystem": ecosystem,
-                "cache": cache,
-                "user_agent": user_agent or None,
-            }
-            line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+            if path.isprintable() and '"' not in path and "\\" not in path:
+                path = f'"{path}"'  # nothing to escape
+            else:
+                path = _json(path)
+            micros = int(time * 1_000_000 + 0.5)
+            line = (
+                f'{{"time":"{_clock.now()}","client_ip":{self._ip},"method":{method},'
+                f'"path":{path},"status":{response.status},"bytes":{response.body_length},'
+                f'"duration_ms":{micros // 1000}{_THOUSANDTHS[micros % 1000]},'
+                f'"token_id":{self._token_id},"ecosystem":{self._ecosystem},'
+                f'"cache":{_CACHE.get(cache) or _json(cache)},"user_agent":{self._user_agent}}}\n'
+            ).encode()
         except Exception:
             # A logging fault must never break serving; say so without the record.
             log.exception("could not format an access log line")

@@ -137,6 +137,43 @@ async def test_accesslog__one_json_line_with_token_id_and_ecosystem(logged: Star
     assert secret not in server.text()
 
 
+async def test_accesslog__each_request_of_one_connection_logged_with_its_own_fields(
+    logged: Start,
+) -> None:
+    # What a connection's requests share is encoded once per connection while it stays the
+    # same: requests on one keep-alive connection that change token, user agent or path
+    # must each be logged with their own.
+    server = await logged()
+    first_id, first = await server.token()
+    second_id, second = await server.token()
+    asks = [
+        (first, "npm/10.8.0 node/v20", "npm/-/whoami"),
+        (first, "npm/10.8.0 node/v20", "npm/-/ping"),
+        (first, "yarn/1.22.22", "npm/-/ping"),
+        (second, 'pnpm/9 "quoted" \\ agent', "npm/-/whoami"),
+        (None, "curl/8", "npm/-/whoami"),
+        (first, "npm/10.8.0 node/v20", "npm/-/whoami"),
+    ]
+    connector = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        for secret, agent, path in asks:
+            headers = {"User-Agent": agent}
+            if secret is not None:
+                headers["Authorization"] = f"Bearer {secret}"
+            async with http.get(server.url / path, headers=headers) as resp:
+                await resp.read()
+    lines = server.lines()
+    assert [(line["token_id"], line["user_agent"], line["path"]) for line in lines] == [
+        (first_id, "npm/10.8.0 node/v20", "/npm/-/whoami"),
+        (first_id, "npm/10.8.0 node/v20", "/npm/-/ping"),
+        (first_id, "yarn/1.22.22", "/npm/-/ping"),
+        (second_id, 'pnpm/9 "quoted" \\ agent', "/npm/-/whoami"),
+        (None, "curl/8", "/npm/-/whoami"),
+        (first_id, "npm/10.8.0 node/v20", "/npm/-/whoami"),
+    ]
+    assert [line["status"] for line in lines] == [200, 200, 200, 200, 401, 200]
+
+
 async def test_accesslog__no_secret_from_headers_or_userinfo_in_logs_or_metrics(
     logged: Start,
 ) -> None:

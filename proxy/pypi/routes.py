@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Final
@@ -32,7 +32,7 @@ from typing import Final
 from aiohttp import hdrs, web
 from yarl import URL
 
-from ..errors import json_error
+from ..errors import answered, json_error
 from ..registry.artifacts import Digest
 from ..registry.decode import MAX_BODY
 from ..registry.metacache import (
@@ -291,21 +291,21 @@ class SimpleIndex:
             return json_error(404, "Not a valid project name")
         raise _redirect(f"{normalized}/")
 
-    async def project(self, request: web.Request) -> web.StreamResponse:
-        """One project's page."""
+    def project(self, request: web.Request) -> Awaitable[web.StreamResponse]:
+        """One project's page (the pipeline's coroutine, unawaited: the gate awaits it)."""
         name = request.match_info["name"]
         normalized = valid_normalized(name)
         if normalized is None:
-            return json_error(404, "Not a valid project name")
+            return answered(json_error(404, "Not a valid project name"))
         if normalized != name:
             raise _redirect(f"../{normalized}/")
         media_type = negotiate(request)
         if media_type is None:
-            return not_acceptable()
+            return answered(not_acceptable())
         registry = self.registry
         fetch = partial(self._fetch_project, normalized, media_type)
         key = self.page_key(normalized, media_type)
-        return await serve_metadata(request, registry, key, fetch)
+        return serve_metadata(request, registry, key, fetch)
 
     async def _fetch_index(
         self, media_type: str, validators: Validators
