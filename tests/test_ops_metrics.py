@@ -68,6 +68,28 @@ async def test_metrics__counts_requests_by_ecosystem_route_and_status(
     assert sample(text, "pkgate_requests_total", route="/healthz", status="200") == 1
 
 
+async def test_metrics__request_durations_are_a_histogram_per_ecosystem(
+    server: RunningServer,
+) -> None:
+    for _ in range(3):
+        assert await get(server.url / "npm" / "-" / "whoami") == 401
+    assert await get(server.url / "pypi" / "simple" / "x" / "") == 401
+    text = await scrape(server.url)
+    name = "pkgate_request_duration_seconds"
+    assert sample(text, f"{name}_count", ecosystem="npm") == 3
+    assert sample(text, f"{name}_count", ecosystem="pypi") == 1
+    assert 0 < sample(text, f"{name}_sum", ecosystem="npm") < 60
+    buckets = [
+        (s.labels["le"], s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == f"{name}_bucket" and s.labels.get("ecosystem") == "npm"
+    ]
+    counts = [value for _, value in buckets]
+    assert counts == sorted(counts)  # cumulative
+    assert buckets[-1] == ("+Inf", 3)
+
+
 async def test_metrics__counts_each_auth_outcome(server: RunningServer) -> None:
     good = await server.token("a@example.com")
     dead = await server.token("b@example.com")

@@ -426,6 +426,8 @@ def setup_routes(mount: RegistryMount, settings: Settings) -> None:
     index = SimpleIndex(settings, mount.base, mount.registry)
     mount.add(hdrs.METH_GET, "/simple", index.simple_no_slash)
     mount.add(hdrs.METH_GET, "/simple/", index.root)
-    mount.add(hdrs.METH_GET, "/simple/{name}", index.project_no_slash)
+    # The router tries the resources under one prefix in the order they were added: the page
+    # every install asks for first (one pattern match instead of two per request).
     mount.add(hdrs.METH_GET, "/simple/{name}/", index.project)
+    mount.add(hdrs.METH_GET, "/simple/{name}", index.project_no_slash)
     mount.add(hdrs.METH_GET, "/files/{tail:.+}", index.file)
