@@ -16,12 +16,8 @@ from .registry.upstream import UpstreamError
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-async def answered(response: web.StreamResponse) -> web.StreamResponse:
-    """``response`` as an awaitable: for handlers that return a step's coroutine unawaited (a
-    coroutine level fewer on the warm path) and answer some requests themselves."""
-    return response
+# A registry route's step, behind the gate: an answer at once (a warm hit) or one to await.
+Step = Callable[[web.Request], Awaitable[web.StreamResponse] | web.StreamResponse]
 
 
 MAX_REASON_PHRASE = 300

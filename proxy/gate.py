@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from aiohttp import web
 
 from .auth import Authenticator
-from .errors import Handler
+from .errors import Handler, Step
 from .keys import REQUEST_FACTS, RegistryFacts
 from .ratelimit import Throttle
 
@@ -45,8 +45,8 @@ class RegistryGate:
         for method in methods:
             self._early.setdefault(method, []).append(answer)
 
-    def guard(self, handler: Handler) -> Handler:
-        """``handler`` behind this gate."""
+    def guard(self, handler: Step) -> Handler:
+        """``handler`` behind this gate (it may answer at once, or give an answer to await)."""
         ecosystem = self.ecosystem
         early = self._early
         throttle = self._throttle
@@ -57,18 +57,20 @@ class RegistryGate:
             facts.ecosystem = ecosystem
             answers = early.get(request.method)
             if answers is not None:
-                for answer in answers:
-                    answered = answer(request)
+                for early_answer in answers:
+                    answered = early_answer(request)
                     if answered is not None:
                         return answered
             refused = throttle.admit(request, facts)
             if refused is not None:
                 return refused
             if authenticate.accept_cached(facts):
-                return await handler(request)
+                step = handler(request)
+                return step if isinstance(step, web.StreamResponse) else await step
             refused = await authenticate(request, facts)
             if refused is None:
-                return await handler(request)
+                step = handler(request)
+                return step if isinstance(step, web.StreamResponse) else await step
             if facts.auth_failure == "invalid":
                 return throttle.guessed(facts) or refused
             return refused

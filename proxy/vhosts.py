@@ -25,7 +25,7 @@ from aiohttp.web_urldispatcher import AbstractResource, Domain
 from yarl import URL
 
 from .compat import add_domain_subapp
-from .errors import Handler
+from .errors import Step
 from .gate import RegistryGate
 from .registry.pipeline import Registry, registry_key
 from .settings import Settings
@@ -42,7 +42,7 @@ class RegistryMount:
     gate: RegistryGate
     resources: list[AbstractResource] = field(default_factory=list)
 
-    def add(self, method: str, path: str, handler: Handler) -> None:
+    def add(self, method: str, path: str, handler: Step) -> None:
         """Route ``method`` on ``path`` (below the mount) to ``handler``, behind the gate; GET
         routes answer HEAD too."""
         guarded = self.gate.guard(handler)

@@ -26,7 +26,7 @@ from aiohttp import hdrs, web
 from yarl import URL
 
 from ..auth import NPM_CHALLENGE, unauthorized
-from ..errors import answered, json_error
+from ..errors import json_error
 from ..keys import registry_token
 from ..registry.artifacts import Digest
 from ..registry.decode import IN_FLIGHT, MAX_BODY, decode_body, decode_small, read_body
@@ -49,6 +49,7 @@ from ..registry.pipeline import (
     note_cache_state,
     serve_artifact,
     serve_metadata,
+    warm_answer,
 )
 from ..registry.policy import Decision, Ecosystem, PackageFacts, PolicyRefused
 from ..registry.upstream import Upstream, UpstreamError, raise_for_upstream_status
@@ -271,11 +272,13 @@ async def whoami(request: web.Request) -> web.Response:
     return web.json_response({"username": token.email})
 
 
-def dispatch(config: NpmConfig, request: web.Request) -> Awaitable[web.StreamResponse]:
-    """Route one npm request on its raw path (the handler of a mount, bound to its ``config``).
+def dispatch(
+    config: NpmConfig, request: web.Request
+) -> Awaitable[web.StreamResponse] | web.StreamResponse:
+    """Route one npm request on its raw path (the step of a mount, bound to its ``config``).
 
-    Returns the chosen step's coroutine without awaiting it (the gate awaits it): on the warm
-    path every coroutine level costs a frame and a send.
+    Gives the answer, or the chosen step's coroutine without awaiting it (the gate awaits it):
+    on the warm path every coroutine level costs a frame and a send, and a memory hit needs none.
     """
     raw = request.raw_path
     if "?" in raw:
@@ -288,13 +291,13 @@ def dispatch(config: NpmConfig, request: web.Request) -> Awaitable[web.StreamRes
     if rest.startswith("-/"):
         return endpoint(request, config, rest, method)
     if method not in (hdrs.METH_GET, hdrs.METH_HEAD):
-        return answered(read_only())
+        return read_only()
     if rest == "":
         raise web.HTTPNotFound()
     try:
         package = npmrewrite.parse_package_path(rest)
     except BadPath as exc:
-        return answered(json_error(400, str(exc)))
+        return json_error(400, str(exc))
     if package is None:
         raise web.HTTPNotFound()
     if package.file is not None:
@@ -325,16 +328,19 @@ async def endpoint(
 
 def packument(
     request: web.Request, config: NpmConfig, package: PackagePath
-) -> Awaitable[web.Response]:
-    """A package document, full or abbreviated as the client's Accept asks, from the cache
-    (the pipeline's coroutine, see ``dispatch``)."""
+) -> Awaitable[web.Response] | web.Response:
+    """A package document, full or abbreviated as the client's Accept asks, from the cache:
+    a memory hit answered at once, anything else the pipeline's coroutine (see ``dispatch``)."""
     registry = config.registry
     form = form_of(request.headers.get(hdrs.ACCEPT))
+    key = config.packument_key(package.name, form)
+    answer = warm_answer(request, registry, key)
+    if answer is not None:
+        return answer
     fetch = partial(fetch_packument, config, package, form)
     complete = None
     if form == ABBREVIATED:
         complete = partial(full_facts, registry, config, package)
-    key = config.packument_key(package.name, form)
     return serve_metadata(request, registry, key, fetch, complete_facts=complete)
 
 

@@ -32,7 +32,7 @@ from typing import Final
 from aiohttp import hdrs, web
 from yarl import URL
 
-from ..errors import answered, json_error
+from ..errors import json_error
 from ..registry.artifacts import Digest
 from ..registry.decode import MAX_BODY
 from ..registry.metacache import (
@@ -50,6 +50,7 @@ from ..registry.pipeline import (
     fetch_metadata,
     serve_artifact,
     serve_metadata,
+    warm_answer,
 )
 from ..registry.policy import Decision, Ecosystem, FileFacts, PackageFacts
 from ..registry.upstream import UpstreamError
@@ -291,20 +292,24 @@ class SimpleIndex:
             return json_error(404, "Not a valid project name")
         raise _redirect(f"{normalized}/")
 
-    def project(self, request: web.Request) -> Awaitable[web.StreamResponse]:
-        """One project's page (the pipeline's coroutine, unawaited: the gate awaits it)."""
+    def project(self, request: web.Request) -> Awaitable[web.StreamResponse] | web.StreamResponse:
+        """One project's page: a memory hit answered at once, anything else the pipeline's
+        coroutine, unawaited (the gate awaits it)."""
         name = request.match_info["name"]
         normalized = valid_normalized(name)
         if normalized is None:
-            return answered(json_error(404, "Not a valid project name"))
+            return json_error(404, "Not a valid project name")
         if normalized != name:
             raise _redirect(f"../{normalized}/")
         media_type = negotiate(request)
         if media_type is None:
-            return answered(not_acceptable())
+            return not_acceptable()
         registry = self.registry
-        fetch = partial(self._fetch_project, normalized, media_type)
         key = self.page_key(normalized, media_type)
+        answer = warm_answer(request, registry, key)
+        if answer is not None:
+            return answer
+        fetch = partial(self._fetch_project, normalized, media_type)
         return serve_metadata(request, registry, key, fetch)
 
     async def _fetch_index(

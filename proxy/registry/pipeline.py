@@ -286,6 +286,21 @@ def note_cache_state(request: web.Request, cached: Cached) -> None:
     note_cache(request, _STATE_LABELS[cached.state])
 
 
+def warm_answer(request: web.Request, registry: Registry, key: CacheKey) -> web.Response | None:
+    """The answer to a fresh memory hit when no policy is in force, else None.
+
+    The warm path of every install: answered here without a coroutine, a fetch function or a
+    policy step (``serve_metadata`` does all of it when this gives None).
+    """
+    if registry.policy.active:
+        return None
+    cached = registry.metadata.fresh(key)
+    if cached is None:
+        return None
+    note_cache(request, _STATE_LABELS[cached.state])
+    return metadata_response(request, cached)
+
+
 async def serve_metadata(
     request: web.Request,
     registry: Registry,
@@ -478,4 +493,5 @@ __all__ = [
     "registry_key",
     "serve_artifact",
     "serve_metadata",
+    "warm_answer",
 ]
