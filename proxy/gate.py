@@ -64,15 +64,13 @@ class RegistryGate:
             refused = throttle.admit(request, facts)
             if refused is not None:
                 return refused
-            if authenticate.accept_cached(facts):
-                step = handler(request)
-                return step if isinstance(step, web.StreamResponse) else await step
-            refused = await authenticate(request, facts)
-            if refused is None:
-                step = handler(request)
-                return step if isinstance(step, web.StreamResponse) else await step
-            if facts.auth_failure == "invalid":
-                return throttle.guessed(facts) or refused
-            return refused
+            if not authenticate.accept_cached(facts):
+                refused = await authenticate(request, facts)
+                if refused is not None:
+                    if facts.auth_failure == "invalid":
+                        return throttle.guessed(facts) or refused
+                    return refused
+            step = handler(request)
+            return step if isinstance(step, web.StreamResponse) else await step
 
         return gated

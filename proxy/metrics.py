@@ -380,9 +380,6 @@ def front(metrics: Metrics) -> Callable[[Handler], Handler]:
     # every unmatched request: those are labelled afresh, and never kept).
     labels: dict[AbstractRoute, str] = {}
     durations = metrics.request_duration
-    # The histogram's series and bounds, for ``_Durations.observe`` written out below.
-    series_of = durations.series
-    bounds = durations.bounds
     perf_counter = time.perf_counter
 
     def wrap(handler: Handler) -> Handler:
@@ -422,13 +419,7 @@ def front(metrics: Metrics) -> Callable[[Handler], Handler]:
                     label = "unmatched"
                 counted = (ecosystem, label, str(status))
                 requests[counted] = requests.get(counted, 0.0) + 1.0
-                elapsed = perf_counter() - start
-                series = series_of.get(ecosystem)
-                if series is None:
-                    durations.observe(ecosystem, elapsed)
-                else:  # observe(), without the call
-                    series[bisect_left(bounds, elapsed)] += 1
-                    series[-1] += elapsed
+                durations.observe(ecosystem, perf_counter() - start)
                 if facts is not None and facts.cache in CACHE_OUTCOMES:
                     outcome = (ecosystem, facts.cache)
                     cache[outcome] = cache.get(outcome, 0.0) + 1.0

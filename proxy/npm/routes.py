@@ -49,7 +49,6 @@ from ..registry.pipeline import (
     note_cache_state,
     serve_artifact,
     serve_metadata,
-    warm_answer,
 )
 from ..registry.policy import Decision, Ecosystem, PackageFacts, PolicyRefused
 from ..registry.upstream import Upstream, UpstreamError, raise_for_upstream_status
@@ -333,14 +332,11 @@ def packument(
     a memory hit answered at once, anything else the pipeline's coroutine (see ``dispatch``)."""
     registry = config.registry
     form = form_of(request.headers.get(hdrs.ACCEPT))
-    key = config.packument_key(package.name, form)
-    answer = warm_answer(request, registry, key)
-    if answer is not None:
-        return answer
     fetch = partial(fetch_packument, config, package, form)
     complete = None
     if form == ABBREVIATED:
         complete = partial(full_facts, registry, config, package)
+    key = config.packument_key(package.name, form)
     return serve_metadata(request, registry, key, fetch, complete_facts=complete)
 
 

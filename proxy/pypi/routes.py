@@ -50,7 +50,6 @@ from ..registry.pipeline import (
     fetch_metadata,
     serve_artifact,
     serve_metadata,
-    warm_answer,
 )
 from ..registry.policy import Decision, Ecosystem, FileFacts, PackageFacts
 from ..registry.upstream import UpstreamError
@@ -275,15 +274,14 @@ class SimpleIndex:
         """``/pypi/simple`` -> ``/pypi/simple/``."""
         raise _redirect("simple/")
 
-    async def root(self, request: web.Request) -> web.StreamResponse:
-        """The root page listing every project."""
+    def root(self, request: web.Request) -> Awaitable[web.StreamResponse] | web.StreamResponse:
+        """The root page listing every project (answered as ``project`` is)."""
         media_type = negotiate(request)
         if media_type is None:
             return not_acceptable()
-        registry = self.registry
         fetch = partial(self._fetch_index, media_type)
         key = self.page_key(ROOT_KEY_NAME, media_type)
-        return await serve_metadata(request, registry, key, fetch)
+        return serve_metadata(request, self.registry, key, fetch)
 
     async def project_no_slash(self, request: web.Request) -> web.StreamResponse:
         """``/pypi/simple/<name>`` -> ``/pypi/simple/<normalised>/``."""
@@ -294,7 +292,7 @@ class SimpleIndex:
 
     def project(self, request: web.Request) -> Awaitable[web.StreamResponse] | web.StreamResponse:
         """One project's page: a memory hit answered at once, anything else the pipeline's
-        coroutine, unawaited (the gate awaits it)."""
+        coroutine, unawaited (see ``serve_metadata``)."""
         name = request.match_info["name"]
         normalized = valid_normalized(name)
         if normalized is None:
@@ -304,13 +302,9 @@ class SimpleIndex:
         media_type = negotiate(request)
         if media_type is None:
             return not_acceptable()
-        registry = self.registry
-        key = self.page_key(normalized, media_type)
-        answer = warm_answer(request, registry, key)
-        if answer is not None:
-            return answer
         fetch = partial(self._fetch_project, normalized, media_type)
-        return serve_metadata(request, registry, key, fetch)
+        key = self.page_key(normalized, media_type)
+        return serve_metadata(request, self.registry, key, fetch)
 
     async def _fetch_index(
         self, media_type: str, validators: Validators

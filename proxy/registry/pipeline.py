@@ -286,32 +286,37 @@ def note_cache_state(request: web.Request, cached: Cached) -> None:
     note_cache(request, _STATE_LABELS[cached.state])
 
 
-def warm_answer(request: web.Request, registry: Registry, key: CacheKey) -> web.Response | None:
-    """The answer to a fresh memory hit when no policy is in force, else None.
-
-    The warm path of every install: answered here without a coroutine, a fetch function or a
-    policy step (``serve_metadata`` does all of it when this gives None).
-    """
-    if registry.policy.active:
-        return None
-    cached = registry.metadata.fresh(key)
-    if cached is None:
-        return None
-    note_cache(request, _STATE_LABELS[cached.state])
-    return metadata_response(request, cached)
-
-
-async def serve_metadata(
+def serve_metadata(
     request: web.Request,
     registry: Registry,
     key: CacheKey,
     fetch: Fetch,
     *,
     complete_facts: Callable[[], Awaitable[PackageFacts | None]] | None = None,
+) -> web.Response | Awaitable[web.Response]:
+    """Cache or fetch -> policy -> respond, for one metadata document.
+
+    A fresh memory hit with no policy in force (the warm path of every install) is answered at
+    once, without a coroutine; anything else gives the coroutine that fetches and decides, for
+    the gate to await (a registry step may give either, see ``RegistryGate.guard``).
+    """
+    cached = registry.metadata.fresh(key)
+    if cached is not None and not registry.policy.active:
+        note_cache(request, _STATE_LABELS[cached.state])
+        return metadata_response(request, cached)
+    return _fetched_and_decided(request, registry, key, fetch, cached, complete_facts)
+
+
+async def _fetched_and_decided(
+    request: web.Request,
+    registry: Registry,
+    key: CacheKey,
+    fetch: Fetch,
+    cached: Cached | None,
+    complete_facts: Callable[[], Awaitable[PackageFacts | None]] | None,
 ) -> web.Response:
-    """Cache or fetch -> policy -> respond, for one metadata document."""
-    metadata = registry.metadata
-    cached = metadata.fresh(key) or await metadata.miss(key, fetch)
+    if cached is None:
+        cached = await registry.metadata.miss(key, fetch)
     note_cache(request, _STATE_LABELS[cached.state])
     policy = registry.policy
     if policy.active:
@@ -493,5 +498,4 @@ __all__ = [
     "registry_key",
     "serve_artifact",
     "serve_metadata",
-    "warm_answer",
 ]
