@@ -21,7 +21,9 @@ from functools import lru_cache, partial
 from itertools import chain
 from operator import attrgetter
 from sys import getsizeof
+from typing import Any
 
+import orjson
 from aiohttp import hdrs, web
 from yarl import URL
 
@@ -39,9 +41,11 @@ from ..registry.metacache import (
     deep_size,
     metadata_response,
 )
+from ..registry.metadisk import UpstreamAnswer
 from ..registry.pipeline import (
     Artifact,
     Fetched,
+    Keeping,
     Registry,
     decided,
     decision_for,
@@ -95,6 +99,10 @@ JSON_GET_PATHS = frozenset({"-/npm/v1/keys", "-/v1/search"})
 
 ABBREVIATED = "abbreviated"
 FULL = "full"
+# The format of packument entries the disk tier keeps (``packument_table``): raise it whenever
+# the rewrite writes documents differently or the table changes, so that copies kept by an older
+# pkgate are built again from the upstream's bytes instead of being served as they are.
+KEPT_FORMAT = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,6 +466,11 @@ async def fetch_packument(
         what=WHAT,
         limit=MAX_PACKUMENT_BYTES,
         disk=config.registry.metadata.disk,
+        keep=Keeping(
+            f"npm-packument/{KEPT_FORMAT} {package.name} {config.public_root}",
+            packument_table,
+            partial(restored_packument, name=package.name),
+        ),
     )
 
 
@@ -483,6 +496,56 @@ def packument_entry(fetched: Fetched, name: str, public_root: str) -> PackumentE
     )
     entry.measure()  # here: off the event loop for large packuments
     return entry
+
+
+def packument_table(entry: PackumentEntry) -> bytes:
+    """What the disk tier keeps of a packument entry besides its body (``restored_packument``
+    reads it back): the file table, the publish times and the dist-tags."""
+    facts = entry.facts
+    assert facts is not None  # every packument entry is built with its facts
+    return orjson.dumps(
+        {
+            "files": [[f, p.integrity, p.shasum, p.version] for f, p in entry.files.items()],
+            "published": list(facts.published.items()),
+            "dist_tags": facts.dist_tags,
+            "times_known": facts.times_known,
+        }
+    )
+
+
+def restored_packument(table: Any, answer: UpstreamAnswer, name: str) -> PackumentEntry:
+    """The entry ``packument_entry`` built, from its table read back from disk (its body is put
+    in by the caller); every field is checked: ``TypeError`` or ``ValueError`` otherwise."""
+    published: dict[str, float | None] = {}
+    for version, when in table["published"]:
+        if type(version) is not str:
+            raise TypeError("a version is not text")
+        if when is not None and type(when) not in (int, float):
+            raise TypeError("a publish time is not a number")
+        published[version] = None if when is None else float(when)
+    # The table's versions are the publish times' own strings (counted once, as when built).
+    versions = {v: v for v in published}
+    files: dict[str, Published] = {}
+    for filename, integrity, shasum, version in table["files"]:
+        if type(filename) is not str or not all(
+            v is None or type(v) is str for v in (integrity, shasum, version)
+        ):
+            raise TypeError("a file's hashes are not text")
+        files[filename] = Published(integrity, shasum, versions.get(version, version))
+    dist_tags = table["dist_tags"]
+    if type(dist_tags) is not dict or not all(type(v) is str for v in dist_tags.values()):
+        raise TypeError("dist-tags are not text")
+    times_known = table["times_known"]
+    if type(times_known) is not bool:
+        raise TypeError("times_known is not a boolean")
+    return PackumentEntry(
+        body=b"",
+        content_type=answer.content_type or "application/json",
+        validators=answer.validators(),
+        headers=PACKUMENT_HEADERS,
+        files=files,
+        facts=PackageFacts(Ecosystem.NPM, name, published, dist_tags, times_known=times_known),
+    )
 
 
 async def fetch_json(

@@ -213,6 +213,27 @@ def _inflate_wbits(
     return out
 
 
+def gzip_length(data: bytes, limit: int) -> int | None:
+    """How long ``data`` (one gzip stream, nothing after it) is inflated, without keeping what it
+    inflates to; None when that is more than ``limit``, or the stream is corrupt or cut off."""
+    inflater = isal_zlib.decompressobj(16 + zlib.MAX_WBITS)
+    length = 0
+    pending: bytes = data
+    try:
+        while True:
+            length += len(inflater.decompress(pending, STEP))
+            if length > limit:
+                return None
+            pending = inflater.unconsumed_tail
+            if inflater.eof or not pending:
+                break
+    except (_ISAL_ERROR, zlib.error):
+        return None
+    if not inflater.eof or inflater.unused_data:
+        return None
+    return length
+
+
 def decode_sync(
     raw: bytes, content_encoding: str | None, limit: int, held: Held
 ) -> bytes | bytearray | _Failure:
@@ -278,5 +299,6 @@ __all__ = [
     "codings",
     "decode_body",
     "decode_small",
+    "gzip_length",
     "read_body",
 ]

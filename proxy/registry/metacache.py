@@ -205,6 +205,13 @@ class MetaEntry:
         """This answer without what ``decision`` removes (registries' entries override this)."""
         return self
 
+    def keep_stored(self, data: bytes, coding: str | None, length: int) -> None:
+        """Take a body as stored already (``stored``, ``coding``, ``length``): an entry the disk
+        tier kept, read back and checked by the caller, is not compressed again."""
+        self._data, self._coding, self._length = data, coding, length
+        self.etag = body_etag(data)
+        self._answer_headers = {}
+
     @property
     def stored(self) -> bytes:
         """The body as stored (gzip bytes when ``coding`` is gzip)."""

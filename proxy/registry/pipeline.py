@@ -31,9 +31,10 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
-from typing import Final, NamedTuple, TypeVar
+from typing import Any, Final, Generic, NamedTuple, TypeVar
 
 import aiohttp
+import orjson
 from aiohttp import hdrs, web
 from yarl import URL
 
@@ -46,9 +47,10 @@ from ..keys import (
     upstream_key,
 )
 from .artifacts import ArtifactCache, Digest, file_name
-from .decode import IN_FLIGHT, MAX_BODY, Held, decode_body, read_body
+from .decode import IN_FLIGHT, MAX_BODY, Held, decode_body, gzip_length, read_body
 from .delivery import ARTIFACT_SENT, deliver
 from .metacache import (
+    GZIP,
     NOT_MODIFIED,
     Cached,
     CacheKey,
@@ -60,7 +62,7 @@ from .metacache import (
     Validators,
     metadata_response,
 )
-from .metadisk import MetadataDisk, UpstreamAnswer
+from .metadisk import Built, MetadataDisk, UpstreamAnswer
 from .policy import (
     Decision,
     NoPolicy,
@@ -154,6 +156,24 @@ class Fetched:
     last_modified: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Keeping(Generic[E]):
+    """How a registry keeps the entries it builds on the disk tier, beside the upstream's bytes
+    (``metadisk.Built``), so that a restart restores them instead of building them again.
+
+    ``kind`` names the builder, the format of its table and every parameter the build depends
+    on (a copy of another kind is built again); ``table`` is what an entry knows besides its
+    body, as JSON (run off the event loop); ``restore`` makes the entry again from that table,
+    read back, and the upstream answer it was built from (the body is put in afterwards).  The
+    table comes from disk: ``restore`` checks every field's type and raises ``ValueError``,
+    ``TypeError`` or ``KeyError`` for anything else.
+    """
+
+    kind: str
+    table: Callable[[E], bytes]
+    restore: Callable[[Any, UpstreamAnswer], E]
+
+
 async def fetch_metadata(
     upstream: Upstream,
     url: URL,
@@ -164,6 +184,7 @@ async def fetch_metadata(
     what: str,
     limit: int = MAX_BODY,
     disk: MetadataDisk | None = None,
+    keep: Keeping[E] | None = None,
 ) -> E | NotModified:
     """One conditional upstream GET of a metadata document, decoded and built into an entry.
 
@@ -175,16 +196,28 @@ async def fetch_metadata(
     With a ``disk`` tier (``metadisk``) and nothing in memory, the upstream's last answer stored
     there is used while younger than the tier's ttl, otherwise revalidated with its own
     validators, and served stale (within the tier's ``stale_max``) when the upstream fails;
-    every 200 that builds is stored, every 304 confirms the stored copy, a 404 deletes it.
+    every 200 that builds is stored, every 304 confirms the stored copy, a 404 deletes it.  With
+    ``keep``, the entry built is stored beside the answer, and a stored answer is restored from
+    it rather than built again.
     """
     text_url = str(url.with_user(None))  # the disk tier's key: never an upstream's credentials
+    place = _Place(disk, text_url, accept, keep) if disk is not None else None
     with IN_FLIGHT.hold() as held:
         stored: UpstreamAnswer | None = None
-        if disk is not None and not validators.headers():
-            stored = await disk.load(text_url, accept, limit, held)
-            if stored is not None and stored.age < disk.ttl:
-                disk.stats.fresh += 1
-                return await _loaded(stored, url, build, held, what, limit, CacheState.DISK)
+        kept: E | None = None
+        if place is not None and not validators.headers():
+            kind = keep.kind if keep is not None else None
+            stored = await place.disk.load(text_url, accept, limit, held, kind)
+            if stored is not None and stored.built is not None and keep is not None:
+                kept = await _restored(stored, keep, limit)
+                if kept is None:
+                    # Made under this data directory's key, yet unusable: not to be trusted.
+                    log.warning("metadata disk cache: the entry kept for %s is unusable", what)
+                    place.disk.stats.rejected += 1
+                    stored = None
+            if stored is not None and stored.age < place.disk.ttl:
+                place.disk.stats.fresh += 1
+                return await _loaded(stored, kept, place, build, held, what, limit, CacheState.DISK)
         conditional = validators.headers() or (stored.validators().headers() if stored else {})
         headers: dict[str, str] = {
             hdrs.ACCEPT: accept,
@@ -194,27 +227,29 @@ async def fetch_metadata(
         try:
             answer = await _ask(upstream, url, headers, bool(conditional), held, what, limit)
         except UpstreamError as exc:
-            if disk is None:
+            if place is None:
                 raise
             if exc.status == 404:
-                await disk.forget(text_url, accept)
-            elif stored is not None and stored.age <= disk.stale_max:
-                disk.stats.stale += 1
-                return await _loaded(stored, url, build, held, what, limit, CacheState.STALE)
+                await place.disk.forget(text_url, accept)
+            elif stored is not None and stored.age <= place.disk.stale_max:
+                place.disk.stats.stale += 1
+                return await _loaded(
+                    stored, kept, place, build, held, what, limit, CacheState.STALE
+                )
             raise
         if answer is None:  # 304
-            if disk is not None:
-                await disk.confirm(text_url, accept)
+            if place is not None:
+                await place.disk.confirm(text_url, accept)
                 if stored is not None:
-                    disk.stats.revalidated += 1
+                    place.disk.stats.revalidated += 1
                     confirmed = replace(stored, age=0.0)
                     return await _loaded(
-                        confirmed, url, build, held, what, limit, CacheState.REVALIDATED
+                        confirmed, kept, place, build, held, what, limit, CacheState.REVALIDATED
                     )
             return NOT_MODIFIED
         entry = await _built(answer, url, build, held, what, limit)
-        if disk is not None:
-            disk.save(text_url, accept, answer)
+        if place is not None:
+            place.disk.save(text_url, accept, answer, _dump(keep, entry) if keep else None)
         return entry
 
 
@@ -262,18 +297,73 @@ async def _built(
     return build(fetched)
 
 
+class _Place(NamedTuple):
+    """Where a document's copy is on the disk tier, and how its entry is kept there."""
+
+    disk: MetadataDisk
+    url: str
+    accept: str
+    keep: Keeping[Any] | None
+
+
 async def _loaded(
     stored: UpstreamAnswer,
-    url: URL,
+    kept: E | None,
+    place: _Place,
     build: Callable[[Fetched], E],
     held: Held,
     what: str,
     limit: int,
     state: CacheState,
 ) -> E:
-    """The entry for an answer read back from the disk tier, marked with how it was had."""
-    entry = await _built(stored, url, build, held, what, limit)
+    """The entry for an answer read back from the disk tier, marked with how it was had: the
+    entry ``kept`` beside it, or one built from its bytes (and then kept, for the next start)."""
+    entry = kept
+    if entry is not None:
+        place.disk.stats.restored += 1
+    else:
+        entry = await _built(stored, URL(place.url), build, held, what, limit)
+        place.disk.stats.rebuilt += 1
+        if place.keep is not None:
+            # Its time on disk stays the upstream's: keeping the entry makes it no fresher.
+            place.disk.save(
+                place.url, place.accept, stored, _dump(place.keep, entry), age=stored.age
+            )
     entry.loaded = (state, stored.age)
+    return entry
+
+
+def _dump(keep: Keeping[E], entry: E) -> Callable[[], Built]:
+    """What makes the copy of ``entry`` the disk tier keeps (called on its writer thread)."""
+
+    def dump() -> Built:
+        return Built(keep.kind, keep.table(entry), entry.stored, entry.coding, entry.length)
+
+    return dump
+
+
+async def _restored(stored: UpstreamAnswer, keep: Keeping[E], limit: int) -> E | None:
+    """The entry kept beside ``stored``, checked and made again (off the loop when large);
+    None when it is unusable."""
+    built = stored.built
+    assert built is not None
+    if len(built.stored) + len(built.table) > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(_restore, built, stored, keep, limit)
+    return _restore(built, stored, keep, limit)
+
+
+def _restore(built: Built, stored: UpstreamAnswer, keep: Keeping[E], limit: int) -> E | None:
+    if built.coding == GZIP:
+        if gzip_length(built.stored, limit) != built.length:
+            return None
+    elif built.coding is not None or len(built.stored) != built.length:
+        return None
+    try:
+        entry = keep.restore(orjson.loads(built.table), stored)
+    except (ValueError, TypeError, KeyError):  # orjson.JSONDecodeError is a ValueError
+        return None
+    entry.keep_stored(built.stored, built.coding, built.length)
+    entry.measure()
     return entry
 
 
@@ -490,6 +580,7 @@ __all__ = [
     "ArtifactServed",
     "ArtifactServedHook",
     "Fetched",
+    "Keeping",
     "Registry",
     "check_artifact",
     "decided",

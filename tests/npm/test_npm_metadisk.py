@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -256,7 +257,7 @@ async def test_metadisk__a_disk_that_refuses_writes_fails_no_answer(
 ) -> None:
     server = await start(start_server, registry)
     root = server.settings.metadata_dir
-    root.rmdir()
+    shutil.rmtree(root)  # with the tier's key in it
     root.write_bytes(b"")  # the directory replaced by a file: every write fails
     status, state, _ = await get(server)
     assert (status, state) == (200, "MISS")
