@@ -126,7 +126,9 @@ def _disk_families(disk: MetadataDisk) -> Iterator[Metric]:
     """The metadata cache's disk tier (``registry.metadisk``)."""
     stats = disk.stats
     for name, doc, value in (
-        ("fresh", "Metadata documents built from the disk tier without the upstream", stats.fresh),
+        ("fresh", "Metadata documents taken from the disk tier without the upstream", stats.fresh),
+        ("restored", "Entries restored from the disk tier's kept copies", stats.restored),
+        ("rebuilt", "Entries built again from the disk tier's upstream bytes", stats.rebuilt),
         ("revalidated", "Disk tier copies the upstream confirmed with a 304", stats.revalidated),
         ("stale", "Disk tier copies served because the upstream failed", stats.stale),
         ("written", "Upstream metadata answers written to the disk tier", stats.written),

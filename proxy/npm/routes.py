@@ -517,7 +517,7 @@ def restored_packument(table: Any, answer: UpstreamAnswer, name: str) -> Packume
     """The entry ``packument_entry`` built, from its table read back from disk (its body is put
     in by the caller); every field is checked: ``TypeError`` or ``ValueError`` otherwise."""
     published: dict[str, float | None] = {}
-    for version, when in table["published"]:
+    for version, when in _rows(table["published"], 2):
         if type(version) is not str:
             raise TypeError("a version is not text")
         if when is not None and type(when) not in (int, float):
@@ -526,7 +526,7 @@ def restored_packument(table: Any, answer: UpstreamAnswer, name: str) -> Packume
     # The table's versions are the publish times' own strings (counted once, as when built).
     versions = {v: v for v in published}
     files: dict[str, Published] = {}
-    for filename, integrity, shasum, version in table["files"]:
+    for filename, integrity, shasum, version in _rows(table["files"], 4):
         if type(filename) is not str or not all(
             v is None or type(v) is str for v in (integrity, shasum, version)
         ):
@@ -546,6 +546,13 @@ def restored_packument(table: Any, answer: UpstreamAnswer, name: str) -> Packume
         files=files,
         facts=PackageFacts(Ecosystem.NPM, name, published, dist_tags, times_known=times_known),
     )
+
+
+def _rows(value: Any, width: int) -> Any:
+    """``value``, a JSON list of lists of ``width`` items each; ``TypeError`` otherwise."""
+    if type(value) is not list or not all(type(r) is list and len(r) == width for r in value):
+        raise TypeError(f"not a table of {width} columns")
+    return value
 
 
 async def fetch_json(

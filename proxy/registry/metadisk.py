@@ -19,15 +19,15 @@ JSON (URL, Accept, content type and coding, validators, body length and SHA-256,
 copy its kind, lengths and MAC), then the upstream's body, then the built copy's table and body.
 The disk is not trusted either: a file is used only when its header parses, names the same URL
 and Accept, and its body has the stated length (within the caller's limit) and hash; anything
-else is deleted and counts as absent.  A built copy must also carry the HMAC-SHA256 of its table
-and body under the tier's own key (``KEY_FILE``, 32 random bytes made at the first start, mode
-0600): only a pkgate with this data directory's key wrote it.  A copy made under another key
-(the key file was lost) is ignored and its upstream bytes are built again; a MAC that fails under
-this key means damage, and the whole file is deleted.  The caller checks the rest before using
-it (``pipeline``: that the body inflates to its stated length, within the limit; the registry:
-that every table field has its type).  Files are written to a temporary name and renamed into
-place, so a reader sees the old copy or the new one, never half of one.  A file's modification
-time is when the upstream last gave or confirmed it.
+else is deleted and counts as absent.  A built copy must also carry the HMAC-SHA256 of its
+kind, coding, length, table and body under the tier's own key (``KEY_FILE``, 32 random bytes
+made at the first start, mode 0600): only a pkgate with this data directory's key wrote it.  A
+copy made under another key (the key file was lost) is ignored and its upstream bytes are built
+again; a MAC that fails under this key means damage, and the whole file is deleted.  The caller
+checks the rest before using it (``pipeline``: that the body inflates to its stated length,
+within the limit; the registry: that every table field has its type).  Files are written to a
+temporary name and renamed into place, so a reader sees the old copy or the new one, never half
+of one.  A file's modification time is when the upstream last gave or confirmed it.
 
 Its I/O runs on two threads of its own, one reading and one writing, so that a lookup never
 waits behind the worker threads busy parsing large documents (a lookup is on the path of every
@@ -316,7 +316,7 @@ class MetadataDisk:
             return "built copy's length differs from its header"
         if key_id != self._key_id:
             return None  # made under another key: its upstream bytes are still good
-        if not hmac.compare_digest(mac, self._mac(kind.encode(), data)):
+        if not hmac.compare_digest(mac, self._mac(_signed(kind, coding, length), data)):
             return "built copy's MAC differs from its header"
         return Built(kind, data[:table], data[table:], coding, length)
 
@@ -390,7 +390,7 @@ class MetadataDisk:
             fields["built"] = {
                 "kind": built.kind,
                 "key": self._key_id,
-                "mac": self._mac(built.kind.encode(), *tail),
+                "mac": self._mac(_signed(built.kind, built.coding, built.length), *tail),
                 "table": len(built.table),
                 "body": len(built.stored),
                 "coding": built.coding,
@@ -480,6 +480,11 @@ class MetadataDisk:
         if self._failing:
             self._failing = False
             log.warning("metadata disk cache: writes succeed again")
+
+
+def _signed(kind: str, coding: str | None, length: int) -> bytes:
+    """What a built copy's MAC covers besides its table and body."""
+    return f"{kind}\n{coding or ''}\n{length}\n".encode()
 
 
 def _count(value: Any) -> TypeGuard[int]:

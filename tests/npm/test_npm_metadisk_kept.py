@@ -95,7 +95,8 @@ def write_copy(
     only a holder of the key (pkgate itself) could write."""
     built = header["built"]
     key = (path.parent / KEY_FILE).read_bytes()
-    mac = hmac.new(key, built["kind"].encode() + table + body, hashlib.sha256).hexdigest()
+    signed = f"{built['kind']}\ngzip\n{length}\n".encode() + table + body
+    mac = hmac.new(key, signed, hashlib.sha256).hexdigest()
     built.update(mac=mac, table=len(table), body=len(body), length=length)
     path.write_bytes(orjson.dumps(header) + b"\n" + raw + table + body)
 
@@ -120,6 +121,13 @@ async def test_kept__a_restart_restores_the_entry_without_rewriting_it(
     assert (stats.restored, stats.rebuilt) == (1, 0)
     status, _, _ = await get(again, headers={"If-None-Match": headers["ETag"]})
     assert status == 304
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{again.settings.port}/metrics") as resp,
+    ):
+        text = await resp.text()
+    assert "pkgate_metadata_disk_restored_total 1.0" in text
+    assert "pkgate_metadata_disk_rebuilt_total 0.0" in text
 
 
 async def test_kept__a_restored_entry_still_checks_every_tarball(
@@ -215,10 +223,14 @@ def _fields_missing(table: dict[str, Any]) -> None:
     del table["files"]
 
 
+def _row_not_a_list(table: dict[str, Any]) -> None:
+    table["files"][0] = "abcd"  # four characters: four columns only when unpacked blindly
+
+
 @pytest.mark.parametrize(
     "spoil",
-    [_types_wrong, _dist_tags_wrong, _times_wrong, _fields_missing],
-    ids=["integrity-not-text", "dist-tags-not-text", "time-not-a-number", "no-files"],
+    [_types_wrong, _dist_tags_wrong, _times_wrong, _fields_missing, _row_not_a_list],
+    ids=["integrity-not-text", "dist-tags-not-text", "time-not-a-number", "no-files", "row"],
 )
 async def test_kept__a_signed_table_that_does_not_check_out_is_deleted(
     start_server: StartServer, registry: NpmRegistry, spoil: Any
