@@ -460,6 +460,11 @@ class Result:
     restarted: float = 0.0
     restarted_requests: int = 0
     restarted_hits: int = 0
+    # The restarted pkgate's CPU seconds over that install, and how many documents it restored
+    # from the entries the disk tier keeps and how many it built again from the upstream's bytes.
+    restarted_cpu: float = 0.0
+    restored: int = 0
+    rebuilt: int = 0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -519,10 +524,13 @@ def run_profile(work: Path, tree: Path, names: list[str], tools: Path, profile: 
                     )
                     warm_cpu.append(cpu_seconds(gate.pid) - before)
                 metrics = _metrics(f"http://127.0.0.1:{port}/metrics")
-            with process(args, port):  # restarted: memory empty, disk tier and store kept
+            with process(args, port) as gate:  # restarted: memory empty, disk tier and store kept
+                before = cpu_seconds(gate.pid)
                 restarted = install(
                     work, tools, client, names, registry, secrets["restarted"], f"{tag}-restart"
                 )
+                restarted_cpu = cpu_seconds(gate.pid) - before
+                disk = _metrics(f"http://127.0.0.1:{port}/metrics")
             _, restarted_requests, restarted_hits = log_figures(log, ids["restarted"])
             cold_bytes, _, _ = log_figures(log, ids["cold"])
             warm_bytes, warm_requests, warm_hits = log_figures(log, ids["warm0"])
@@ -531,7 +539,9 @@ def run_profile(work: Path, tree: Path, names: list[str], tools: Path, profile: 
             result = Result(profile, client, median(direct), cold, median(warm), direct_bytes,
                             cold_bytes, warm_bytes, warm_requests, warm_hits, cache_mb, json_mb,
                             median(direct_cpu), cold_cpu, median(warm_cpu),
-                            rounds, restarted, restarted_requests, restarted_hits)  # fmt: skip
+                            rounds, restarted, restarted_requests, restarted_hits,
+                            restarted_cpu, int(disk.get("pkgate_metadata_disk_restored_total", 0)),
+                            int(disk.get("pkgate_metadata_disk_rebuilt_total", 0)))  # fmt: skip
             print(f"  {result} direct {direct} warm {warm}", file=sys.stderr, flush=True)
             results.append(result)
             shutil.rmtree(data, ignore_errors=True)
@@ -555,7 +565,8 @@ def _metrics(url: str) -> dict[str, float]:
 def table(results: list[Result]) -> str:
     head = ("profile", "client", "direct", "cold", "warm", "restarted",
             "MB on the wire direct/cold/warm", "from cache warm/restarted",
-            "metadata cache MB (JSON MB)", "server CPU s direct/cold/warm")  # fmt: skip
+            "metadata cache MB (JSON MB)", "server CPU s direct/cold/warm/restarted",
+            "restarted: restored/rebuilt")  # fmt: skip
     rows = [head]
     for r in results:
         rows.append((
@@ -566,7 +577,8 @@ def table(results: list[Result]) -> str:
             f"{r.direct_bytes / 1e6:.1f} / {r.cold_bytes / 1e6:.1f} / {r.warm_bytes / 1e6:.1f}",
             f"{r.warm_hits}/{r.warm_requests} / {r.restarted_hits}/{r.restarted_requests}",
             f"{r.cache_mb:.1f} ({r.cache_json_mb:.1f})",
-            f"{r.direct_cpu:.1f} / {r.cold_cpu:.1f} / {r.warm_cpu:.1f}",
+            f"{r.direct_cpu:.1f} / {r.cold_cpu:.1f} / {r.warm_cpu:.1f} / {r.restarted_cpu:.1f}",
+            f"{r.restored}/{r.rebuilt}",
         ))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(rows[0], widths, strict=True)) + " |"]
