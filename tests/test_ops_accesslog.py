@@ -256,6 +256,32 @@ async def test_accesslog__hostile_user_agent_stays_inside_one_json_value(logged:
     assert len(line["user_agent"]) <= 256
 
 
+async def test_accesslog__hostile_raw_paths_stay_inside_one_json_value(logged: Start) -> None:
+    server = await logged()
+    secret = "pkg_" + "D" * 36
+    paths = [
+        b'/npm/a"},{"status":200',  # a quote would end the value
+        b"/npm/back\\slash",
+        b"/npm/caf\xc3\xa9",  # not ASCII: aiohttp refuses the request line, logged as "/"
+        b"/npm/" + secret.encode(),
+        b"/npm/" + b"a" * 3000,  # over the cap
+        b"/npm/plain-name",
+    ]
+    for path in paths:
+        await raw_request(
+            server.url, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+    logged_paths = [line["path"] for line in server.lines()]
+    assert len(logged_paths) == len(paths)
+    assert logged_paths[0] == '/npm/a"},{"status":200'
+    assert logged_paths[1] == "/npm/back\\slash"
+    assert logged_paths[2] == "/"
+    assert logged_paths[3] == "/npm/pkg_***"
+    assert len(logged_paths[4]) == 2048
+    assert logged_paths[5] == "/npm/plain-name"
+    assert secret not in server.text()
+
+
 async def test_accesslog__cache_outcome_from_the_handler(tmp_path: Path) -> None:
     sink = AccessLogSink(path=tmp_path / "access.log")
 
