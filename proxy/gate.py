@@ -71,6 +71,10 @@ class RegistryGate:
                         return throttle.guessed(facts) or refused
                     return refused
             step = handler(request)
+            if step.__class__ is web.Response:
+                # The warm path's answer: a StreamResponse is a MutableMapping, so isinstance()
+                # below goes through ABCMeta's check, a Python call on every request.
+                return step
             return step if isinstance(step, web.StreamResponse) else await step
 
         return gated
