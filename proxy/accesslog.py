@@ -162,7 +162,7 @@ class AccessLogSink:
         self.path = path
         self.flush_interval = flush_interval
         self.max_pending = max_pending
-        self._kick_at = max(1, max_pending // 4)
+        self._kick_every = max(1, max_pending // 4)
         self._owns_fd = fd is None
         self._fd = fd if fd is not None else self._open()
         # Pipes and sockets: keep each write within PIPE_BUF so concurrent writers never mix lines.
@@ -173,7 +173,7 @@ class AccessLogSink:
         # Written by the request path only.
         self._appended_bytes = 0
         self._appended = 0
-        self._kick_next = self._kick_at  # appended bytes at which the writer is woken early
+        self._kick_next = self._kick_every  # appended bytes at which the writer is woken early
         self.lines_dropped = 0
         self._warned_epoch = -1
         # Written by the writer thread only.
@@ -219,7 +219,7 @@ class AccessLogSink:
             self._appended += 1
             if appended >= self._kick_next:
                 # A quarter of the buffer kept since the last kick: wake the writer early.
-                self._kick_next = appended + self._kick_at
+                self._kick_next = appended + self._kick_every
                 self._kick.set()
             return
         self.lines_dropped += 1

@@ -15,6 +15,7 @@ every request of an install, and the checks always run together, in this order.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from types import CoroutineType
 
 from aiohttp import web
 
@@ -71,10 +72,9 @@ class RegistryGate:
                         return throttle.guessed(facts) or refused
                     return refused
             step = handler(request)
-            if step.__class__ is web.Response:
-                # The warm path's answer: a StreamResponse is a MutableMapping, so isinstance()
-                # below goes through ABCMeta's check, a Python call on every request.
-                return step
-            return step if isinstance(step, web.StreamResponse) else await step
+            if isinstance(step, CoroutineType):  # a plain type: no ABCMeta check, unlike answers
+                answer: web.StreamResponse = await step
+                return answer
+            return step  # type: ignore[return-value]  # not a coroutine: the answer (errors.Step)
 
         return gated

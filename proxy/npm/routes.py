@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from itertools import chain
@@ -28,7 +28,7 @@ from aiohttp import hdrs, web
 from yarl import URL
 
 from ..auth import NPM_CHALLENGE, unauthorized
-from ..errors import json_error
+from ..errors import Answer, json_error
 from ..keys import registry_token
 from ..registry.artifacts import Digest
 from ..registry.decode import IN_FLIGHT, MAX_BODY, decode_body, decode_small, read_body
@@ -279,9 +279,7 @@ async def whoami(request: web.Request) -> web.Response:
     return web.json_response({"username": token.email})
 
 
-def dispatch(
-    config: NpmConfig, request: web.Request
-) -> Awaitable[web.StreamResponse] | web.StreamResponse:
+def dispatch(config: NpmConfig, request: web.Request) -> Answer | web.StreamResponse:
     """Route one npm request on its raw path (the step of a mount, bound to its ``config``).
 
     Gives the answer, or the chosen step's coroutine without awaiting it (the gate awaits it):
@@ -335,7 +333,7 @@ async def endpoint(
 
 def packument(
     request: web.Request, config: NpmConfig, package: PackagePath
-) -> Awaitable[web.Response] | web.Response:
+) -> Coroutine[Any, Any, web.Response] | web.Response:
     """A package document, full or abbreviated as the client's Accept asks, from the cache:
     a memory hit answered at once, anything else the pipeline's coroutine (see ``dispatch``)."""
     registry = config.registry

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 import urllib.parse
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Final
@@ -32,7 +32,7 @@ from typing import Final
 from aiohttp import hdrs, web
 from yarl import URL
 
-from ..errors import json_error
+from ..errors import Answer, json_error
 from ..registry.artifacts import Digest
 from ..registry.decode import MAX_BODY
 from ..registry.metacache import (
@@ -274,7 +274,7 @@ class SimpleIndex:
         """``/pypi/simple`` -> ``/pypi/simple/``."""
         raise _redirect("simple/")
 
-    def root(self, request: web.Request) -> Awaitable[web.StreamResponse] | web.StreamResponse:
+    def root(self, request: web.Request) -> Answer | web.StreamResponse:
         """The root page listing every project (answered as ``project`` is)."""
         media_type = negotiate(request)
         if media_type is None:
@@ -290,7 +290,7 @@ class SimpleIndex:
             return json_error(404, "Not a valid project name")
         raise _redirect(f"{normalized}/")
 
-    def project(self, request: web.Request) -> Awaitable[web.StreamResponse] | web.StreamResponse:
+    def project(self, request: web.Request) -> Answer | web.StreamResponse:
         """One project's page: a memory hit answered at once, anything else the pipeline's
         coroutine, unawaited (see ``serve_metadata``)."""
         name = request.match_info["name"]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Generic, NamedTuple, TypeVar
@@ -383,7 +383,7 @@ def serve_metadata(
     fetch: Fetch,
     *,
     complete_facts: Callable[[], Awaitable[PackageFacts | None]] | None = None,
-) -> web.Response | Awaitable[web.Response]:
+) -> web.Response | Coroutine[Any, Any, web.Response]:
     """Cache or fetch -> policy -> respond, for one metadata document.
 
     A fresh memory hit with no policy in force (the warm path of every install) is answered at
