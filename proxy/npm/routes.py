@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from itertools import chain
-from operator import attrgetter
+from operator import itemgetter
 from sys import getsizeof
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from aiohttp import hdrs, web
@@ -40,6 +40,7 @@ from ..registry.metacache import (
     Validators,
     deep_size,
     metadata_response,
+    text_size,
 )
 from ..registry.metadisk import UpstreamAnswer
 from ..registry.pipeline import (
@@ -61,7 +62,7 @@ from ..vhosts import RegistryMount
 from . import rewrite as npmrewrite
 from .login import LOGIN_METHODS, login_answer
 from .notice import NOTICE_CACHE_CONTROL, NOTICE_HEADER, withheld_notice
-from .rewrite import BadPath, PackagePath, Published
+from .rewrite import BadPath, PackagePath, Published, published_of
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ FULL = "full"
 # The format of packument entries the disk tier keeps (``packument_table``): raise it whenever
 # the rewrite writes documents differently or the table changes, so that copies kept by an older
 # pkgate are built again from the upstream's bytes instead of being served as they are.
-KEPT_FORMAT = 1
+KEPT_FORMAT = 2  # 2: the table's rows kept as columns
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +136,8 @@ class JsonAnswer:
 
 
 # What PackumentEntry.aux_bytes reads and counts of each published file and publish time.
-_INTEGRITY = attrgetter("integrity")
-_SHASUM = attrgetter("shasum")
+_INTEGRITY = itemgetter(0)  # Published.integrity
+_SHASUM = itemgetter(1)  # Published.shasum
 PUBLISHED_BYTES = getsizeof(Published(None, None, None))
 FLOAT_BYTES = getsizeof(0.0)
 
@@ -169,7 +170,7 @@ class PackumentEntry(MetaEntry):
         size = (
             getsizeof(files)
             + getsizeof(published)
-            + sum(map(getsizeof, strings))
+            + text_size(strings)
             + len(files) * PUBLISHED_BYTES
             + len(published) * FLOAT_BYTES
         )
@@ -498,13 +499,24 @@ def packument_entry(fetched: Fetched, name: str, public_root: str) -> PackumentE
 
 def packument_table(entry: PackumentEntry) -> bytes:
     """What the disk tier keeps of a packument entry besides its body (``restored_packument``
-    reads it back): the file table, the publish times and the dist-tags."""
+    reads it back): the file table, the publish times and the dist-tags.
+
+    Tables are kept as columns (one JSON list per field): read back, a column is one list of
+    strings, where a list per row would be tens of thousands of lists for the collector to walk.
+    """
     facts = entry.facts
     assert facts is not None  # every packument entry is built with its facts
+    files = entry.files
+    published = facts.published
     return orjson.dumps(
         {
-            "files": [[f, p.integrity, p.shasum, p.version] for f, p in entry.files.items()],
-            "published": list(facts.published.items()),
+            "files": {
+                "name": list(files),
+                "integrity": [p.integrity for p in files.values()],
+                "shasum": [p.shasum for p in files.values()],
+                "version": [p.version for p in files.values()],
+            },
+            "published": {"version": list(published), "time": list(published.values())},
             "dist_tags": facts.dist_tags,
             "times_known": facts.times_known,
         }
@@ -513,25 +525,35 @@ def packument_table(entry: PackumentEntry) -> bytes:
 
 def restored_packument(table: Any, answer: UpstreamAnswer, name: str) -> PackumentEntry:
     """The entry ``packument_entry`` built, from its table read back from disk (its body is put
-    in by the caller); every field is checked: ``TypeError`` or ``ValueError`` otherwise."""
-    published: dict[str, float | None] = {}
-    for version, when in _rows(table["published"], 2):
-        if type(version) is not str:
-            raise TypeError("a version is not text")
-        if when is not None and type(when) not in (int, float):
-            raise TypeError("a publish time is not a number")
-        published[version] = None if when is None else float(when)
+    in by the caller); every field is checked: ``TypeError`` or ``ValueError`` otherwise.
+
+    A large packument's table has tens of thousands of rows: each column is checked at once
+    (the set of its values' types, which the interpreter makes without a Python step per value)
+    and the entry's objects are made by ``map``, not row by row.
+    """
+    versions, times = _columns(table["published"], ("version", "time"))
+    time_types = _types(times)
+    if not _types(versions) <= _TEXT or not time_types <= _TIME:
+        raise TypeError("a publish time is not a version and a number")
+    if int in time_types:  # whole numbers: kept as floats, as when built
+        published = {
+            v: None if t is None else float(t) for v, t in zip(versions, times, strict=True)
+        }
+    else:
+        published = dict(zip(versions, times, strict=True))
+    names, integrities, shasums, file_versions = _columns(
+        table["files"], ("name", "integrity", "shasum", "version")
+    )
+    if not _types(names) <= _TEXT or not all(
+        _types(column) <= _TEXT_OR_NONE for column in (integrities, shasums, file_versions)
+    ):
+        raise TypeError("a file's hashes are not text")
     # The table's versions are the publish times' own strings (counted once, as when built).
-    versions = {v: v for v in published}
-    files: dict[str, Published] = {}
-    for filename, integrity, shasum, version in _rows(table["files"], 4):
-        if type(filename) is not str or not all(
-            v is None or type(v) is str for v in (integrity, shasum, version)
-        ):
-            raise TypeError("a file's hashes are not text")
-        files[filename] = Published(integrity, shasum, versions.get(version, version))
+    shared = {v: v for v in published}
+    rows = zip(integrities, shasums, map(shared.get, file_versions, file_versions), strict=True)
+    files = dict(zip(names, map(published_of, rows), strict=True))
     dist_tags = table["dist_tags"]
-    if type(dist_tags) is not dict or not all(type(v) is str for v in dist_tags.values()):
+    if type(dist_tags) is not dict or not _types(dist_tags.values()) <= _TEXT:
         raise TypeError("dist-tags are not text")
     times_known = table["times_known"]
     if type(times_known) is not bool:
@@ -546,11 +568,25 @@ def restored_packument(table: Any, answer: UpstreamAnswer, name: str) -> Packume
     )
 
 
-def _rows(value: Any, width: int) -> Any:
-    """``value``, a JSON list of lists of ``width`` items each; ``TypeError`` otherwise."""
-    if type(value) is not list or not all(type(r) is list and len(r) == width for r in value):
-        raise TypeError(f"not a table of {width} columns")
-    return value
+_TEXT: Final = frozenset({str})
+_TEXT_OR_NONE: Final = frozenset({str, type(None)})
+_TIME: Final = frozenset({float, int, type(None)})
+
+
+def _types(values: Iterable[object]) -> set[type]:
+    """The types of ``values``."""
+    return set(map(type, values))
+
+
+def _columns(value: Any, fields: tuple[str, ...]) -> list[list[Any]]:
+    """The columns ``fields`` of ``value``, a JSON object of lists of one length (a table kept
+    by ``packument_table``); ``TypeError`` otherwise."""
+    if type(value) is not dict or set(value) != set(fields):
+        raise TypeError("not a table of " + ", ".join(fields))
+    columns = [value[f] for f in fields]
+    if not _types(columns) <= {list} or len(set(map(len, columns))) > 1:
+        raise TypeError("a table's columns are not lists of one length")
+    return columns
 
 
 async def fetch_json(

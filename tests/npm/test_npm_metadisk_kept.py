@@ -22,7 +22,9 @@ from yarl import URL
 
 from proxy.keys import artifact_cache_key
 from proxy.npm import rewrite as npmrewrite
-from proxy.registry.metadisk import KEY_FILE
+from proxy.npm.routes import packument_entry, packument_table, restored_packument
+from proxy.registry.metadisk import KEY_FILE, UpstreamAnswer
+from proxy.registry.pipeline import Fetched
 from tests.conftest import RunningServer, StartServer
 from tests.npm.test_npm_metadisk import PACKUMENT, disk_of, gets, stored_files
 from tests.upstreams.npm_registry import NpmRegistry
@@ -208,7 +210,7 @@ async def test_kept__a_copy_from_before_entries_were_kept_is_used_and_then_kept(
 
 
 def _types_wrong(table: dict[str, Any]) -> None:
-    table["files"][0][1] = 12345  # an integrity that is not text
+    table["files"]["integrity"][0] = 12345  # an integrity that is not text
 
 
 def _dist_tags_wrong(table: dict[str, Any]) -> None:
@@ -216,21 +218,52 @@ def _dist_tags_wrong(table: dict[str, Any]) -> None:
 
 
 def _times_wrong(table: dict[str, Any]) -> None:
-    table["published"] = [["1.0.0", "yesterday"]]
+    table["published"] = {"version": ["1.0.0"], "time": ["yesterday"]}
 
 
 def _fields_missing(table: dict[str, Any]) -> None:
     del table["files"]
 
 
-def _row_not_a_list(table: dict[str, Any]) -> None:
-    table["files"][0] = "abcd"  # four characters: four columns only when unpacked blindly
+def _column_missing(table: dict[str, Any]) -> None:
+    del table["files"]["shasum"]
+
+
+def _column_short(table: dict[str, Any]) -> None:
+    table["files"]["shasum"].pop()  # one file without its shasum: the rows would shift
+
+
+def _column_not_a_list(table: dict[str, Any]) -> None:
+    table["files"]["name"] = "ab"  # two characters: two names only when iterated blindly
+
+
+def _rows_not_columns(table: dict[str, Any]) -> None:
+    files = table["files"]
+    table["files"] = [list(row) for row in zip(*files.values(), strict=True)]  # the old layout
 
 
 @pytest.mark.parametrize(
     "spoil",
-    [_types_wrong, _dist_tags_wrong, _times_wrong, _fields_missing, _row_not_a_list],
-    ids=["integrity-not-text", "dist-tags-not-text", "time-not-a-number", "no-files", "row"],
+    [
+        _types_wrong,
+        _dist_tags_wrong,
+        _times_wrong,
+        _fields_missing,
+        _column_missing,
+        _column_short,
+        _column_not_a_list,
+        _rows_not_columns,
+    ],
+    ids=[
+        "integrity-not-text",
+        "dist-tags-not-text",
+        "time-not-a-number",
+        "no-files",
+        "no-shasums",
+        "short-column",
+        "column-not-a-list",
+        "rows",
+    ],
 )
 async def test_kept__a_signed_table_that_does_not_check_out_is_deleted(
     start_server: StartServer, registry: NpmRegistry, spoil: Any
@@ -294,3 +327,44 @@ async def test_kept__workers_sharing_the_directory_share_one_key(
     await disk_of(one).settled()
     assert (await get(two))[1]["X-Cache"] == "DISK"
     assert disk_of(two).stats.restored == 1
+
+
+def test_kept__a_table_read_back_is_the_entry_it_was_kept_from() -> None:
+    doc = {
+        "name": "mixed",
+        "dist-tags": {"latest": "2.0.0", "next": "3.0.0-rc.1"},
+        "versions": {
+            "1.0.0": {"dist": {"tarball": "http://up.test/mixed/-/mixed-1.0.0.tgz"}},  # no hashes
+            "2.0.0": {
+                "dist": {
+                    "tarball": "http://up.test/mixed/-/mixed-2.0.0.tgz",
+                    "integrity": "sha512-" + "Q" * 86,
+                    "shasum": "ab" * 20,
+                }
+            },
+            "3.0.0-rc.1": {
+                "dist": {"tarball": "http://up.test/mixed/-/mixed-3.0.0-rc.1.tgz", "shasum": "ü"}
+            },
+        },
+        "time": {"2.0.0": "2024-01-02T00:00:00.000Z", "3.0.0-rc.1": "2024-02-01T00:00:00.000Z"},
+    }
+    fetched = Fetched(URL("http://up.test/mixed"), orjson.dumps(doc), "application/json", "e", None)
+    built = packument_entry(fetched, "mixed", "http://pkgate.test/npm")
+    answer = UpstreamAnswer(b"", None, "application/json", "e", None)
+    table = orjson.loads(packument_table(built))
+    assert set(table["files"]) == {"name", "integrity", "shasum", "version"}  # kept as columns
+
+    restored = restored_packument(table, answer, "mixed")
+    assert restored.files == built.files
+    assert restored.facts == built.facts
+    assert restored.facts is not None
+    assert restored.facts.published["1.0.0"] is None
+    # Charged what the built entry was, but for the UTF-8 copy a non-ASCII string keeps once it
+    # was written out (the built entry's "ü": three bytes).
+    assert built.aux_size - 3 <= restored.aux_size <= built.aux_size
+    # Publish times written as whole numbers come back as the floats the entry was built with.
+    table["published"]["time"] = [None if t is None else int(t) for t in table["published"]["time"]]
+    again = restored_packument(table, answer, "mixed")
+    assert again.facts == built.facts
+    assert again.facts is not None
+    assert {type(t) for t in again.facts.published.values()} == {float, type(None)}

@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import json
 import os
+import sys
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -26,6 +27,7 @@ from proxy.registry.metacache import (
     accepts_gzip,
     metadata_response,
     not_modified,
+    text_size,
 )
 from proxy.registry.upstream import UpstreamError
 from proxy.settings import SettingsError, load
@@ -505,3 +507,17 @@ async def test_metadata_response__304_per_representation(
         async with http.head(url, headers=gz) as head:
             assert head.status == 200
             assert head.headers["Content-Encoding"] == "gzip"
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [
+        ["left-pad-1.3.0.tgz", "sha512-" + "A" * 86, "", "1.3.0"],  # ASCII: summed from a join
+        ["naïve-1.0.0.tgz", "abc", "\U0001f600" * 3],  # wider characters: string by string
+        ["abc", None, "", None],  # None is one shared object: not counted
+        [],
+    ],
+    ids=["ascii", "wide", "none", "empty"],
+)
+def test_text_size__is_what_each_string_takes(texts: list[str | None]) -> None:
+    assert text_size(iter(texts)) == sum(sys.getsizeof(t) for t in texts if t is not None)
