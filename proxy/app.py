@@ -124,6 +124,7 @@ async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
         app[artifact_cache_key] = artifacts
         yield
     finally:
+        await metadata.close()
         if metadata.disk is not None:
             await metadata.disk.close()  # copies still being written are finished first
 

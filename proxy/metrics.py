@@ -96,6 +96,15 @@ class _ScrapeTimeCollector(Collector):
                 ),
             ):
                 yield _single(GaugeMetricFamily, f"pkgate_metadata_cache_{name}", doc, value)
+            for name, doc, value in (
+                (
+                    "zstd_made",
+                    "Entries given a zstd copy for clients that accept it",
+                    cache.stats.zstd_made,
+                ),
+                ("zstd_answers", "Metadata answers sent in zstd", cache.stats.zstd_answers),
+            ):
+                yield _single(CounterMetricFamily, f"pkgate_metadata_cache_{name}", doc, value)
             if cache.disk is not None:
                 yield from _disk_families(cache.disk)
         sink = self.access_log

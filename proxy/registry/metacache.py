@@ -56,10 +56,12 @@ import asyncio
 import enum
 import functools
 import hashlib
+import logging
 import sys
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from operator import is_not
@@ -72,6 +74,11 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from .policy import Decision, PackageFacts
 from .upstream import UpstreamError
+
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:
+    from backports import zstd
 
 if TYPE_CHECKING:
     from .metadisk import MetadataDisk
@@ -90,6 +97,10 @@ GZIP_LEVEL: Final = 2
 # while being sent, so that neither the event loop nor memory takes the whole document at once.
 STREAM_PIECE: Final = 256 * 1024
 GZIP: Final = "gzip"
+ZSTD: Final = "zstd"
+ZSTD_LEVEL: Final = 3  # zstd's own default: about as fast as ISA-L's gzip level 2, and smaller
+
+log = logging.getLogger(__name__)
 
 
 class NotModified(enum.Enum):
@@ -174,6 +185,11 @@ class MetaEntry:
     )
     # This entry as a cache hit (``MetadataCache.fresh``), made once.
     _hit: Cached | None = field(init=False, default=None, repr=False, compare=False)
+    # The body compressed with zstd, for clients that accept it: made once, off the event loop,
+    # when such a client first asks for the entry while a cache holds it (``_cache``).
+    _zstd: bytes | None = field(init=False, default=None, repr=False, compare=False)
+    _zstd_asked: bool = field(init=False, default=False, repr=False, compare=False)
+    _cache: MetadataCache | None = field(init=False, default=None, repr=False, compare=False)
     # Built from the disk tier's copy (``metadisk``): how it was had, and how old the copy was.
     loaded: tuple[CacheState, float] | None = field(
         init=False, default=None, repr=False, compare=False
@@ -249,8 +265,26 @@ class MetaEntry:
 
     @property
     def size(self) -> int:
-        """Memory charged to the cache: the stored body, the fixed overhead and ``aux_size``."""
-        return len(self._data) + ENTRY_OVERHEAD + self.aux_size
+        """Memory charged to the cache: the stored body (and its zstd copy, once made), the
+        fixed overhead and ``aux_size``."""
+        size = len(self._data) + ENTRY_OVERHEAD + self.aux_size
+        if self._zstd is not None:
+            size += len(self._zstd)
+        return size
+
+    @property
+    def zstd(self) -> bytes | None:
+        """The body compressed with zstd, when made (``ask_zstd``)."""
+        return self._zstd
+
+    def ask_zstd(self) -> None:
+        """Have the cache holding this entry make its zstd copy (once, in the background): a
+        client that accepts zstd gets it from then on.  Nothing for an entry no cache holds (an
+        answer made for one request) or one kept as it is (a small body)."""
+        cache = self._cache
+        if cache is not None and not self._zstd_asked and self._coding == GZIP:
+            self._zstd_asked = True
+            cache.make_zstd(self)
 
     def answer_headers(self, state: CacheState, coding: str | None = None) -> Mapping[str, str]:
         """Every header of a 200 answer of this entry in ``state`` sent with ``coding``."""
@@ -379,6 +413,8 @@ class CacheStats:
     stale: int = 0
     negative_hits: int = 0
     evictions: int = 0
+    zstd_made: int = 0  # entries given their zstd copy
+    zstd_answers: int = 0  # answers sent with Content-Encoding: zstd
 
 
 class MetadataCache:
@@ -406,6 +442,10 @@ class MetadataCache:
         self.stats = CacheStats()
         # The second tier, on disk (``metadisk``): fetches read and fill it (``fetch_metadata``).
         self.disk: MetadataDisk | None = None
+        # Makes entries' zstd copies one at a time (so one identity body at most is in memory
+        # for it), made when first needed.
+        self._zstd_maker: ThreadPoolExecutor | None = None
+        self._zstd_pending: set[asyncio.Future[bytes]] = set()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -512,26 +552,91 @@ class MetadataCache:
             return
         self._items[key] = item
         self.bytes += item.size
+        if isinstance(item, MetaEntry):
+            item._cache = self
+        self._evict()
+
+    def _evict(self) -> None:
+        """Drop the least recently used entries until the cache is within its bound."""
         while self.bytes > self.max_bytes:
             _, evicted = self._items.popitem(last=False)
-            self.bytes -= evicted.size
+            self._dropped(evicted)
             self.stats.evictions += 1
+
+    def _dropped(self, item: MetaEntry | _Negative) -> None:
+        self.bytes -= item.size
+        if isinstance(item, MetaEntry):
+            item._cache = None
+
+    def make_zstd(self, entry: MetaEntry) -> None:
+        """Make ``entry``'s zstd copy on the maker's thread; it is charged to the bound when done
+        (and dropped if the entry has left the cache meanwhile)."""
+        if self._zstd_maker is None:
+            self._zstd_maker = ThreadPoolExecutor(1, thread_name_prefix="pkgate-zstd")
+        made = asyncio.get_running_loop().run_in_executor(self._zstd_maker, _zstd_of, entry._data)
+        self._zstd_pending.add(made)
+
+        def done(future: asyncio.Future[bytes]) -> None:
+            self._zstd_pending.discard(future)
+            if future.cancelled():
+                return
+            exc = future.exception()
+            if exc is not None:
+                log.warning("metadata cache: could not make a zstd copy (%s)", exc)
+                return
+            if entry._cache is not self:
+                return  # evicted or replaced while it was made: nobody would send it
+            data = future.result()
+            if len(data) >= len(entry._data):
+                return  # no smaller than the gzip bytes: those are sent
+            entry._zstd = data
+            self.bytes += len(data)
+            self.stats.zstd_made += 1
+            self._evict()
+
+        made.add_done_callback(done)
 
     def keep(self, key: CacheKey, entry: MetaEntry) -> None:
         """Store ``entry`` under ``key`` (a policy variant of another entry), LRU-bounded."""
         if self.enabled:
             self._put(key, entry)
 
+    async def zstd_settled(self) -> None:
+        """Wait until every zstd copy asked for so far is made."""
+        while self._zstd_pending:
+            await asyncio.gather(*self._zstd_pending, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Stop the zstd maker (copies under way are finished, those not begun dropped)."""
+        maker, self._zstd_maker = self._zstd_maker, None
+        if maker is not None:
+            await asyncio.to_thread(maker.shutdown, wait=True, cancel_futures=True)
+
     def invalidate(self, key: CacheKey) -> None:
         """Forget ``key`` (positive or negative)."""
         old = self._items.pop(key, None)
         if old is not None:
-            self.bytes -= old.size
+            self._dropped(old)
 
     def clear(self) -> None:
         """Forget everything."""
+        for item in self._items.values():
+            if isinstance(item, MetaEntry):
+                item._cache = None
         self._items.clear()
         self.bytes = 0
+
+
+def _holds_gzip_copy(entry: MetaEntry, request_headers: Mapping[str, str]) -> bool:
+    """Whether the client revalidates the gzip answer it stored before the zstd copy was made:
+    that representation is then the one selected (and a 304 follows), not the zstd one."""
+    inm = request_headers.get(hdrs.IF_NONE_MATCH)
+    return inm is not None and coding_etag(entry.etag, GZIP) in _etag_list(inm)
+
+
+def _zstd_of(gzipped: bytes) -> bytes:
+    """The zstd copy of a gzip-stored body (run on the cache's maker thread)."""
+    return zstd.compress(isal_zlib.decompress(gzipped, 31), ZSTD_LEVEL)
 
 
 def _etag_list(value: str) -> list[str]:
@@ -565,18 +670,20 @@ def not_modified(
 _ACCEPT_MEMO_ENTRIES: Final = 256
 
 
+# What an Accept-Encoding value accepts of the codings metadata is sent in (bits).
+TAKES_GZIP: Final = 1
+TAKES_ZSTD: Final = 2
+
+
 @functools.lru_cache(maxsize=_ACCEPT_MEMO_ENTRIES)
-def accepts_gzip(accept_encoding: str | None) -> bool:
-    """Whether an ``Accept-Encoding`` value accepts gzip (RFC 9110 12.5.3, q-values honoured)."""
+def accepted_codings(accept_encoding: str | None) -> int:
+    """Which of gzip and zstd an ``Accept-Encoding`` value accepts (``TAKES_GZIP`` and
+    ``TAKES_ZSTD`` bits; RFC 9110 12.5.3, q-values honoured, ``*`` for codings not named)."""
     if not accept_encoding:
-        return False
-    return _parse_accepts_gzip(accept_encoding)
-
-
-def _parse_accepts_gzip(value: str) -> bool:
-    named: float | None = None
+        return 0
+    named: dict[str, float] = {}
     star: float | None = None
-    for part in value.split(","):
+    for part in accept_encoding.split(","):
         coding, _, params = part.partition(";")
         coding = coding.strip().lower()
         q = 1.0
@@ -587,13 +694,28 @@ def _parse_accepts_gzip(value: str) -> bool:
                     q = float(number.strip())
                 except ValueError:
                     q = 0.0
-        if coding in ("gzip", "x-gzip"):
-            named = q if named is None else max(named, q)
-        elif coding == "*":
+        if coding == "x-gzip":
+            coding = GZIP
+        if coding == "*":
             star = q
-    if named is not None:
-        return named > 0
-    return star is not None and star > 0
+        else:
+            named[coding] = max(named.get(coding, q), q)
+    taken = 0
+    for coding, bit in ((GZIP, TAKES_GZIP), (ZSTD, TAKES_ZSTD)):
+        weight = named.get(coding, star)
+        if weight is not None and weight > 0:
+            taken |= bit
+    return taken
+
+
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    """Whether an ``Accept-Encoding`` value accepts gzip."""
+    return bool(accepted_codings(accept_encoding) & TAKES_GZIP)
+
+
+def accepts_zstd(accept_encoding: str | None) -> bool:
+    """Whether an ``Accept-Encoding`` value accepts zstd."""
+    return bool(accepted_codings(accept_encoding) & TAKES_ZSTD)
 
 
 async def _gunzip_pieces(data: bytes) -> Any:
@@ -623,13 +745,23 @@ def metadata_response(
     Carries ETag, Last-Modified (the upstream's), X-Cache and the entry's extra headers; HEAD
     requests get the headers only (aiohttp drops the body).  This is the warm path of every
     metadata request: the headers come prepared from the entry, and a client accepting gzip gets
-    the stored bytes without any work.
+    the stored bytes without any work.  A client that accepts zstd (bun, uv) gets the entry's
+    zstd copy, which its first such request has the cache make in the background (that answer,
+    and any before the copy is ready, in gzip).
     """
     entry = cached.entry
     request_headers = request.headers
     coding = entry._coding
-    if coding is not None and not accepts_gzip(request_headers.get(hdrs.ACCEPT_ENCODING)):
-        coding = None
+    data = entry._data
+    if coding is not None:
+        taken = accepted_codings(request_headers.get(hdrs.ACCEPT_ENCODING))
+        if taken & TAKES_ZSTD:
+            if entry._zstd is None:
+                entry.ask_zstd()  # this answer in gzip (or as it is), the next ones in zstd
+            elif not (taken & TAKES_GZIP and _holds_gzip_copy(entry, request_headers)):
+                coding, data = ZSTD, entry._zstd
+        if coding == GZIP and not taken & TAKES_GZIP:
+            coding = None
     out = entry.answer_headers(cached.state, coding)
     if headers:
         out = {**out, **headers}
@@ -645,7 +777,9 @@ def metadata_response(
             },
         )
     if coding is not None or entry._coding is None:
-        return web.Response(body=entry._data, headers=out)
+        if data is not entry._data and entry._cache is not None:
+            entry._cache.stats.zstd_answers += 1
+        return web.Response(body=data, headers=out)
     # A client that does not take gzip, for a body stored gzipped.
     if entry._length <= STREAM_PIECE:
         return web.Response(body=entry.body, headers=out)

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.npm.test_npm_clients import CLIENTS, Project
@@ -115,6 +116,8 @@ async def test_warm__second_install_is_served_from_the_cache(
                 result = await proj.run(*install_command(proj, client))
                 assert result.returncode == 0, result.output
                 assert (proj.dir / "node_modules" / "@tree" / "mid-5" / "package.json").exists()
+            async with aiohttp.ClientSession() as http, http.get(server.url / "metrics") as resp:
+                metrics = await resp.text()
         finally:
             # SIGTERM writes out every access log line before the process exits.
             assert await server.stop() == 0
@@ -132,3 +135,16 @@ async def test_warm__second_install_is_served_from_the_cache(
     assert len(hits) >= 0.95 * len(warm), others
     fetched = [r.path for r in warm_upstream if not r.path.startswith("/-/")]
     assert len(fetched) <= 0.05 * len(warm), fetched
+    # bun accepts zstd: its warm round got the documents' zstd copies its cold round had pkgate
+    # make (and installed from them); the others accept gzip only and never get zstd.
+    zstd_answers = metric(metrics, "pkgate_metadata_cache_zstd_answers_total")
+    if client == "bun":
+        assert zstd_answers > 0
+    else:
+        assert zstd_answers == 0
+
+
+def metric(text: str, name: str) -> float:
+    """The value of the unlabelled sample ``name`` in a Prometheus text exposition."""
+    (line,) = [line for line in text.splitlines() if line.startswith(f"{name} ")]
+    return float(line.split()[1])

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy.keys import metadata_cache_key
 from proxy.registry.upstream import USER_AGENT
 from tests.conftest import Completed, RunningServer, isolated_env, run
 from tests.upstreams.pypi_index import PypiIndex
@@ -140,6 +141,24 @@ async def test_uv_pip__installs_through_pkgate(
     assert result.returncode == 0, result.output
     assert_installed(target)
     assert_fetched_through_pkgate(index)
+
+
+async def test_uv_pip__gets_the_index_pages_in_zstd_once_made(
+    tools: Path, tmp_path: Path, server: RunningServer, index: PypiIndex
+) -> None:
+    # uv accepts zstd: its first install has pkgate make the pages' zstd copies, the next one
+    # gets them (and must read them: the install is checked).
+    cache = server.app[metadata_cache_key]
+    url = index_url(server, await server.token())
+    first, _ = await uv_pip_install(tools, tmp_path / "first", url)
+    assert first.returncode == 0, first.output
+    await cache.zstd_settled()
+    assert cache.stats.zstd_made >= 1
+    assert cache.stats.zstd_answers == 0
+    again, target = await uv_pip_install(tools, tmp_path / "again", url)
+    assert again.returncode == 0, again.output
+    assert_installed(target)
+    assert cache.stats.zstd_answers >= cache.stats.zstd_made
 
 
 @REFUSED

@@ -12,18 +12,22 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
+from backports import zstd
 
 from proxy.registry.metacache import (
     COMPRESS_MIN,
     ENTRY_OVERHEAD,
     NOT_MODIFIED,
     STREAM_PIECE,
+    TAKES_GZIP,
+    TAKES_ZSTD,
     CacheKey,
     CacheState,
     MetadataCache,
     MetaEntry,
     NotModified,
     Validators,
+    accepted_codings,
     accepts_gzip,
     metadata_response,
     not_modified,
@@ -521,3 +525,125 @@ async def test_metadata_response__304_per_representation(
 )
 def test_text_size__is_what_each_string_takes(texts: list[str | None]) -> None:
     assert text_size(iter(texts)) == sum(sys.getsizeof(t) for t in texts if t is not None)
+
+
+# ------------------------------------------------------------------ zstd for clients that take it
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, 0),
+        ("gzip,deflate", TAKES_GZIP),  # npm, pip
+        ("gzip, deflate, br, zstd", TAKES_GZIP | TAKES_ZSTD),  # bun
+        ("gzip, deflate, zstd", TAKES_GZIP | TAKES_ZSTD),  # uv
+        ("zstd", TAKES_ZSTD),
+        ("ZSTD;q=0.5, gzip;q=0", TAKES_ZSTD),
+        ("zstd;q=0, gzip", TAKES_GZIP),
+        ("*", TAKES_GZIP | TAKES_ZSTD),
+        ("*, zstd;q=0", TAKES_GZIP),
+        ("br", 0),
+    ],
+)
+def test_accepted_codings(header: str | None, expected: int) -> None:
+    assert accepted_codings(header) == expected
+
+
+@pytest.fixture
+async def zstd_app() -> AsyncIterator[tuple[str, FakeUpstream, MetadataCache]]:
+    up = FakeUpstream(packument_like(3000))
+    cache = make_cache(Clock(), max_bytes=64 << 20)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        cached = await cache.get_or_fetch(KEY, up)
+        return metadata_response(request, cached)
+
+    app = web.Application()
+    app.router.add_get("/pkg", handler)
+    runner, url = await serve_app(app)
+    yield str(url / "pkg"), up, cache
+    await runner.cleanup()
+    await cache.close()
+
+
+async def test_metadata_response__zstd_once_made_to_clients_that_accept_it(
+    zstd_app: tuple[str, FakeUpstream, MetadataCache],
+) -> None:
+    url, up, cache = zstd_app
+    bun = {"Accept-Encoding": "gzip, deflate, br, zstd"}
+    async with aiohttp.ClientSession(auto_decompress=False) as http:
+        async with http.get(url, headers=bun) as first:  # gzip now; the zstd copy is made
+            assert first.headers["Content-Encoding"] == "gzip"
+            gzip_etag = first.headers["ETag"]
+        ((entry_key, entry),) = cache._items.items()
+        assert isinstance(entry, MetaEntry)
+        charged = cache.bytes
+        await cache.zstd_settled()
+        assert entry.zstd is not None
+        assert cache.bytes == charged + len(entry.zstd) == entry.size
+        assert cache.stats.zstd_made == 1
+
+        async with http.get(url, headers=bun) as second:
+            assert second.status == 200
+            assert second.headers["Content-Encoding"] == "zstd"
+            assert second.headers["Vary"] == "Accept-Encoding"
+            raw = await second.read()
+            assert int(second.headers["Content-Length"]) == len(raw) < len(up.body) / 2
+            assert zstd.decompress(raw) == up.body
+            zstd_etag = second.headers["ETag"]
+        assert zstd_etag.endswith('-zstd"')
+        assert zstd_etag != gzip_etag
+        async with http.get(url, headers={**bun, "If-None-Match": zstd_etag}) as again:
+            assert again.status == 304
+            assert again.headers["ETag"] == zstd_etag
+            assert "Content-Encoding" not in again.headers
+        # A client revalidating the gzip answer it stored before is told that one still holds.
+        async with http.get(url, headers={**bun, "If-None-Match": gzip_etag}) as held:
+            assert held.status == 304
+            assert held.headers["ETag"] == gzip_etag
+        async with http.get(url, headers={"Accept-Encoding": "zstd"}) as only:
+            assert only.headers["Content-Encoding"] == "zstd"
+        async with http.get(url, headers={"Accept-Encoding": "gzip,deflate"}) as npm:
+            assert npm.headers["Content-Encoding"] == "gzip"
+            assert npm.headers["ETag"] == gzip_etag
+            assert gzip.decompress(await npm.read()) == up.body
+        async with http.get(url, headers={"Accept-Encoding": "identity"}) as plain:
+            assert "Content-Encoding" not in plain.headers
+            assert await plain.read() == up.body
+    assert cache.stats.zstd_made == 1  # made once
+    assert cache.stats.zstd_answers == 2
+    assert entry_key == KEY
+
+
+async def test_metadata_cache__a_zstd_copy_is_charged_and_evicts_by_the_bound() -> None:
+    clock = Clock()
+    first = (await make_cache(clock).get_or_fetch(KEY, FakeUpstream(packument_like(400)))).entry
+    cache = make_cache(clock, max_bytes=2 * first.size + 4000)  # sizes differ by a few bytes
+    old = await cache.get_or_fetch(("npm", "old", "abbreviated"), FakeUpstream(packument_like(400)))
+    new = await cache.get_or_fetch(KEY, FakeUpstream(packument_like(400)))
+    assert len(cache) == 2
+    new.entry.ask_zstd()
+    new.entry.ask_zstd()  # asked once
+    await cache.zstd_settled()
+    assert cache.stats.zstd_made == 1
+    assert new.entry.zstd is not None
+    assert cache.peek(("npm", "old", "abbreviated")) is None  # the least recently used made room
+    assert cache.stats.evictions == 1
+    assert cache.bytes == new.entry.size
+    assert old.entry.zstd is None
+    await cache.close()
+
+
+async def test_metadata_cache__a_zstd_copy_of_an_entry_gone_meanwhile_is_not_kept() -> None:
+    cache = make_cache(Clock())
+    cached = await cache.get_or_fetch(KEY, FakeUpstream(packument_like(400)))
+    cached.entry.ask_zstd()
+    cache.invalidate(KEY)
+    await cache.zstd_settled()
+    assert (cached.entry.zstd, cache.bytes, cache.stats.zstd_made) == (None, 0, 0)
+
+    loose = MetaEntry.build(packument_like(400), "application/json")  # held by no cache
+    loose.ask_zstd()
+    assert cache._zstd_pending == set()
+    assert loose.zstd is None
+    await cache.close()

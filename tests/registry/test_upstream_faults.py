@@ -168,7 +168,9 @@ async def world(start_server: StartServer, monkeypatch: pytest.MonkeyPatch) -> A
         secret = await pkgate.token()
         # No pooling: a fault's closed connection must not be reused by the next request.
         async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(force_close=True), auto_decompress=False
+            connector=aiohttp.TCPConnector(force_close=True),
+            auto_decompress=False,
+            headers={"Accept-Encoding": "gzip, deflate"},  # as npm and pip (not zstd, as bun)
         ) as http:
             yield World(pkgate, index, registry, secret, http)
 
